@@ -1,0 +1,14 @@
+// nibble: header-only 4-bit weight quantization. Include this one header.
+#pragma once
+
+#include "core/error.hpp"
+#include "core/half.hpp"
+#include "core/version.hpp"
+#include "format/codebook.hpp"
+#include "format/dynamic_map.hpp"
+#include "format/packing.hpp"
+#include "format/quantized_matrix.hpp"
+#include "format/scales.hpp"
+#include "quant/group_quantizer.hpp"
+#include "quant/metrics.hpp"
+#include "quant/rtn.hpp"

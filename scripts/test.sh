@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite: every CMake preset (native warnings-as-errors, ASan+UBSan,
+# the scalar fallback under qemu-x86_64 -cpu Nehalem, AArch64 NEON under qemu with
+# and without dotprod), then the two ways a consumer project uses the package.
+#
+#   scripts/test.sh                 all of it
+#   scripts/test.sh dev asan        only these presets
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+jobs=$(nproc)
+presets=("$@")
+((${#presets[@]})) || presets=(dev asan x86-noavx2 aarch64-qemu aarch64-qemu-nodot)
+total=0
+for preset in "${presets[@]}"; do
+  echo "=== preset $preset ==="
+  cmake --preset "$preset" >/dev/null
+  cmake --build --preset "$preset" -j"$jobs"
+  log=$(mktemp)
+  ctest --preset "$preset" -j"$jobs" --timeout 600 | tee "$log"
+  n=$(sed -n 's/.*tests passed, 0 tests failed out of \([0-9]*\).*/\1/p' "$log" | tail -1)
+  total=$((total + ${n:-0}))
+  rm -f "$log"
+done
+if [ $# -eq 0 ]; then
+  echo "=== consumer projects ==="
+  scripts/check-consumers.sh
+fi
+echo "all presets: ${presets[*]}"
+echo "${total} passed, 0 failed"
