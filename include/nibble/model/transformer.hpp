@@ -1,0 +1,339 @@
+// A Llama-2 style transformer (llama2.c semantics) whose linear layers are either fp32
+// matrices or nibble QuantizedMatrix objects, plus perplexity / KL evaluation.
+//
+// The forward pass works on a chunk of tokens at once (rows of X are positions) with a
+// KV cache, so the same code scores a whole story (one chunk) and generates text (chunks
+// of one token). Per layer:
+//   x += wo · attention(rope(wq·rms(x)), rope(wk·rms(x)), wv·rms(x))
+//   x += w2 · (silu(w1·rms(x)) ⊙ (w3·rms(x)))
+// RMSNorm g·x/sqrt(mean(x²)+1e-5); RoPE rotates adjacent pairs (2i, 2i+1) of a head by
+// pos·10000^(−2i/head_size); causal attention scaled by 1/sqrt(head_size), query head h
+// reads kv head h / (n_heads / n_kv_heads); logits = classifier · rms(x, rms_final).
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "../core/error.hpp"
+#include "../format/quantized_matrix.hpp"
+#include "../quant/rtn.hpp"
+#include "llama2c.hpp"
+
+namespace nibble::model {
+
+// How a quantized linear layer computes y = W·x.
+enum class LinearBackend {
+  dequantized,   // weights decoded once to fp32, Eigen product (a cross-check and the fallback)
+};
+
+// One linear layer y = W·x, W rows = out_features. Holds fp32 weights, or a
+// QuantizedMatrix together with what the chosen backend needs.
+class Linear {
+ public:
+  Linear() = default;
+  explicit Linear(RowMatrixXf weights) : dense_(std::move(weights)) {}
+  Linear(std::shared_ptr<const QuantizedMatrix> q, LinearBackend backend) : quantized_(std::move(q)), backend_(backend) {
+    detail::require(quantized_ != nullptr, "Linear: null QuantizedMatrix");
+    dense_ = quantized_->dequantize();
+  }
+
+  bool is_quantized() const { return quantized_ != nullptr; }
+  const QuantizedMatrix* quantized() const { return quantized_.get(); }
+  Eigen::Index rows() const { return dense_.rows(); }
+  Eigen::Index cols() const { return dense_.cols(); }
+  // The fp32 weights this layer computes with (decoded ones when quantized).
+  const RowMatrixXf& weights() const { return dense_; }
+
+  // Y = X·Wᵀ for a batch of inputs X (one per row).
+  void apply(const RowMatrixXf& X, RowMatrixXf& Y) const {
+    Y.resize(X.rows(), dense_.rows());
+    Y.noalias() = X * dense_.transpose();
+  }
+
+ private:
+  RowMatrixXf dense_;
+  std::shared_ptr<const QuantizedMatrix> quantized_;
+  LinearBackend backend_ = LinearBackend::dequantized;
+};
+
+// Which linear layers a captured activation feeds.
+enum class LinearSite {
+  attention_input,   // rms(x): input of wq, wk, wv
+  attention_output,  // attention result: input of wo
+  ffn_input,         // rms(x): input of w1, w3
+  ffn_hidden,        // silu(w1·x) ⊙ w3·x: input of w2
+};
+using ActivationHook = std::function<void(int layer, LinearSite site, const RowMatrixXf& X)>;
+
+struct TransformerLayer {
+  Eigen::VectorXf rms_att, rms_ffn;
+  Linear wq, wk, wv, wo, w1, w2, w3;
+};
+
+// Keys and values of every past position, per layer.
+struct KvCache {
+  std::vector<RowMatrixXf> keys, values;  // per layer: seq_len × kv_dim
+  int length = 0;
+};
+
+struct Transformer {
+  Llama2Config config;
+  RowMatrixXf token_embedding;
+  RowMatrixXf classifier;
+  std::vector<TransformerLayer> layers;
+  Eigen::VectorXf rms_final;
+
+  static Transformer from_weights(const Llama2Weights& w) {
+    Transformer t;
+    t.config = w.config;
+    t.token_embedding = w.token_embedding;
+    t.classifier = w.classifier();
+    t.rms_final = w.rms_final;
+    for (const auto& l : w.layers)
+      t.layers.push_back({l.rms_att, l.rms_ffn, Linear(l.wq), Linear(l.wk), Linear(l.wv), Linear(l.wo), Linear(l.w1),
+                          Linear(l.w2), Linear(l.w3)});
+    return t;
+  }
+
+  KvCache new_cache() const {
+    KvCache c;
+    for (int l = 0; l < config.n_layers; ++l) {
+      c.keys.emplace_back(RowMatrixXf::Zero(config.seq_len, config.kv_dim()));
+      c.values.emplace_back(RowMatrixXf::Zero(config.seq_len, config.kv_dim()));
+    }
+    return c;
+  }
+
+  RowMatrixXf embed(const std::vector<int>& tokens) const {
+    RowMatrixXf X(static_cast<Eigen::Index>(tokens.size()), config.dim);
+    for (std::size_t i = 0; i < tokens.size(); ++i) {
+      detail::require(tokens[i] >= 0 && tokens[i] < config.vocab_size, "token ", tokens[i], " at position ", i,
+                      " is out of range (vocab ", config.vocab_size, ")");
+      X.row(static_cast<Eigen::Index>(i)) = token_embedding.row(tokens[i]);
+    }
+    return X;
+  }
+
+  static void rms_norm(const RowMatrixXf& X, const Eigen::VectorXf& gain, RowMatrixXf& out) {
+    out.resize(X.rows(), X.cols());
+    for (Eigen::Index t = 0; t < X.rows(); ++t) {
+      float ss = 0.0f;
+      for (Eigen::Index i = 0; i < X.cols(); ++i) ss += X(t, i) * X(t, i);
+      ss = 1.0f / std::sqrt(ss / static_cast<float>(X.cols()) + 1e-5f);
+      for (Eigen::Index i = 0; i < X.cols(); ++i) out(t, i) = gain(i) * (ss * X(t, i));
+    }
+  }
+
+  // Rotates pairs of each head of row t, at absolute position pos.
+  void rope(RowMatrixXf& M, Eigen::Index t, int pos) const {
+    const int hs = config.head_size();
+    for (Eigen::Index i = 0; i < M.cols(); i += 2) {
+      const int head_dim = static_cast<int>(i % hs);
+      const float freq = 1.0f / std::pow(10000.0f, static_cast<float>(head_dim) / static_cast<float>(hs));
+      const float angle = static_cast<float>(pos) * freq;
+      const float c = std::cos(angle), s = std::sin(angle);
+      const float v0 = M(t, i), v1 = M(t, i + 1);
+      M(t, i) = v0 * c - v1 * s;
+      M(t, i + 1) = v0 * s + v1 * c;
+    }
+  }
+
+  // Runs layer l on X (rows = positions cache.length, cache.length+1, …), in place.
+  // Writes the layer's keys/values into the cache but leaves cache.length alone.
+  void run_layer(int l, RowMatrixXf& X, KvCache& cache, const ActivationHook* hook = nullptr) const {
+    const TransformerLayer& L = layers[static_cast<std::size_t>(l)];
+    const Eigen::Index T = X.rows();
+    const int start = cache.length;
+    detail::require(start + T <= config.seq_len, "sequence of ", start + T, " positions exceeds seq_len ",
+                    config.seq_len);
+    const int hs = config.head_size(), kv_dim = config.kv_dim();
+    const int group = config.n_heads / config.n_kv_heads;
+    RowMatrixXf xb, q, k, v, att(T, config.dim), out;
+    rms_norm(X, L.rms_att, xb);
+    if (hook) (*hook)(l, LinearSite::attention_input, xb);
+    L.wq.apply(xb, q);
+    L.wk.apply(xb, k);
+    L.wv.apply(xb, v);
+    RowMatrixXf& K = cache.keys[static_cast<std::size_t>(l)];
+    RowMatrixXf& V = cache.values[static_cast<std::size_t>(l)];
+    for (Eigen::Index t = 0; t < T; ++t) {
+      rope(q, t, start + static_cast<int>(t));
+      rope(k, t, start + static_cast<int>(t));
+      K.row(start + t) = k.row(t);
+      V.row(start + t) = v.row(t);
+    }
+    const float inv_sqrt = 1.0f / std::sqrt(static_cast<float>(hs));
+    std::vector<float> scores(static_cast<std::size_t>(start + T));
+    for (Eigen::Index t = 0; t < T; ++t) {
+      const int last = start + static_cast<int>(t);  // causal: positions 0..last
+      for (int h = 0; h < config.n_heads; ++h) {
+        const float* qh = &q(t, h * hs);
+        const int kv_off = (h / group) * hs;
+        float mx = -INFINITY;
+        for (int j = 0; j <= last; ++j) {
+          const float* kj = &K(j, kv_off);
+          float s = 0.0f;
+          for (int i = 0; i < hs; ++i) s += qh[i] * kj[i];
+          s *= inv_sqrt;
+          scores[static_cast<std::size_t>(j)] = s;
+          mx = std::max(mx, s);
+        }
+        float sum = 0.0f;
+        for (int j = 0; j <= last; ++j) {
+          scores[static_cast<std::size_t>(j)] = std::exp(scores[static_cast<std::size_t>(j)] - mx);
+          sum += scores[static_cast<std::size_t>(j)];
+        }
+        float* oh = &att(t, h * hs);
+        for (int i = 0; i < hs; ++i) oh[i] = 0.0f;
+        for (int j = 0; j <= last; ++j) {
+          const float p = scores[static_cast<std::size_t>(j)] / sum;
+          const float* vj = &V(j, kv_off);
+          for (int i = 0; i < hs; ++i) oh[i] += p * vj[i];
+        }
+      }
+    }
+    (void)kv_dim;
+    if (hook) (*hook)(l, LinearSite::attention_output, att);
+    L.wo.apply(att, out);
+    X += out;
+
+    RowMatrixXf h1, h3;
+    rms_norm(X, L.rms_ffn, xb);
+    if (hook) (*hook)(l, LinearSite::ffn_input, xb);
+    L.w1.apply(xb, h1);
+    L.w3.apply(xb, h3);
+    for (Eigen::Index t = 0; t < h1.rows(); ++t)
+      for (Eigen::Index i = 0; i < h1.cols(); ++i) {
+        const float a = h1(t, i);
+        h1(t, i) = a / (1.0f + std::exp(-a)) * h3(t, i);
+      }
+    if (hook) (*hook)(l, LinearSite::ffn_hidden, h1);
+    L.w2.apply(h1, out);
+    X += out;
+  }
+
+  RowMatrixXf logits(const RowMatrixXf& X) const {
+    RowMatrixXf xn;
+    rms_norm(X, rms_final, xn);
+    return xn * classifier.transpose();
+  }
+
+  // Logits for each token of the chunk (row i predicts the token after tokens[i]).
+  RowMatrixXf forward(const std::vector<int>& tokens, KvCache& cache, const ActivationHook* hook = nullptr) const {
+    RowMatrixXf X = embed(tokens);
+    for (int l = 0; l < config.n_layers; ++l) run_layer(l, X, cache, hook);
+    cache.length += static_cast<int>(tokens.size());
+    return logits(X);
+  }
+};
+
+// Tokenizes stories as BOS + text, cut to at most max_len tokens.
+inline std::vector<std::vector<int>> tokenize_stories(const Tokenizer& tok, const std::vector<std::string>& stories,
+                                                      int max_len) {
+  std::vector<std::vector<int>> out;
+  for (const auto& s : stories) {
+    std::vector<int> t = tok.encode(s, true, false);
+    if (static_cast<int>(t.size()) > max_len) t.resize(static_cast<std::size_t>(max_len));
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+struct EvalResult {
+  double nll_sum = 0.0;  // nats
+  double kl_sum = 0.0;   // nats, KL(reference ‖ model) summed over tokens
+  std::size_t tokens = 0;
+  double seconds = 0.0;
+
+  double perplexity() const { return std::exp(nll_sum / static_cast<double>(tokens)); }
+  double mean_kl() const { return kl_sum / static_cast<double>(tokens); }
+  double tokens_per_second() const { return seconds > 0.0 ? static_cast<double>(tokens) / seconds : 0.0; }
+};
+
+// Log-softmax of each row, computed in double.
+inline RowMatrixXf log_softmax_rows(const RowMatrixXf& logits) {
+  RowMatrixXf out(logits.rows(), logits.cols());
+  for (Eigen::Index t = 0; t < logits.rows(); ++t) {
+    const float mx = logits.row(t).maxCoeff();
+    double sum = 0.0;
+    for (Eigen::Index i = 0; i < logits.cols(); ++i) sum += std::exp(static_cast<double>(logits(t, i) - mx));
+    const double lse = static_cast<double>(mx) + std::log(sum);
+    for (Eigen::Index i = 0; i < logits.cols(); ++i)
+      out(t, i) = static_cast<float>(static_cast<double>(logits(t, i)) - lse);
+  }
+  return out;
+}
+
+// Scores every token after the first of each sequence: perplexity, and mean
+// KL(reference ‖ model) when reference log-probabilities are given. keep, if given,
+// receives this model's log-probabilities (to serve as a later reference). Sequences
+// are split across threads; per-sequence sums are added in sequence order, so the
+// result does not depend on the thread count.
+inline EvalResult evaluate(const Transformer& model, const std::vector<std::vector<int>>& sequences, int threads = 1,
+                           const std::vector<RowMatrixXf>* reference = nullptr,
+                           std::vector<RowMatrixXf>* keep = nullptr) {
+  detail::require(threads >= 1, "threads = ", threads, " (expected >= 1)");
+  if (reference)
+    detail::require(reference->size() == sequences.size(), "reference has ", reference->size(),
+                    " sequences, expected ", sequences.size());
+  const std::size_t n = sequences.size();
+  std::vector<double> nll(n, 0.0), kl(n, 0.0);
+  if (keep) keep->assign(n, RowMatrixXf());
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(threads));
+  auto work = [&](std::size_t first) {
+    try {
+    for (std::size_t s = first; s < n; s += static_cast<std::size_t>(threads)) {
+      const std::vector<int>& seq = sequences[s];
+      if (seq.size() < 2) continue;
+      KvCache cache = model.new_cache();
+      const std::vector<int> inputs(seq.begin(), seq.end() - 1);
+      const RowMatrixXf lp = log_softmax_rows(model.forward(inputs, cache));
+      for (Eigen::Index t = 0; t < lp.rows(); ++t) nll[s] -= lp(t, seq[static_cast<std::size_t>(t) + 1]);
+      if (reference) {
+        const RowMatrixXf& ref = (*reference)[s];
+        detail::require(ref.rows() == lp.rows() && ref.cols() == lp.cols(), "reference log-probs of sequence ", s,
+                        " have the wrong shape");
+        for (Eigen::Index t = 0; t < lp.rows(); ++t) {
+          double d = 0.0;
+          for (Eigen::Index i = 0; i < lp.cols(); ++i)
+            d += std::exp(static_cast<double>(ref(t, i))) * (static_cast<double>(ref(t, i)) - lp(t, i));
+          kl[s] += d;
+        }
+      }
+      if (keep) (*keep)[s] = lp;
+    }
+    } catch (...) {
+      errors[first] = std::current_exception();  // rethrown on the calling thread
+    }
+  };
+  if (threads == 1) {
+    work(0);
+  } else {
+    std::vector<std::thread> pool;
+    for (int k = 0; k < threads; ++k) pool.emplace_back(work, static_cast<std::size_t>(k));
+    for (auto& th : pool) th.join();
+  }
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
+  EvalResult r;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  for (std::size_t s = 0; s < n; ++s) {
+    r.nll_sum += nll[s];
+    r.kl_sum += kl[s];
+    if (sequences[s].size() >= 2) r.tokens += sequences[s].size() - 1;
+  }
+  detail::require(r.tokens > 0, "nothing to score: every sequence has fewer than 2 tokens");
+  return r;
+}
+
+}  // namespace nibble::model
