@@ -1,0 +1,110 @@
+// Activation preparation, done once per call and shared by every ISA path, so all
+// paths see bit-identical inputs.
+//
+// Both modes follow the PackedMatrix block plan (blocks of 32 elements inside a
+// group) and store each block de-interleaved: 16 even elements, then 16 odd ones,
+// zero-padded. Byte k of a block's codes then pairs its high nibble with slot k and
+// its low nibble with slot 16 + k.
+//
+// exact mode: fp32 values, plus the plain sum of x over each group (for offsets).
+// fast mode:  per block, d = absmax/127 and q = round(x·(127/absmax)) clamped to
+//             [−127, 127], rounding to nearest with ties away from zero; an
+//             all-zero block has d = 0 and q = 0. Also Σq per block (for offsets).
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "../core/error.hpp"
+#include "packed_matrix.hpp"
+
+namespace nibble {
+
+enum class ActivationMode { exact, fast };
+
+namespace detail {
+
+struct PreparedActivations {
+  std::size_t batch = 0;
+  std::size_t blocks = 0;  // per batch row
+  std::size_t groups = 0;  // per batch row
+  // exact
+  std::vector<float> x;       // batch × blocks × 32
+  std::vector<float> group_sum;  // batch × groups
+  // fast
+  std::vector<std::int8_t> q;     // batch × blocks × 32
+  std::vector<float> d;           // batch × blocks
+  std::vector<std::int32_t> qsum; // batch × blocks
+};
+
+inline void check_finite_activation(float v, std::size_t b, std::size_t c) {
+  if (!std::isfinite(v)) throw_error("activation at batch row ", b, ", column ", c, " is not finite (", v, ")");
+}
+
+inline void prepare_exact(const PackedMatrix& W, const float* X, std::size_t batch, PreparedActivations& p) {
+  const std::size_t nb = W.block_count(), G = W.groups_per_row(), cols = W.cols();
+  p.batch = batch;
+  p.blocks = nb;
+  p.groups = G;
+  p.x.assign(batch * nb * kActivationBlock, 0.0f);
+  p.group_sum.assign(batch * G, 0.0f);
+  for (std::size_t b = 0; b < batch; ++b) {
+    const float* x = X + b * cols;
+    for (std::size_t c = 0; c < cols; ++c) check_finite_activation(x[c], b, c);
+    float* out = p.x.data() + b * nb * kActivationBlock;
+    for (std::size_t g = 0; g < G; ++g) {
+      float sum = 0.0f;
+      for (std::size_t k = W.first_block(g); k < W.first_block(g + 1); ++k) {
+        const BlockSpan& blk = W.blocks()[k];
+        const float* src = x + 2 * static_cast<std::size_t>(blk.byte_begin);
+        float* dst = out + k * kActivationBlock;
+        for (std::uint32_t i = 0; i < blk.elements; ++i) {
+          dst[(i % 2) * 16 + i / 2] = src[i];
+          sum += src[i];
+        }
+      }
+      p.group_sum[b * G + g] = sum;
+    }
+  }
+}
+
+inline void prepare_fast(const PackedMatrix& W, const float* X, std::size_t batch, PreparedActivations& p) {
+  const std::size_t nb = W.block_count(), cols = W.cols();
+  p.batch = batch;
+  p.blocks = nb;
+  p.groups = W.groups_per_row();
+  p.q.assign(batch * nb * kActivationBlock, 0);
+  p.d.assign(batch * nb, 0.0f);
+  p.qsum.assign(batch * nb, 0);
+  for (std::size_t b = 0; b < batch; ++b) {
+    const float* x = X + b * cols;
+    for (std::size_t c = 0; c < cols; ++c) check_finite_activation(x[c], b, c);
+    for (std::size_t k = 0; k < nb; ++k) {
+      const BlockSpan& blk = W.blocks()[k];
+      const float* src = x + 2 * static_cast<std::size_t>(blk.byte_begin);
+      float amax = 0.0f;
+      for (std::uint32_t i = 0; i < blk.elements; ++i) amax = std::fmax(amax, std::fabs(src[i]));
+      const std::size_t slot = b * nb + k;
+      if (amax == 0.0f) continue;  // q, d and qsum stay 0
+      const float inv = 127.0f / amax;
+      std::int8_t* dst = p.q.data() + slot * kActivationBlock;
+      std::int32_t qsum = 0;
+      for (std::uint32_t i = 0; i < blk.elements; ++i) {
+        const float v = src[i] * inv;
+        // |v| <= 127 up to rounding, so the truncating conversion cannot overflow.
+        int r = static_cast<int>(v + (v >= 0.0f ? 0.5f : -0.5f));
+        r = r > 127 ? 127 : (r < -127 ? -127 : r);
+        const auto qi = static_cast<std::int8_t>(r);
+        dst[(i % 2) * 16 + i / 2] = qi;
+        qsum += qi;
+      }
+      p.d[slot] = amax / 127.0f;
+      p.qsum[slot] = qsum;
+    }
+  }
+}
+
+}  // namespace detail
+}  // namespace nibble

@@ -1,0 +1,213 @@
+// AVX2 + FMA + F16C kernels (x86-64, GCC/Clang). Every function carries the target
+// attribute, so no -mavx2 flag is needed and other translation units keep their
+// baseline code (and Eigen its ABI). Only called after cpu.hpp found the features.
+//
+// Codes: a block's (up to) 16 bytes are broadcast to both 128-bit lanes; a per-lane
+// variable shift (4 in the low lane, 0 in the high one) and a 0x0F mask leave the
+// high nibbles (even elements) in the low lane and the low nibbles (odd elements)
+// in the high lane: the de-interleaved order the activations were prepared in.
+//
+// fast:  8 rows at a time. maddubs(u8 code, s8 q) + madd(1) give 8 partial int32
+//        sums per row; a hadd tree turns 8 rows' partials into one vector of 8 row
+//        sums (exact integers), and the float steps then run with one row per lane,
+//        in the reference's order, so results equal the scalar reference bit for
+//        bit. nf4/fp4 map codes to int8 with pshufb and use the sign trick
+//        maddubs(|w|, sign(q, w)) since maddubs needs an unsigned first operand.
+// exact: one row at a time; nibbles widen to int32, then to float by cvtdq2ps or,
+//        for nf4/fp4, by two 8-entry permutes and a blend on bit 3; FMA with x.
+#pragma once
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "activation.hpp"
+#include "packed_matrix.hpp"
+
+#define NIBBLE_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+namespace nibble::detail::avx2 {
+
+NIBBLE_TARGET_AVX2 inline __m256i load_nibbles(const std::uint8_t* row, const BlockSpan& span) {
+  __m128i bytes;
+  if (span.elements == kActivationBlock) {
+    bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + span.byte_begin));
+  } else {  // short block: never read past the row
+    alignas(16) std::uint8_t tmp[16] = {};
+    std::memcpy(tmp, row + span.byte_begin, (span.elements + 1) / 2);
+    bytes = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
+  }
+  const __m256i both = _mm256_broadcastsi128_si256(bytes);
+  const __m256i shifted = _mm256_srlv_epi32(both, _mm256_setr_epi32(4, 4, 4, 4, 0, 0, 0, 0));
+  return _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F));
+}
+
+// Sum of each of the 8 vectors' int32 lanes, as lane i of the result.
+NIBBLE_TARGET_AVX2 inline __m256i sum_rows(const __m256i* v) {
+  const __m256i s01 = _mm256_hadd_epi32(v[0], v[1]);
+  const __m256i s23 = _mm256_hadd_epi32(v[2], v[3]);
+  const __m256i s45 = _mm256_hadd_epi32(v[4], v[5]);
+  const __m256i s67 = _mm256_hadd_epi32(v[6], v[7]);
+  const __m256i s0123 = _mm256_hadd_epi32(s01, s23);  // per lane: rows 0,1,2,3
+  const __m256i s4567 = _mm256_hadd_epi32(s45, s67);  // per lane: rows 4,5,6,7
+  const __m256i lo = _mm256_permute2x128_si256(s0123, s4567, 0x20);
+  const __m256i hi = _mm256_permute2x128_si256(s0123, s4567, 0x31);
+  return _mm256_add_epi32(lo, hi);
+}
+
+template <bool kTable>
+NIBBLE_TARGET_AVX2 inline __m256i block_dot(__m256i w, __m256i q) {
+  __m256i prod;
+  if constexpr (kTable) prod = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
+  else prod = _mm256_maddubs_epi16(w, q);
+  return _mm256_madd_epi16(prod, _mm256_set1_epi16(1));
+}
+
+// Rows [r, r + nr) (nr <= 8), batch rows [b0, b0 + NB).
+template <bool kTable, int NB>
+NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedActivations& p, float* Y,
+                                         std::size_t r, std::size_t nr, std::size_t b0) {
+  const std::size_t G = W.groups_per_row(), rows = W.rows(), nb = W.block_count();
+  const float k = kTable ? 1.0f / 127.0f : 1.0f;
+  const __m256i table =
+      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W.int8_base_values().data())));
+  const std::uint8_t* row[8];
+  for (std::size_t i = 0; i < 8; ++i) row[i] = W.row_codes(r + std::min(i, nr - 1));
+  __m256 y[NB];
+  for (int j = 0; j < NB; ++j) y[j] = _mm256_setzero_ps();
+  for (std::size_t g = 0; g < G; ++g) {
+    alignas(32) float sv[8], ov[8];
+    for (std::size_t i = 0; i < 8; ++i) {
+      const std::size_t idx = (r + std::min(i, nr - 1)) * G + g;
+      sv[i] = W.scale(idx) * k;
+      ov[i] = -W.offset(idx);
+    }
+    const __m256 s = _mm256_load_ps(sv), neg_off = _mm256_load_ps(ov);
+    __m256 a[NB];
+    for (int j = 0; j < NB; ++j) a[j] = _mm256_setzero_ps();
+    for (std::size_t blk = W.first_block(g); blk < W.first_block(g + 1); ++blk) {
+      const BlockSpan span = W.blocks()[blk];
+      __m256i w[8];
+      for (std::size_t i = 0; i < 8; ++i) {
+        w[i] = load_nibbles(row[i], span);
+        if constexpr (kTable) w[i] = _mm256_shuffle_epi8(table, w[i]);
+      }
+      for (int j = 0; j < NB; ++j) {
+        const std::size_t slot = (b0 + static_cast<std::size_t>(j)) * nb + blk;
+        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.q.data() + slot * kActivationBlock));
+        __m256i part[8];
+        for (std::size_t i = 0; i < 8; ++i) part[i] = block_dot<kTable>(w[i], q);
+        const __m256 isum = _mm256_cvtepi32_ps(sum_rows(part));
+        const __m256 t = _mm256_fmadd_ps(neg_off, _mm256_set1_ps(static_cast<float>(p.qsum[slot])), isum);
+        a[j] = _mm256_fmadd_ps(_mm256_set1_ps(p.d[slot]), t, a[j]);
+      }
+    }
+    for (int j = 0; j < NB; ++j) y[j] = _mm256_fmadd_ps(s, a[j], y[j]);
+  }
+  for (int j = 0; j < NB; ++j) {
+    alignas(32) float out[8];
+    _mm256_store_ps(out, y[j]);
+    float* dst = Y + (b0 + static_cast<std::size_t>(j)) * rows + r;
+    for (std::size_t i = 0; i < nr; ++i) dst[i] = out[i];
+  }
+}
+
+template <bool kTable>
+NIBBLE_TARGET_AVX2 inline void fast_rows(const PackedMatrix& W, const PreparedActivations& p, float* Y,
+                                         std::size_t r0, std::size_t r1) {
+  for (std::size_t r = r0; r < r1; r += 8) {
+    const std::size_t nr = std::min<std::size_t>(8, r1 - r);
+    std::size_t b = 0;
+    for (; b + 4 <= p.batch; b += 4) fast_tile<kTable, 4>(W, p, Y, r, nr, b);
+    for (; b + 2 <= p.batch; b += 2) fast_tile<kTable, 2>(W, p, Y, r, nr, b);
+    for (; b < p.batch; ++b) fast_tile<kTable, 1>(W, p, Y, r, nr, b);
+  }
+}
+
+NIBBLE_TARGET_AVX2 inline void gemm_fast(const PackedMatrix& W, const PreparedActivations& p, float* Y,
+                                         std::size_t r0, std::size_t r1) {
+  if (W.table_codebook()) fast_rows<true>(W, p, Y, r0, r1);
+  else fast_rows<false>(W, p, Y, r0, r1);
+}
+
+// 8 int32 codes → 8 floats of the codebook's base values.
+template <bool kTable>
+NIBBLE_TARGET_AVX2 inline __m256 decode8(__m128i codes8, __m256 table_lo, __m256 table_hi) {
+  const __m256i idx = _mm256_cvtepu8_epi32(codes8);
+  if constexpr (!kTable) {
+    return _mm256_cvtepi32_ps(idx);
+  } else {
+    const __m256 lo = _mm256_permutevar8x32_ps(table_lo, idx);  // uses bits 0-2
+    const __m256 hi = _mm256_permutevar8x32_ps(table_hi, idx);
+    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));  // bit 3 → sign bit
+  }
+}
+
+NIBBLE_TARGET_AVX2 inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+template <bool kTable, int NB>
+NIBBLE_TARGET_AVX2 inline void exact_row(const PackedMatrix& W, const PreparedActivations& p, float* Y,
+                                         std::size_t r, std::size_t b0) {
+  const std::size_t G = W.groups_per_row(), rows = W.rows(), nb = W.block_count();
+  const __m256 table_lo = _mm256_loadu_ps(W.base_values().data());
+  const __m256 table_hi = _mm256_loadu_ps(W.base_values().data() + 8);
+  const std::uint8_t* row = W.row_codes(r);
+  __m256 y[NB];
+  float correction[NB];
+  for (int j = 0; j < NB; ++j) {
+    y[j] = _mm256_setzero_ps();
+    correction[j] = 0.0f;
+  }
+  for (std::size_t g = 0; g < G; ++g) {
+    __m256 a0[NB], a1[NB];
+    for (int j = 0; j < NB; ++j) a0[j] = a1[j] = _mm256_setzero_ps();
+    for (std::size_t blk = W.first_block(g); blk < W.first_block(g + 1); ++blk) {
+      const __m256i nib = load_nibbles(row, W.blocks()[blk]);
+      const __m128i even = _mm256_castsi256_si128(nib), odd = _mm256_extracti128_si256(nib, 1);
+      const __m256 v0 = decode8<kTable>(even, table_lo, table_hi);
+      const __m256 v1 = decode8<kTable>(_mm_srli_si128(even, 8), table_lo, table_hi);
+      const __m256 v2 = decode8<kTable>(odd, table_lo, table_hi);
+      const __m256 v3 = decode8<kTable>(_mm_srli_si128(odd, 8), table_lo, table_hi);
+      for (int j = 0; j < NB; ++j) {
+        const float* x = p.x.data() + ((b0 + static_cast<std::size_t>(j)) * nb + blk) * kActivationBlock;
+        a0[j] = _mm256_fmadd_ps(v0, _mm256_loadu_ps(x), a0[j]);
+        a1[j] = _mm256_fmadd_ps(v1, _mm256_loadu_ps(x + 8), a1[j]);
+        a0[j] = _mm256_fmadd_ps(v2, _mm256_loadu_ps(x + 16), a0[j]);
+        a1[j] = _mm256_fmadd_ps(v3, _mm256_loadu_ps(x + 24), a1[j]);
+      }
+    }
+    const float s = W.scale(r * G + g), off = W.offset(r * G + g);
+    for (int j = 0; j < NB; ++j) {
+      y[j] = _mm256_fmadd_ps(_mm256_add_ps(a0[j], a1[j]), _mm256_set1_ps(s), y[j]);
+      if (off != 0.0f) correction[j] += s * off * p.group_sum[(b0 + static_cast<std::size_t>(j)) * G + g];
+    }
+  }
+  for (int j = 0; j < NB; ++j) Y[(b0 + static_cast<std::size_t>(j)) * rows + r] = hsum(y[j]) - correction[j];
+}
+
+template <bool kTable>
+NIBBLE_TARGET_AVX2 inline void exact_rows(const PackedMatrix& W, const PreparedActivations& p, float* Y,
+                                          std::size_t r0, std::size_t r1) {
+  for (std::size_t r = r0; r < r1; ++r) {
+    std::size_t b = 0;
+    for (; b + 4 <= p.batch; b += 4) exact_row<kTable, 4>(W, p, Y, r, b);
+    for (; b + 2 <= p.batch; b += 2) exact_row<kTable, 2>(W, p, Y, r, b);
+    for (; b < p.batch; ++b) exact_row<kTable, 1>(W, p, Y, r, b);
+  }
+}
+
+NIBBLE_TARGET_AVX2 inline void gemm_exact(const PackedMatrix& W, const PreparedActivations& p, float* Y,
+                                          std::size_t r0, std::size_t r1) {
+  if (W.table_codebook()) exact_rows<true>(W, p, Y, r0, r1);
+  else exact_rows<false>(W, p, Y, r0, r1);
+}
+
+}  // namespace nibble::detail::avx2

@@ -1,0 +1,104 @@
+// Public entry points: y = W·x (gemv) and Y = X·Wᵀ for a small batch (gemm),
+// straight from packed 4-bit weights. The kernel path is chosen per call from
+// selected_isa() (cpu.hpp).
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <functional>
+
+#include <Eigen/Core>
+
+#include "../core/error.hpp"
+#include "activation.hpp"
+#include "cpu.hpp"
+#include "packed_matrix.hpp"
+#include "scalar.hpp"
+#include "threading.hpp"
+#if defined(NIBBLE_HAVE_AVX2_KERNELS)
+#include "avx2.hpp"
+#endif
+#if defined(NIBBLE_HAVE_NEON_KERNELS)
+#include "neon.hpp"
+#endif
+
+namespace nibble {
+
+struct GemvOptions {
+  ActivationMode mode = ActivationMode::exact;
+  int threads = 1;  // 1..256; rows are split across this many threads
+};
+
+inline constexpr int kMaxThreads = 256;
+
+namespace detail {
+
+// Threads split the rows in whole tiles of this many rows (the AVX2 tile height).
+inline constexpr std::size_t kRowTile = 8;
+
+inline void run_rows(Isa isa, const PackedMatrix& W, ActivationMode mode, const float* X, std::size_t batch,
+                     const PreparedActivations& p, float* Y, std::size_t r0, std::size_t r1) {
+  switch (isa) {
+#if defined(NIBBLE_HAVE_AVX2_KERNELS)
+    case Isa::avx2:
+      if (mode == ActivationMode::exact) avx2::gemm_exact(W, p, Y, r0, r1);
+      else avx2::gemm_fast(W, p, Y, r0, r1);
+      return;
+#endif
+#if defined(NIBBLE_HAVE_NEON_KERNELS)
+    case Isa::neon:
+      if (mode == ActivationMode::exact) neon::gemm_exact(W, p, Y, r0, r1);
+      else neon::gemm_fast(W, p, Y, r0, r1);
+      return;
+#endif
+    default:
+      if (mode == ActivationMode::exact) scalar::gemm_exact(W, X, batch, Y, r0, r1);
+      else scalar::gemm_fast(W, p, Y, r0, r1);
+      return;
+  }
+}
+
+}  // namespace detail
+
+// X: batch × cols, row-major; Y: batch × rows, row-major. Any batch >= 1.
+inline void gemm(const PackedMatrix& W, const float* X, std::size_t batch, float* Y, const GemvOptions& opt = {}) {
+  detail::require(X != nullptr && Y != nullptr, "gemm: null activation or output pointer");
+  detail::require(batch >= 1, "gemm: batch is 0 (expected at least 1 activation row)");
+  detail::require(opt.threads >= 1 && opt.threads <= kMaxThreads, "gemm: threads = ", opt.threads,
+                  " (expected 1..", kMaxThreads, ")");
+  detail::require(opt.mode == ActivationMode::exact || opt.mode == ActivationMode::fast,
+                  "gemm: invalid activation mode ", static_cast<int>(opt.mode));
+  const Isa isa = selected_isa();
+  // Per-thread scratch, reused across calls; concurrent callers each have their own.
+  thread_local detail::PreparedActivations prepared;
+  if (opt.mode == ActivationMode::fast) detail::prepare_fast(W, X, batch, prepared);
+  else if (isa != Isa::scalar) detail::prepare_exact(W, X, batch, prepared);
+  else
+    for (std::size_t i = 0; i < batch * W.cols(); ++i)
+      detail::check_finite_activation(X[i], i / W.cols(), i % W.cols());
+
+  const std::size_t tiles = (W.rows() + detail::kRowTile - 1) / detail::kRowTile;
+  const std::size_t n = std::min<std::size_t>(static_cast<std::size_t>(opt.threads), tiles);
+  const detail::PreparedActivations& p = prepared;
+  const std::function<void(std::size_t)> task = [&](std::size_t t) {
+    const std::size_t r0 = std::min(W.rows(), tiles * t / n * detail::kRowTile);
+    const std::size_t r1 = std::min(W.rows(), tiles * (t + 1) / n * detail::kRowTile);
+    if (r0 < r1) detail::run_rows(isa, W, opt.mode, X, batch, p, Y, r0, r1);
+  };
+  detail::ThreadPool::instance().run(n, task);
+}
+
+inline void gemv(const PackedMatrix& W, const float* x, float* y, const GemvOptions& opt = {}) {
+  gemm(W, x, 1, y, opt);
+}
+
+inline void gemv(const PackedMatrix& W, const Eigen::Ref<const Eigen::VectorXf>& x, Eigen::Ref<Eigen::VectorXf> y,
+                 const GemvOptions& opt = {}) {
+  detail::require(static_cast<std::size_t>(x.size()) == W.cols(), "gemv: x has ", x.size(), " elements, expected ",
+                  W.cols(), " (the matrix's cols)");
+  detail::require(static_cast<std::size_t>(y.size()) == W.rows(), "gemv: y has ", y.size(), " elements, expected ",
+                  W.rows(), " (the matrix's rows)");
+  gemm(W, x.data(), 1, y.data(), opt);
+}
+
+}  // namespace nibble

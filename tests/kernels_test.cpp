@@ -1,0 +1,381 @@
+// Kernels: every ISA path available at run time against the scalar reference,
+// the scalar reference against q.dequantize() * x, threads, dispatch, bad input.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nibble/nibble.hpp>
+
+namespace {
+
+using nibble::ActivationMode;
+using nibble::Codebook;
+using nibble::GemvOptions;
+using nibble::Isa;
+using nibble::PackedMatrix;
+using nibble::QuantizedMatrix;
+using nibble::ScaleFormat;
+
+// Restores automatic ISA selection when a test ends.
+struct IsaGuard {
+  ~IsaGuard() { nibble::clear_forced_isa(); }
+};
+
+std::vector<Isa> simd_isas() {
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::avx2, Isa::avx512, Isa::neon})
+    if (nibble::isa_available(isa)) out.push_back(isa);
+  return out;
+}
+
+enum class ZeroKind { uint4, f32, f16 };
+
+// A random container, built directly (not through a quantizer) so any group size
+// the container allows can be used, including tiny and odd per-row groups.
+QuantizedMatrix random_matrix(std::size_t rows, std::size_t cols, std::size_t gs, Codebook cb, ScaleFormat sf,
+                              std::uint32_t seed, ZeroKind zk = ZeroKind::uint4) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> code(0, 15);
+  std::uniform_real_distribution<float> scale(0.01f, 0.5f);
+  std::vector<std::uint8_t> values(cols);
+  std::vector<std::uint8_t> codes(rows * nibble::packed_size(cols));
+  for (std::size_t r = 0; r < rows; ++r) {
+    for (auto& v : values) v = static_cast<std::uint8_t>(code(rng));
+    nibble::pack_nibbles(values.data(), cols, codes.data() + r * nibble::packed_size(cols));
+  }
+  const std::size_t groups = rows * ((cols + gs - 1) / gs);
+  std::vector<float> s(groups);
+  for (auto& v : s) v = scale(rng);
+  if (groups > 2) s[1] = 0.0f;  // an all-zero group must not produce NaN
+  auto scales = nibble::ScaleArray::encode(s, sf);
+  nibble::ZeroPoints zeros;
+  if (cb == Codebook::uint4_asym) {
+    if (zk == ZeroKind::uint4) {
+      std::vector<std::uint8_t> z(groups);
+      for (auto& v : z) v = static_cast<std::uint8_t>(code(rng));
+      zeros = nibble::ZeroPoints::uint4(z);
+    } else {
+      std::vector<float> z(groups);
+      for (auto& v : z) v = std::uniform_real_distribution<float>(-1.0f, 16.0f)(rng);
+      zeros = nibble::ZeroPoints::floats(z, zk == ZeroKind::f32 ? ScaleFormat::f32 : ScaleFormat::f16);
+    }
+  }
+  return QuantizedMatrix(rows, cols, gs, cb, std::move(codes), std::move(scales), std::move(zeros));
+}
+
+std::vector<float> random_activations(std::size_t n, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> x(n);
+  for (auto& v : x) v = d(rng);
+  return x;
+}
+
+// Σ|w||x| per output: the scale for a float-rounding tolerance.
+std::vector<double> magnitudes(const QuantizedMatrix& q, const float* X, std::size_t batch) {
+  const Eigen::MatrixXf w = q.dequantize();
+  std::vector<double> out(batch * q.rows());
+  for (std::size_t b = 0; b < batch; ++b)
+    for (std::size_t r = 0; r < q.rows(); ++r) {
+      double m = 0;
+      for (std::size_t c = 0; c < q.cols(); ++c)
+        m += std::fabs(static_cast<double>(w(r, c)) * X[b * q.cols() + c]);
+      out[b * q.rows() + r] = m;
+    }
+  return out;
+}
+
+std::vector<float> run(Isa isa, const PackedMatrix& W, const std::vector<float>& X, std::size_t batch,
+                       ActivationMode mode, int threads = 1) {
+  IsaGuard guard;
+  nibble::force_isa(isa);
+  std::vector<float> Y(batch * W.rows(), -1.0f);
+  nibble::gemm(W, X.data(), batch, Y.data(), GemvOptions{mode, threads});
+  return Y;
+}
+
+struct Shape {
+  std::size_t rows, cols, gs;
+};
+
+// K not a multiple of 32/64/group size, N not a multiple of the 8-row tile, tiny and
+// odd per-row groups, groups that are not a multiple of the 32-element block.
+const Shape kShapes[] = {{1, 1, 1},    {3, 7, 7},     {9, 30, 6},    {13, 67, 2},   {17, 130, 64},
+                         {8, 256, 128}, {11, 257, 32}, {5, 300, 100}, {21, 96, 96}, {7, 200, 16}};
+const Codebook kCodebooks[] = {Codebook::int4_sym, Codebook::uint4_asym, Codebook::nf4, Codebook::fp4};
+const ScaleFormat kScaleFormats[] = {ScaleFormat::f32, ScaleFormat::f16, ScaleFormat::bf16, ScaleFormat::dq8};
+
+std::string label(const Shape& s, Codebook cb, ScaleFormat sf) {
+  return std::to_string(s.rows) + "x" + std::to_string(s.cols) + " g" + std::to_string(s.gs) + " " +
+         nibble::to_string(cb) + " " + nibble::to_string(sf);
+}
+
+TEST(PackedMatrix, RoundTripsLosslessly) {
+  for (const Shape& s : kShapes)
+    for (Codebook cb : kCodebooks)
+      for (ScaleFormat sf : kScaleFormats) {
+        const QuantizedMatrix q = random_matrix(s.rows, s.cols, s.gs, cb, sf, 7);
+        const PackedMatrix W(q);
+        const QuantizedMatrix u = W.unpack();
+        EXPECT_EQ(u.rows(), q.rows());
+        EXPECT_EQ(u.cols(), q.cols());
+        EXPECT_EQ(u.group_size(), q.group_size());
+        EXPECT_EQ(u.codebook(), q.codebook());
+        EXPECT_EQ(u.codes(), q.codes());
+        EXPECT_EQ(u.scales().format(), q.scales().format());
+        EXPECT_EQ(u.scales().decode(), q.scales().decode());
+        EXPECT_EQ(u.decoded_zeros(), q.decoded_zeros());
+        EXPECT_EQ(W.weight_bytes(), q.storage_bytes());
+      }
+}
+
+TEST(PackedMatrix, BlockPlanCoversEveryColumnOnce) {
+  for (const Shape& s : kShapes) {
+    const PackedMatrix W(random_matrix(1, s.cols, s.gs, Codebook::int4_sym, ScaleFormat::f32, 1));
+    std::size_t next = 0;
+    for (std::size_t g = 0; g < W.groups_per_row(); ++g)
+      for (std::size_t b = W.first_block(g); b < W.first_block(g + 1); ++b) {
+        EXPECT_EQ(2 * W.blocks()[b].byte_begin, next);
+        EXPECT_LE(W.blocks()[b].elements, nibble::kActivationBlock);
+        EXPECT_LE(next + W.blocks()[b].elements, std::min(s.cols, (g + 1) * s.gs));
+        next += W.blocks()[b].elements;
+      }
+    EXPECT_EQ(next, s.cols);
+  }
+}
+
+// The specification itself against an independent computation in double.
+TEST(ScalarReference, ExactEqualsDequantizeTimesX) {
+  for (const Shape& s : kShapes)
+    for (Codebook cb : kCodebooks)
+      for (ScaleFormat sf : kScaleFormats) {
+        const QuantizedMatrix q = random_matrix(s.rows, s.cols, s.gs, cb, sf, 11, ZeroKind::f16);
+        const PackedMatrix W(q);
+        const std::size_t batch = 3;
+        const auto X = random_activations(batch * s.cols, 5);
+        const auto Y = run(Isa::scalar, W, X, batch, ActivationMode::exact);
+        const Eigen::MatrixXd w = q.dequantize().cast<double>();
+        const auto mag = magnitudes(q, X.data(), batch);
+        for (std::size_t b = 0; b < batch; ++b)
+          for (std::size_t r = 0; r < s.rows; ++r) {
+            double want = 0;
+            for (std::size_t c = 0; c < s.cols; ++c) want += w(r, c) * X[b * s.cols + c];
+            ASSERT_NEAR(Y[b * s.rows + r], want, 1e-5 * mag[b * s.rows + r] + 1e-30) << label(s, cb, sf);
+          }
+      }
+}
+
+// The fast reference against an independent int8 emulation written from the
+// documented rules: per 32-element block inside a group, q = round(x·127/amax)
+// (ties away from zero), y = Σ s·d·Σ(w8 − off)·q with w8 the int8 codebook values.
+TEST(ScalarReference, FastMatchesDocumentedInt8Rules) {
+  for (const Shape& s : kShapes)
+    for (Codebook cb : kCodebooks) {
+      const QuantizedMatrix q = random_matrix(s.rows, s.cols, s.gs, cb, ScaleFormat::f32, 3);
+      const PackedMatrix W(q);
+      const auto x = random_activations(s.cols, 8);
+      const auto Y = run(Isa::scalar, W, x, 1, ActivationMode::fast);
+      const bool table = cb == Codebook::nf4 || cb == Codebook::fp4;
+      const auto& values = nibble::codebook_values(cb);
+      for (std::size_t r = 0; r < s.rows; ++r) {
+        double want = 0;
+        for (std::size_t g = 0; g * s.gs < s.cols; ++g) {
+          const std::size_t end = std::min(s.cols, (g + 1) * s.gs);
+          const double scale = q.scale(r, g) * (table ? 1.0 / 127 : 1.0);
+          for (std::size_t c0 = g * s.gs; c0 < end; c0 += 32) {
+            const std::size_t c1 = std::min(end, c0 + 32);
+            float amax = 0;
+            for (std::size_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(x[c]));
+            if (amax == 0) continue;
+            double block = 0;
+            for (std::size_t c = c0; c < c1; ++c) {
+              const double qx = std::round(static_cast<double>(x[c] * (127.0f / amax)));
+              const std::uint8_t u = q.code(r, c);
+              const double w8 = table ? std::round(127.0 * values[u]) : static_cast<double>(u);
+              const double off = cb == Codebook::int4_sym ? 8 : (cb == Codebook::uint4_asym ? q.zero(r, g) : 0);
+              block += (w8 - off) * qx;
+            }
+            want += scale * (amax / 127.0) * block;
+          }
+        }
+        double mag = 0;
+        for (std::size_t c = 0; c < s.cols; ++c) mag += std::fabs(q.value(r, c) * x[c]);
+        ASSERT_NEAR(Y[r], want, 1e-5 * mag + 1e-30) << label(s, cb, ScaleFormat::f32) << " row " << r;
+      }
+    }
+}
+
+TEST(SimdPaths, ExactCloseToScalarAndFastBitExact) {
+  const auto isas = simd_isas();
+  if (isas.empty()) GTEST_SKIP() << "no SIMD path on this CPU/build; the scalar path is covered elsewhere";
+  for (Isa isa : isas)
+    for (const Shape& s : kShapes)
+      for (Codebook cb : kCodebooks)
+        for (ScaleFormat sf : kScaleFormats)
+          for (ZeroKind zk : {ZeroKind::uint4, ZeroKind::f32}) {
+            if (zk != ZeroKind::uint4 && cb != Codebook::uint4_asym) continue;
+            const QuantizedMatrix q = random_matrix(s.rows, s.cols, s.gs, cb, sf, 21, zk);
+            const PackedMatrix W(q);
+            for (std::size_t batch : {std::size_t{1}, std::size_t{3}, std::size_t{6}}) {
+              const auto X = random_activations(batch * s.cols, 9);
+              const auto mag = magnitudes(q, X.data(), batch);
+              const auto ref = run(Isa::scalar, W, X, batch, ActivationMode::exact);
+              const auto got = run(isa, W, X, batch, ActivationMode::exact);
+              for (std::size_t i = 0; i < ref.size(); ++i)
+                ASSERT_NEAR(got[i], ref[i], 2e-6 * mag[i] + 1e-30)
+                    << nibble::to_string(isa) << " exact " << label(s, cb, sf) << " batch " << batch << " i " << i;
+              const auto fref = run(Isa::scalar, W, X, batch, ActivationMode::fast);
+              const auto fgot = run(isa, W, X, batch, ActivationMode::fast);
+              for (std::size_t i = 0; i < fref.size(); ++i)
+                ASSERT_EQ(std::memcmp(&fgot[i], &fref[i], sizeof(float)), 0)
+                    << nibble::to_string(isa) << " fast " << label(s, cb, sf) << " batch " << batch << " i " << i
+                    << ": " << fgot[i] << " vs " << fref[i];
+            }
+          }
+}
+
+TEST(SimdPaths, BatchesUpTo64AndUnalignedPointers) {
+  std::vector<Isa> isas = simd_isas();
+  isas.push_back(Isa::scalar);
+  const QuantizedMatrix q = random_matrix(19, 100, 20, Codebook::nf4, ScaleFormat::f16, 4);
+  const PackedMatrix W(q);
+  for (std::size_t batch : {1, 2, 5, 8, 31, 64}) {
+    // Offset both buffers by one float so neither is 32-byte aligned.
+    std::vector<float> xbuf(batch * q.cols() + 1), ybuf(batch * q.rows() + 1, 0.0f);
+    const auto X = random_activations(batch * q.cols(), static_cast<std::uint32_t>(batch));
+    std::copy(X.begin(), X.end(), xbuf.begin() + 1);
+    const auto ref_exact = run(Isa::scalar, W, X, batch, ActivationMode::exact);
+    const auto ref_fast = run(Isa::scalar, W, X, batch, ActivationMode::fast);
+    const auto mag = magnitudes(q, X.data(), batch);
+    for (Isa isa : isas)
+      for (ActivationMode mode : {ActivationMode::exact, ActivationMode::fast}) {
+        IsaGuard guard;
+        nibble::force_isa(isa);
+        nibble::gemm(W, xbuf.data() + 1, batch, ybuf.data() + 1, GemvOptions{mode, 2});
+        for (std::size_t i = 0; i < ref_exact.size(); ++i) {
+          if (mode == ActivationMode::fast) ASSERT_EQ(ybuf[i + 1], ref_fast[i]) << nibble::to_string(isa);
+          else ASSERT_NEAR(ybuf[i + 1], ref_exact[i], 2e-6 * mag[i]) << nibble::to_string(isa);
+        }
+        // Each batch row of a gemm equals a gemv of that row.
+        std::vector<float> y1(q.rows());
+        const std::size_t b = batch - 1;
+        nibble::gemv(W, xbuf.data() + 1 + b * q.cols(), y1.data(), GemvOptions{mode, 1});
+        for (std::size_t r = 0; r < q.rows(); ++r) ASSERT_EQ(y1[r], ybuf[1 + b * q.rows() + r]);
+      }
+  }
+}
+
+TEST(Threads, AnyThreadCountGivesIdenticalResults) {
+  std::vector<Isa> isas = simd_isas();
+  isas.push_back(Isa::scalar);
+  const QuantizedMatrix q = random_matrix(45, 160, 32, Codebook::uint4_asym, ScaleFormat::bf16, 2);
+  const PackedMatrix W(q);
+  const auto X = random_activations(4 * q.cols(), 3);
+  for (Isa isa : isas)
+    for (ActivationMode mode : {ActivationMode::exact, ActivationMode::fast}) {
+      const auto y1 = run(isa, W, X, 4, mode, 1);
+      for (int t : {2, 3, 7, 64}) EXPECT_EQ(run(isa, W, X, 4, mode, t), y1) << nibble::to_string(isa) << " t=" << t;
+    }
+}
+
+TEST(Threads, ConcurrentCallsOnOneMatrix) {
+  const QuantizedMatrix q = random_matrix(64, 256, 64, Codebook::int4_sym, ScaleFormat::dq8, 5);
+  const PackedMatrix W(q);
+  const auto x = random_activations(q.cols(), 1);
+  std::vector<float> want(q.rows());
+  nibble::gemv(W, x.data(), want.data(), GemvOptions{ActivationMode::fast, 1});
+  std::vector<std::vector<float>> got(4, std::vector<float>(q.rows()));
+  std::vector<std::thread> callers;
+  for (int i = 0; i < 4; ++i)
+    callers.emplace_back([&, i] {
+      for (int rep = 0; rep < 20; ++rep) nibble::gemv(W, x.data(), got[i].data(), GemvOptions{ActivationMode::fast, 2});
+    });
+  for (auto& t : callers) t.join();
+  for (const auto& y : got) EXPECT_EQ(y, want);
+}
+
+TEST(FastMode, ErrorVersusExactIsSmall) {
+  // Relative L2 error of fast vs exact on gaussian data: int8 activations per
+  // 32-block give ~0.5% on int4; nf4/fp4 also round their table to int8.
+  for (Codebook cb : kCodebooks) {
+    const QuantizedMatrix q = random_matrix(64, 512, 128, cb, ScaleFormat::f32, 6);
+    const PackedMatrix W(q);
+    const auto x = random_activations(q.cols(), 2);
+    const auto e = run(nibble::detected_isa(), W, x, 1, ActivationMode::exact);
+    const auto f = run(nibble::detected_isa(), W, x, 1, ActivationMode::fast);
+    double num = 0, den = 0;
+    for (std::size_t i = 0; i < e.size(); ++i) {
+      num += (f[i] - e[i]) * double(f[i] - e[i]);
+      den += double(e[i]) * e[i];
+    }
+    EXPECT_LT(std::sqrt(num / den), 0.02) << nibble::to_string(cb);
+  }
+}
+
+TEST(Dispatch, ForceAndEnvironment) {
+  IsaGuard guard;
+  EXPECT_TRUE(nibble::isa_available(Isa::scalar));
+  EXPECT_TRUE(nibble::isa_available(nibble::detected_isa()));
+  EXPECT_THROW(nibble::force_isa(Isa::avx512), nibble::Error);  // no AVX-512 kernels are shipped
+#if defined(__aarch64__)
+  EXPECT_EQ(nibble::detected_isa(), Isa::neon);
+  EXPECT_THROW(nibble::force_isa(Isa::avx2), nibble::Error);
+#else
+  EXPECT_THROW(nibble::force_isa(Isa::neon), nibble::Error);
+#endif
+  nibble::force_isa(Isa::scalar);
+  EXPECT_EQ(nibble::selected_isa(), Isa::scalar);
+  nibble::clear_forced_isa();
+  ASSERT_EQ(setenv("NIBBLE_ISA", "scalar", 1), 0);
+  EXPECT_EQ(nibble::selected_isa(), Isa::scalar);
+  ASSERT_EQ(setenv("NIBBLE_ISA", "avx512", 1), 0);
+  EXPECT_THROW(nibble::selected_isa(), nibble::Error);
+  ASSERT_EQ(setenv("NIBBLE_ISA", "sse9", 1), 0);
+  EXPECT_THROW(nibble::selected_isa(), nibble::Error);
+  // force_isa wins over the environment.
+  nibble::force_isa(Isa::scalar);
+  EXPECT_EQ(nibble::selected_isa(), Isa::scalar);
+  nibble::clear_forced_isa();
+  ASSERT_EQ(unsetenv("NIBBLE_ISA"), 0);
+  EXPECT_EQ(nibble::selected_isa(), nibble::detected_isa());
+  EXPECT_EQ(nibble::isa_from_string("neon"), Isa::neon);
+  EXPECT_THROW(nibble::isa_from_string("AVX2"), nibble::Error);
+}
+
+TEST(BadInput, ShapesThreadsAndNonFinite) {
+  const PackedMatrix W(random_matrix(4, 10, 10, Codebook::int4_sym, ScaleFormat::f32, 1));
+  Eigen::VectorXf x = Eigen::VectorXf::Ones(10), y(4);
+  EXPECT_NO_THROW(nibble::gemv(W, x, y));
+  Eigen::VectorXf wrong_x = Eigen::VectorXf::Ones(9), wrong_y(5);
+  EXPECT_THROW(nibble::gemv(W, wrong_x, y), nibble::Error);
+  EXPECT_THROW(nibble::gemv(W, x, wrong_y), nibble::Error);
+  EXPECT_THROW(nibble::gemv(W, x, y, GemvOptions{ActivationMode::exact, 0}), nibble::Error);
+  EXPECT_THROW(nibble::gemv(W, x, y, GemvOptions{ActivationMode::exact, -3}), nibble::Error);
+  EXPECT_THROW(nibble::gemv(W, x, y, GemvOptions{static_cast<ActivationMode>(7), 1}), nibble::Error);
+  EXPECT_THROW(nibble::gemm(W, x.data(), 0, y.data()), nibble::Error);
+  EXPECT_THROW(nibble::gemm(W, nullptr, 1, y.data()), nibble::Error);
+  for (ActivationMode mode : {ActivationMode::exact, ActivationMode::fast}) {
+    x[3] = std::nanf("");
+    EXPECT_THROW(nibble::gemv(W, x, y, GemvOptions{mode, 1}), nibble::Error);
+    x[3] = INFINITY;
+    try {
+      nibble::gemv(W, x, y, GemvOptions{mode, 1});
+      ADD_FAILURE() << "expected an error";
+    } catch (const nibble::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("column 3"), std::string::npos) << e.what();
+    }
+    x[3] = 1.0f;
+  }
+  // Zero activations: fast mode's all-zero blocks give exact zeros, no NaN.
+  x.setZero();
+  nibble::gemv(W, x, y, GemvOptions{ActivationMode::fast, 1});
+  EXPECT_TRUE((y.array() == 0.0f).all());
+}
+
+}  // namespace
