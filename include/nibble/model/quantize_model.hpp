@@ -1,0 +1,247 @@
+// Quantizes every linear layer of a llama2.c model (wq wk wv wo w1 w2 w3) with one of
+// nibble's methods, including the calibration plumbing GPTQ and AWQ need: the inputs of
+// each linear layer, captured on calibration text, layer by layer.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "../core/error.hpp"
+#include "../format/quantized_matrix.hpp"
+#include "../quant/rtn.hpp"
+#include "llama2c.hpp"
+#include "transformer.hpp"
+
+namespace nibble::model {
+
+enum class Method {
+  rtn_int4_absmax,  // int4 symmetric, scale = absmax/7
+  rtn_int4_full,    // int4 symmetric, scale = extreme/−8 (llama.cpp Q4_0 style)
+  rtn_uint4,        // uint4 asymmetric min/max (GPTQ/AWQ's format)
+  rtn_uint4_clip,   // uint4 asymmetric with a per-group MSE clip search
+  nf4,              // bitsandbytes NF4, fp32 absmax
+  nf4_dq,           // NF4 with double-quantized absmax
+  fp4,              // bitsandbytes FP4, fp32 absmax
+};
+
+struct MethodInfo {
+  Method method;
+  const char* name;         // command-line / JSON name
+  const char* description;  // table label
+  bool calibrated;          // needs calibration text
+};
+
+inline const std::vector<MethodInfo>& all_methods() {
+  static const std::vector<MethodInfo> methods = {
+      {Method::rtn_int4_absmax, "int4-absmax", "RTN int4 sym absmax/7", false},
+      {Method::rtn_int4_full, "int4-full", "RTN int4 sym full range", false},
+      {Method::rtn_uint4, "uint4", "RTN uint4 asym", false},
+      {Method::rtn_uint4_clip, "uint4-clip", "RTN uint4 asym + MSE clip", false},
+      {Method::nf4, "nf4", "NF4", false},
+      {Method::nf4_dq, "nf4-dq", "NF4 + double quant", false},
+      {Method::fp4, "fp4", "FP4", false},
+  };
+  return methods;
+}
+
+inline const MethodInfo& method_info(Method m) {
+  for (const auto& info : all_methods())
+    if (info.method == m) return info;
+  detail::throw_error("unknown method ", static_cast<int>(m));
+}
+
+inline const MethodInfo& method_by_name(const std::string& name) {
+  std::string known;
+  for (const auto& info : all_methods()) {
+    if (name == info.name) return info;
+    known += std::string(known.empty() ? "" : ", ") + info.name;
+  }
+  detail::throw_error("unknown method '", name, "' (expected one of: ", known, ")");
+}
+
+// The seven linear layers of a block, by name, in both weight holders.
+struct LinearSlot {
+  const char* name;
+  RowMatrixXf Llama2Layer::*weights;
+  Linear TransformerLayer::*linear;
+  LinearSite input;
+};
+
+inline const std::vector<LinearSlot>& linear_slots() {
+  static const std::vector<LinearSlot> slots = {
+      {"wq", &Llama2Layer::wq, &TransformerLayer::wq, LinearSite::attention_input},
+      {"wk", &Llama2Layer::wk, &TransformerLayer::wk, LinearSite::attention_input},
+      {"wv", &Llama2Layer::wv, &TransformerLayer::wv, LinearSite::attention_input},
+      {"wo", &Llama2Layer::wo, &TransformerLayer::wo, LinearSite::attention_output},
+      {"w1", &Llama2Layer::w1, &TransformerLayer::w1, LinearSite::ffn_input},
+      {"w2", &Llama2Layer::w2, &TransformerLayer::w2, LinearSite::ffn_hidden},
+      {"w3", &Llama2Layer::w3, &TransformerLayer::w3, LinearSite::ffn_input},
+  };
+  return slots;
+}
+
+struct ModelQuantOptions {
+  Method method = Method::rtn_uint4;
+  int group_size = 32;  // or kPerRow
+  // Scale storage of the integer formats (uint4/int4 RTN, GPTQ, AWQ): f16 as GPTQ/AWQ
+  // checkpoints store them. NF4/FP4 keep bitsandbytes' fp32 absmax (dq8 for nf4-dq).
+  ScaleFormat int_scale_format = ScaleFormat::f16;
+  LinearBackend backend = LinearBackend::dequantized;
+};
+
+struct QuantizedModel {
+  Transformer model;
+  std::vector<std::shared_ptr<const QuantizedMatrix>> matrices;  // layer-major, slot order
+  double linear_bits = 0.0;                                      // all stored bits of the linears
+  std::size_t linear_weights = 0;
+  std::size_t other_bytes = 0;  // fp32 embedding (= classifier) and norm gains
+  double seconds = 0.0;         // time to quantize
+
+  double bits_per_weight() const { return linear_bits / static_cast<double>(linear_weights); }
+  std::size_t model_bytes() const { return static_cast<std::size_t>(linear_bits / 8.0 + 0.999) + other_bytes; }
+};
+
+// Bytes of the parts that stay fp32.
+inline std::size_t fp32_other_bytes(const Llama2Weights& w) {
+  std::size_t floats = static_cast<std::size_t>(w.token_embedding.size() + w.rms_final.size() + w.wcls.size());
+  for (const auto& l : w.layers) floats += static_cast<std::size_t>(l.rms_att.size() + l.rms_ffn.size());
+  return 4 * floats;
+}
+
+inline std::size_t fp32_model_bytes(const Llama2Weights& w) {
+  std::size_t floats = 0;
+  for (const auto& l : w.layers)
+    for (const auto& s : linear_slots()) floats += static_cast<std::size_t>((l.*s.weights).size());
+  return 4 * floats + fp32_other_bytes(w);
+}
+
+// Round-to-nearest configuration of the plain methods.
+inline QuantConfig rtn_config(Method m, int group_size, ScaleFormat int_scales) {
+  QuantConfig c;
+  c.group_size = group_size;
+  c.scale_format = int_scales;
+  switch (m) {
+    case Method::rtn_int4_absmax: c.codebook = Codebook::int4_sym; c.sym_scale = SymScale::absmax_over_7; break;
+    case Method::rtn_int4_full: c.codebook = Codebook::int4_sym; c.sym_scale = SymScale::full_range; break;
+    case Method::rtn_uint4: c.codebook = Codebook::uint4_asym; break;
+    case Method::rtn_uint4_clip: c.codebook = Codebook::uint4_asym; c.clip.enabled = true; break;
+    case Method::nf4: c.codebook = Codebook::nf4; c.scale_format = ScaleFormat::f32; break;
+    case Method::nf4_dq: c.codebook = Codebook::nf4; c.scale_format = ScaleFormat::dq8; break;
+    case Method::fp4: c.codebook = Codebook::fp4; c.scale_format = ScaleFormat::f32; break;
+  }
+  return c;
+}
+
+// Inputs of one block's linear layers, stacked over all calibration tokens.
+struct BlockActivations {
+  RowMatrixXf attention_input, attention_output, ffn_input, ffn_hidden;
+
+  const RowMatrixXf& at(LinearSite site) const {
+    switch (site) {
+      case LinearSite::attention_input: return attention_input;
+      case LinearSite::attention_output: return attention_output;
+      case LinearSite::ffn_input: return ffn_input;
+      case LinearSite::ffn_hidden: return ffn_hidden;
+    }
+    return attention_input;
+  }
+};
+
+// Runs calibration sequences through the model one block at a time. For block l it
+// captures the inputs of the block's linears, calls quantize_block(l, activations) (which
+// replaces model.layers[l]'s linears, norms, …), then advances the hidden states either
+// through the block as it is now (quantized: GPTQ's sequential scheme, later layers see
+// the error of earlier ones) or through the block as it was captured (fp32: AWQ).
+template <class QuantizeBlock>
+void calibrate_blockwise(Transformer& model, const std::vector<std::vector<int>>& sequences, bool propagate_quantized,
+                         QuantizeBlock&& quantize_block) {
+  detail::require(!sequences.empty(), "calibration needs at least one sequence");
+  std::vector<RowMatrixXf> hidden;
+  for (const auto& s : sequences) hidden.push_back(model.embed(s));
+  KvCache cache = model.new_cache();
+  for (int l = 0; l < model.config.n_layers; ++l) {
+    std::vector<RowMatrixXf> parts[4];
+    const ActivationHook hook = [&](int, LinearSite site, const RowMatrixXf& X) {
+      parts[static_cast<int>(site)].push_back(X);
+    };
+    std::vector<RowMatrixXf> fp_out(hidden.size());
+    for (std::size_t s = 0; s < hidden.size(); ++s) {
+      RowMatrixXf X = hidden[s];
+      cache.length = 0;
+      model.run_layer(l, X, cache, &hook);
+      if (!propagate_quantized) fp_out[s] = std::move(X);
+    }
+    BlockActivations acts;
+    RowMatrixXf* targets[4] = {&acts.attention_input, &acts.attention_output, &acts.ffn_input, &acts.ffn_hidden};
+    for (int k = 0; k < 4; ++k) {
+      Eigen::Index rows = 0;
+      for (const auto& p : parts[k]) rows += p.rows();
+      targets[k]->resize(rows, parts[k].front().cols());
+      Eigen::Index at = 0;
+      for (auto& p : parts[k]) {
+        targets[k]->middleRows(at, p.rows()) = p;
+        at += p.rows();
+      }
+      parts[k].clear();
+    }
+    quantize_block(l, static_cast<const BlockActivations&>(acts));
+    for (std::size_t s = 0; s < hidden.size(); ++s) {
+      if (propagate_quantized) {
+        cache.length = 0;
+        model.run_layer(l, hidden[s], cache);
+      } else {
+        hidden[s] = std::move(fp_out[s]);
+      }
+    }
+  }
+}
+
+// Quantizes all linear layers of w. calibration (token sequences of training text,
+// never the evaluation text) is used by the calibrated methods only.
+inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOptions& options,
+                                     const std::vector<std::vector<int>>& calibration = {}) {
+  const auto t0 = std::chrono::steady_clock::now();
+  QuantizedModel out;
+  out.model = Transformer::from_weights(w);
+  out.other_bytes = fp32_other_bytes(w);
+  const int L = w.config.n_layers;
+  std::vector<std::shared_ptr<const QuantizedMatrix>> qs(static_cast<std::size_t>(L) * linear_slots().size());
+  auto put = [&](int l, std::size_t slot, QuantizedMatrix q) {
+    auto p = std::make_shared<const QuantizedMatrix>(std::move(q));
+    out.model.layers[static_cast<std::size_t>(l)].*(linear_slots()[slot].linear) = Linear(p, options.backend);
+    qs[static_cast<std::size_t>(l) * linear_slots().size() + slot] = std::move(p);
+  };
+
+  switch (options.method) {
+    case Method::rtn_int4_absmax:
+    case Method::rtn_int4_full:
+    case Method::rtn_uint4:
+    case Method::rtn_uint4_clip:
+    case Method::nf4:
+    case Method::nf4_dq:
+    case Method::fp4: {
+      const QuantConfig c = rtn_config(options.method, options.group_size, options.int_scale_format);
+      for (int l = 0; l < L; ++l)
+        for (std::size_t k = 0; k < linear_slots().size(); ++k)
+          put(l, k, quantize(w.layers[static_cast<std::size_t>(l)].*(linear_slots()[k].weights), c));
+      break;
+    }
+  }
+  (void)calibration;
+
+  for (const auto& q : qs) {
+    detail::require(q != nullptr, "internal: a linear layer was not quantized");
+    out.linear_bits += q->bits_per_weight() * static_cast<double>(q->rows() * q->cols());
+    out.linear_weights += q->rows() * q->cols();
+  }
+  out.matrices = std::move(qs);
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return out;
+}
+
+}  // namespace nibble::model
