@@ -91,7 +91,8 @@ struct ModelQuantOptions {
   // Scale storage of the integer formats (uint4/int4 RTN, GPTQ, AWQ): f16 as GPTQ/AWQ
   // checkpoints store them. NF4/FP4 keep bitsandbytes' fp32 absmax (dq8 for nf4-dq).
   ScaleFormat int_scale_format = ScaleFormat::f16;
-  LinearBackend backend = LinearBackend::dequantized;
+  LinearBackend backend = LinearBackend::kernel_exact;
+  int kernel_threads = 1;  // threads per kernel call (1 when sequences run in parallel)
 };
 
 struct QuantizedModel {
@@ -213,7 +214,7 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
   std::vector<std::shared_ptr<const QuantizedMatrix>> qs(static_cast<std::size_t>(L) * linear_slots().size());
   auto put = [&](int l, std::size_t slot, QuantizedMatrix q) {
     auto p = std::make_shared<const QuantizedMatrix>(std::move(q));
-    out.model.layers[static_cast<std::size_t>(l)].*(linear_slots()[slot].linear) = Linear(p, options.backend);
+    out.model.layers[static_cast<std::size_t>(l)].*(linear_slots()[slot].linear) = Linear(p, options.backend, options.kernel_threads);
     qs[static_cast<std::size_t>(l) * linear_slots().size() + slot] = std::move(p);
   };
 

@@ -25,6 +25,8 @@
 
 #include "../core/error.hpp"
 #include "../format/quantized_matrix.hpp"
+#include "../kernels/gemv.hpp"
+#include "../kernels/packed_matrix.hpp"
 #include "../quant/rtn.hpp"
 #include "llama2c.hpp"
 
@@ -32,36 +34,67 @@ namespace nibble::model {
 
 // How a quantized linear layer computes y = W·x.
 enum class LinearBackend {
-  dequantized,   // weights decoded once to fp32, Eigen product (a cross-check and the fallback)
+  dequantized,   // weights decoded once to fp32, Eigen product (a cross-check of the kernels)
+  kernel_exact,  // nibble::gemm from the packed weights, fp32 activations
+  kernel_fast,   // nibble::gemm from the packed weights, activations quantized to int8 per block
 };
+
+inline const char* to_string(LinearBackend b) {
+  switch (b) {
+    case LinearBackend::dequantized: return "dequantized";
+    case LinearBackend::kernel_exact: return "exact";
+    case LinearBackend::kernel_fast: return "fast";
+  }
+  return "?";
+}
 
 // One linear layer y = W·x, W rows = out_features. Holds fp32 weights, or a
 // QuantizedMatrix together with what the chosen backend needs.
 class Linear {
  public:
   Linear() = default;
-  explicit Linear(RowMatrixXf weights) : dense_(std::move(weights)) {}
-  Linear(std::shared_ptr<const QuantizedMatrix> q, LinearBackend backend) : quantized_(std::move(q)), backend_(backend) {
+  explicit Linear(RowMatrixXf weights) : dense_(std::move(weights)), rows_(dense_.rows()), cols_(dense_.cols()) {}
+  // threads: how many threads each kernel call splits its rows over.
+  Linear(std::shared_ptr<const QuantizedMatrix> q, LinearBackend backend, int threads = 1)
+      : quantized_(std::move(q)), backend_(backend) {
     detail::require(quantized_ != nullptr, "Linear: null QuantizedMatrix");
-    dense_ = quantized_->dequantize();
+    rows_ = static_cast<Eigen::Index>(quantized_->rows());
+    cols_ = static_cast<Eigen::Index>(quantized_->cols());
+    if (backend == LinearBackend::dequantized) {
+      dense_ = quantized_->dequantize();
+    } else {
+      packed_ = std::make_shared<const PackedMatrix>(*quantized_);
+      options_.mode = backend == LinearBackend::kernel_fast ? ActivationMode::fast : ActivationMode::exact;
+      options_.threads = threads;
+    }
   }
 
   bool is_quantized() const { return quantized_ != nullptr; }
   const QuantizedMatrix* quantized() const { return quantized_.get(); }
-  Eigen::Index rows() const { return dense_.rows(); }
-  Eigen::Index cols() const { return dense_.cols(); }
+  LinearBackend backend() const { return backend_; }
+  Eigen::Index rows() const { return rows_; }
+  Eigen::Index cols() const { return cols_; }
+
   // The fp32 weights this layer computes with (decoded ones when quantized).
-  const RowMatrixXf& weights() const { return dense_; }
+  RowMatrixXf weights() const { return packed_ ? RowMatrixXf(quantized_->dequantize()) : dense_; }
 
   // Y = X·Wᵀ for a batch of inputs X (one per row).
   void apply(const RowMatrixXf& X, RowMatrixXf& Y) const {
-    Y.resize(X.rows(), dense_.rows());
-    Y.noalias() = X * dense_.transpose();
+    detail::require(X.cols() == cols_, "Linear: input has ", X.cols(), " features, expected ", cols_);
+    Y.resize(X.rows(), rows_);
+    if (packed_) {
+      if (X.rows() > 0) gemm(*packed_, X.data(), static_cast<std::size_t>(X.rows()), Y.data(), options_);
+    } else {
+      Y.noalias() = X * dense_.transpose();
+    }
   }
 
  private:
   RowMatrixXf dense_;
+  Eigen::Index rows_ = 0, cols_ = 0;
   std::shared_ptr<const QuantizedMatrix> quantized_;
+  std::shared_ptr<const PackedMatrix> packed_;
+  GemvOptions options_;
   LinearBackend backend_ = LinearBackend::dequantized;
 };
 
