@@ -1,0 +1,528 @@
+// GGUF (version 3, as written by llama.cpp / gguf-py): Q4_0 and IQ4_NL blocks, a
+// streaming writer and a validating reader.
+//
+// File layout, little-endian:
+//   u32 magic "GGUF" | u32 version 3 | u64 tensor_count | u64 kv_count
+//   kv_count × { string key | u32 value_type | value }      string = u64 length + bytes
+//   tensor_count × { string name | u32 n_dims | u64 ne[n_dims] | u32 ggml_type | u64 offset }
+//   padding to `general.alignment` (default 32), then the data section; every tensor
+//   offset is relative to it and a multiple of the alignment.
+// ne[0] is the contiguous dimension: a PyTorch Linear weight [out, in] is ne = {in, out},
+// and blocks of 32 run along `in` inside each output row.
+//
+// Q4_0 block (18 bytes / 32 weights): fp16 d, then 16 bytes; element j (0..15) is the
+// LOW nibble of byte j, element j+16 the HIGH nibble. w = d · (q − 8).
+// IQ4_NL block (18 bytes / 32 weights): same nibble layout, w = d · kvalues[q] with the
+// non-uniform int8 table below.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "../core/error.hpp"
+#include "../core/half.hpp"
+#include "../format/quantized_matrix.hpp"
+#include "../quant/rtn.hpp"
+#include "binary.hpp"
+
+namespace nibble::io {
+
+enum class GgmlType : std::uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, IQ4_NL = 20, BF16 = 30 };
+
+// Block size (elements) and bytes per block of every ggml type a GGUF file may hold, so a
+// reader can lay out files containing types nibble does not decode. {0, 0} = unknown.
+struct GgmlTypeSize {
+  std::uint32_t block, bytes;
+};
+inline GgmlTypeSize ggml_type_size(std::uint32_t type) {
+  static const GgmlTypeSize table[] = {
+      {1, 4},     {1, 2},     {32, 18},   {32, 20},   {0, 0},     {0, 0},     {32, 22},   {32, 24},
+      {32, 34},   {32, 36},   {256, 84},  {256, 110}, {256, 144}, {256, 176}, {256, 210}, {256, 292},
+      {256, 66},  {256, 74},  {256, 98},  {256, 50},  {32, 18},   {256, 110}, {256, 82},  {256, 136},
+      {1, 1},     {1, 2},     {1, 4},     {1, 8},     {1, 8},     {256, 56},  {1, 2}};
+  return type < sizeof(table) / sizeof(table[0]) ? table[type] : GgmlTypeSize{0, 0};
+}
+
+inline constexpr std::int8_t kIQ4NLValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                                 1,    13,   25,  38,  53,  69,  89,  113};
+inline constexpr std::size_t kGgufBlock = 32;
+
+// ---- Q4_0 ---------------------------------------------------------------------------
+
+// llama.cpp quantize_row_q4_0_ref, block by block: d = (signed extreme)/−8, id = 1/d,
+// q = min(15, (int8)(x·id + 8.5f)), d stored as fp16 while codes use the fp32 id.
+// x·id is rounded to float before the add on purpose: that is the C source's
+// semantics without FMA contraction, and going through an exact double product
+// keeps the compiler from fusing the two operations on any target.
+inline void quantize_row_q4_0_ref(const float* x, std::size_t n, std::uint8_t* out) {
+  detail::require(n % kGgufBlock == 0, "Q4_0: row length ", n, " is not a multiple of 32");
+  for (std::size_t b = 0; b < n / kGgufBlock; ++b) {
+    const float* xb = x + b * kGgufBlock;
+    float amax = 0.0f, max = 0.0f;
+    for (std::size_t j = 0; j < kGgufBlock; ++j)
+      if (std::fabs(xb[j]) > amax) {
+        amax = std::fabs(xb[j]);
+        max = xb[j];
+      }
+    const float d = max / -8.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    std::uint8_t* blk = out + b * 18;
+    const std::uint16_t dh = float_to_half(d);
+    std::memcpy(blk, &dh, 2);
+    for (std::size_t j = 0; j < 16; ++j) {
+      auto code = [&](float v) {
+        const float prod = static_cast<float>(static_cast<double>(v) * static_cast<double>(id));
+        const float shifted = prod + 8.5f;
+        return static_cast<std::uint8_t>(std::min(15, static_cast<int>(static_cast<std::int8_t>(shifted))));
+      };
+      blk[2 + j] = static_cast<std::uint8_t>(code(xb[j]) | (code(xb[j + 16]) << 4));
+    }
+  }
+}
+
+// Q4_0 quantization of a whole matrix (rows = out, cols = in), as llama-quantize does
+// without an importance matrix, returned as a QuantizedMatrix (int4_sym, groups of 32,
+// f16 scales) that to_q4_0_blocks turns back into the identical bytes.
+template <class Derived>
+QuantizedMatrix quantize_q4_0(const Eigen::MatrixBase<Derived>& W) {
+  const RowMatrixXf Wf = to_checked_float(W, NonFinitePolicy::reject, "weight matrix");
+  const std::size_t rows = static_cast<std::size_t>(Wf.rows()), cols = static_cast<std::size_t>(Wf.cols());
+  detail::require(cols % kGgufBlock == 0, "Q4_0 needs in_features (cols) divisible by 32, got ", cols);
+  std::vector<std::uint8_t> blocks(cols / kGgufBlock * 18);
+  std::vector<std::uint8_t> codes(rows * cols / 2);
+  std::vector<std::uint16_t> scales(rows * cols / kGgufBlock);
+  for (std::size_t r = 0; r < rows; ++r) {
+    quantize_row_q4_0_ref(Wf.row(static_cast<Eigen::Index>(r)).data(), cols, blocks.data());
+    for (std::size_t b = 0; b < cols / kGgufBlock; ++b) {
+      const std::uint8_t* blk = blocks.data() + b * 18;
+      scales[r * (cols / kGgufBlock) + b] = load_u16(blk);
+      for (std::size_t j = 0; j < 16; ++j) {
+        set_nibble(codes.data() + r * cols / 2, b * kGgufBlock + j, blk[2 + j] & 0x0F);
+        set_nibble(codes.data() + r * cols / 2, b * kGgufBlock + j + 16, blk[2 + j] >> 4);
+      }
+    }
+  }
+  return QuantizedMatrix(rows, cols, kGgufBlock, Codebook::int4_sym, std::move(codes),
+                         ScaleArray::from_raw16(std::move(scales), ScaleFormat::f16));
+}
+
+// QuantizedMatrix (int4_sym, group 32) → Q4_0 blocks, row after row. Scales that are not
+// already fp16 are rounded to fp16 (the only scale type Q4_0 has).
+inline std::vector<std::uint8_t> to_q4_0_blocks(const QuantizedMatrix& m) {
+  detail::require(m.codebook() == Codebook::int4_sym, "Q4_0 needs the int4_sym codebook, got ", to_string(m.codebook()));
+  detail::require(m.group_size() == kGgufBlock && m.cols() % kGgufBlock == 0,
+                  "Q4_0 needs groups of exactly 32 and in_features divisible by 32 (got group ", m.group_size(),
+                  ", in_features ", m.cols(), ")");
+  const std::size_t nb = m.cols() / kGgufBlock;
+  std::vector<std::uint8_t> out(m.rows() * nb * 18);
+  for (std::size_t r = 0; r < m.rows(); ++r)
+    for (std::size_t b = 0; b < nb; ++b) {
+      std::uint8_t* blk = out.data() + (r * nb + b) * 18;
+      const std::uint16_t d = m.scales().format() == ScaleFormat::f16 ? m.scales().raw16()[r * nb + b]
+                                                                       : float_to_half(m.scale(r, b));
+      std::memcpy(blk, &d, 2);
+      for (std::size_t j = 0; j < 16; ++j)
+        blk[2 + j] = static_cast<std::uint8_t>(m.code(r, b * kGgufBlock + j) | (m.code(r, b * kGgufBlock + j + 16) << 4));
+    }
+  return out;
+}
+
+inline QuantizedMatrix from_q4_0_blocks(std::size_t rows, std::size_t cols, ByteView bytes) {
+  detail::require(cols % kGgufBlock == 0 && rows > 0, "Q4_0: shape ", rows, " x ", cols, " is invalid");
+  const std::size_t nb = cols / kGgufBlock;
+  detail::require(bytes.size == rows * nb * 18, "Q4_0: ", rows, " x ", cols, " needs ", rows * nb * 18,
+                  " bytes, got ", bytes.size);
+  std::vector<std::uint8_t> codes(rows * cols / 2);
+  std::vector<std::uint16_t> scales(rows * nb);
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t b = 0; b < nb; ++b) {
+      const std::uint8_t* blk = bytes.data + (r * nb + b) * 18;
+      scales[r * nb + b] = load_u16(blk);
+      for (std::size_t j = 0; j < 16; ++j) {
+        set_nibble(codes.data() + r * cols / 2, b * kGgufBlock + j, blk[2 + j] & 0x0F);
+        set_nibble(codes.data() + r * cols / 2, b * kGgufBlock + j + 16, blk[2 + j] >> 4);
+      }
+    }
+  return QuantizedMatrix(rows, cols, kGgufBlock, Codebook::int4_sym, std::move(codes),
+                         ScaleArray::from_raw16(std::move(scales), ScaleFormat::f16));
+}
+
+// ---- IQ4_NL -------------------------------------------------------------------------
+
+// Nearest table entry; a tie goes to the upper index (ggml best_index_int8).
+inline int iq4nl_best_index(float x) {
+  if (x <= kIQ4NLValues[0]) return 0;
+  if (x >= kIQ4NLValues[15]) return 15;
+  int lo = 0, hi = 15;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    if (x < kIQ4NLValues[mid]) hi = mid;
+    else lo = mid;
+  }
+  return x - kIQ4NLValues[hi - 1] < kIQ4NLValues[hi] - x ? hi - 1 : hi;
+}
+
+// One row of IQ4_NL blocks, following llama.cpp quantize_row_iq4_nl_impl (ntry = 7,
+// no importance matrix): weights x², start from d = max/127, least-squares refit of d
+// for 15 trial scales, keep the best; codes re-chosen with the fp32 d, d stored as fp16.
+inline void quantize_row_iq4_nl(const float* x, std::size_t n, std::uint8_t* out) {
+  detail::require(n % kGgufBlock == 0, "IQ4_NL: row length ", n, " is not a multiple of 32");
+  constexpr int ntry = 7;
+  for (std::size_t b = 0; b < n / kGgufBlock; ++b) {
+    const float* xb = x + b * kGgufBlock;
+    std::uint8_t* blk = out + b * 18;
+    float weight[kGgufBlock];
+    float amax = 0.0f, max = 0.0f;
+    for (std::size_t j = 0; j < kGgufBlock; ++j) {
+      weight[j] = xb[j] * xb[j];
+      if (std::fabs(xb[j]) > amax) {
+        amax = std::fabs(xb[j]);
+        max = xb[j];
+      }
+    }
+    float d = 0.0f;
+    if (amax >= 1e-15f) {
+      auto fit = [&](float id, float& sumqx, float& sumq2) {
+        sumqx = sumq2 = 0.0f;
+        for (std::size_t j = 0; j < kGgufBlock; ++j) {
+          const float q = kIQ4NLValues[iq4nl_best_index(id * xb[j])];
+          sumqx += weight[j] * q * xb[j];
+          sumq2 += weight[j] * q * q;
+        }
+      };
+      float sumqx, sumq2;
+      fit(1.0f / (-max / kIQ4NLValues[0]), sumqx, sumq2);
+      d = sumqx / sumq2;
+      float best = d * sumqx;
+      for (int itry = -ntry; itry <= ntry; ++itry) {
+        fit((static_cast<float>(itry) + kIQ4NLValues[0]) / max, sumqx, sumq2);
+        if (sumq2 > 0.0f && sumqx * sumqx > best * sumq2) {
+          d = sumqx / sumq2;
+          best = d * sumqx;
+        }
+      }
+    }
+    const std::uint16_t dh = float_to_half(d);
+    std::memcpy(blk, &dh, 2);
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (std::size_t j = 0; j < 16; ++j)
+      blk[2 + j] = static_cast<std::uint8_t>(iq4nl_best_index(id * xb[j]) | (iq4nl_best_index(id * xb[j + 16]) << 4));
+  }
+}
+
+// ---- block decoding -----------------------------------------------------------------
+
+// Dequantizes `count` elements of a supported type (F32, F16, BF16, Q4_0, IQ4_NL).
+inline void dequantize_ggml(std::uint32_t type, const std::uint8_t* p, std::size_t count, float* out) {
+  switch (static_cast<GgmlType>(type)) {
+    case GgmlType::F32:
+      for (std::size_t i = 0; i < count; ++i) out[i] = load_f32(p + 4 * i);
+      return;
+    case GgmlType::F16:
+      for (std::size_t i = 0; i < count; ++i) out[i] = half_to_float(load_u16(p + 2 * i));
+      return;
+    case GgmlType::BF16:
+      for (std::size_t i = 0; i < count; ++i) out[i] = bf16_to_float(load_u16(p + 2 * i));
+      return;
+    case GgmlType::Q4_0:
+    case GgmlType::IQ4_NL: {
+      const bool q40 = static_cast<GgmlType>(type) == GgmlType::Q4_0;
+      for (std::size_t b = 0; b < count / kGgufBlock; ++b) {
+        const std::uint8_t* blk = p + b * 18;
+        const float d = half_to_float(load_u16(blk));
+        for (std::size_t j = 0; j < 16; ++j) {
+          const int lo = blk[2 + j] & 0x0F, hi = blk[2 + j] >> 4;
+          out[b * kGgufBlock + j] = q40 ? d * static_cast<float>(lo - 8) : d * kIQ4NLValues[lo];
+          out[b * kGgufBlock + j + 16] = q40 ? d * static_cast<float>(hi - 8) : d * kIQ4NLValues[hi];
+        }
+      }
+      return;
+    }
+    default: detail::throw_error("GGUF: cannot decode ggml type ", type, " (supported: F32, F16, BF16, Q4_0, IQ4_NL)");
+  }
+}
+
+// ---- writer -------------------------------------------------------------------------
+
+enum class GgufValueType : std::uint32_t {
+  u8 = 0, i8 = 1, u16 = 2, i16 = 3, u32 = 4, i32 = 5, f32 = 6, boolean = 7, string = 8, array = 9,
+  u64 = 10, i64 = 11, f64 = 12
+};
+
+class GgufWriter {
+ public:
+  explicit GgufWriter(const std::string& path, std::uint32_t alignment = 32) : spill_(path), alignment_(alignment) {
+    detail::require(alignment > 0 && (alignment & (alignment - 1)) == 0, "GGUF: alignment ", alignment,
+                    " is not a power of two");
+    if (alignment != 32) set_u32("general.alignment", alignment);
+  }
+
+  void set_string(const std::string& key, const std::string& value) {
+    begin_kv(key, GgufValueType::string);
+    put_string(kv_, value);
+  }
+  void set_u32(const std::string& key, std::uint32_t value) {
+    begin_kv(key, GgufValueType::u32);
+    put(kv_, value);
+  }
+  void set_f32(const std::string& key, float value) {
+    begin_kv(key, GgufValueType::f32);
+    put(kv_, value);
+  }
+  void set_bool(const std::string& key, bool value) {
+    begin_kv(key, GgufValueType::boolean);
+    put<std::uint8_t>(kv_, value ? 1 : 0);
+  }
+
+  // The keys llama.cpp-style readers look for first. file_type: 0 all F32, 2 mostly
+  // Q4_0, 25 mostly IQ4_NL (llama_ftype).
+  void set_general(const std::string& architecture, const std::string& name, std::uint32_t file_type) {
+    set_string("general.architecture", architecture);
+    set_string("general.name", name);
+    set_u32("general.file_type", file_type);
+    set_u32("general.quantization_version", 2);
+  }
+
+  // Raw tensor bytes; `ne` in GGUF order (ne[0] contiguous).
+  void add_tensor(const std::string& name, std::uint32_t type, const std::vector<std::uint64_t>& ne, const void* data,
+                  std::size_t bytes) {
+    detail::require(!name.empty() && names_.insert(name).second, "GGUF: tensor name '", name, "' is empty or repeated");
+    detail::require(!ne.empty() && ne.size() <= 4, "GGUF: tensor '", name, "' needs 1 to 4 dimensions");
+    const GgmlTypeSize ts = ggml_type_size(type);
+    detail::require(ts.block != 0, "GGUF: unknown ggml type ", type);
+    detail::require(ne[0] % ts.block == 0, "GGUF: tensor '", name, "' has ne[0] = ", ne[0],
+                    ", not a multiple of the block size ", ts.block);
+    std::uint64_t elements = 1;
+    for (auto d : ne) elements = checked_mul(elements, d, "GGUF tensor");
+    detail::require(elements / ts.block * ts.bytes == bytes, "GGUF: tensor '", name, "' needs ",
+                    elements / ts.block * ts.bytes, " bytes, got ", bytes);
+    spill_.pad_to(alignment_);
+    put_string(infos_, name);
+    put<std::uint32_t>(infos_, static_cast<std::uint32_t>(ne.size()));
+    for (auto d : ne) put<std::uint64_t>(infos_, d);
+    put<std::uint32_t>(infos_, type);
+    put<std::uint64_t>(infos_, spill_.size());
+    spill_.write(data, bytes);
+    ++tensor_count_;
+  }
+
+  void add_f32(const std::string& name, std::size_t rows, std::size_t cols, const float* data) {
+    add_tensor(name, static_cast<std::uint32_t>(GgmlType::F32), rows > 1 ? std::vector<std::uint64_t>{cols, rows}
+                                                                        : std::vector<std::uint64_t>{cols},
+               data, rows * cols * 4);
+  }
+  void add_q4_0(const std::string& name, const QuantizedMatrix& m) {
+    const auto blocks = to_q4_0_blocks(m);
+    add_tensor(name, static_cast<std::uint32_t>(GgmlType::Q4_0), {m.cols(), m.rows()}, blocks.data(), blocks.size());
+  }
+  template <class Derived>
+  void add_iq4_nl(const std::string& name, const Eigen::MatrixBase<Derived>& W) {
+    const RowMatrixXf Wf = to_checked_float(W, NonFinitePolicy::reject, "weight matrix");
+    const std::size_t rows = static_cast<std::size_t>(Wf.rows()), cols = static_cast<std::size_t>(Wf.cols());
+    detail::require(cols % kGgufBlock == 0, "IQ4_NL needs in_features (cols) divisible by 32, got ", cols);
+    std::vector<std::uint8_t> blocks(rows * cols / kGgufBlock * 18);
+    for (std::size_t r = 0; r < rows; ++r)
+      quantize_row_iq4_nl(Wf.row(static_cast<Eigen::Index>(r)).data(), cols, blocks.data() + r * cols / kGgufBlock * 18);
+    add_tensor(name, static_cast<std::uint32_t>(GgmlType::IQ4_NL), {cols, rows}, blocks.data(), blocks.size());
+  }
+
+  void finish() {
+    std::vector<std::uint8_t> head;
+    put_bytes(head, "GGUF", 4);
+    put<std::uint32_t>(head, 3);
+    put<std::uint64_t>(head, tensor_count_);
+    put<std::uint64_t>(head, kv_count_);
+    put_bytes(head, kv_.data(), kv_.size());
+    put_bytes(head, infos_.data(), infos_.size());
+    head.resize(static_cast<std::size_t>(align_up(head.size(), alignment_)), 0);
+    spill_.finish(head);
+  }
+
+ private:
+  static void put_string(std::vector<std::uint8_t>& out, const std::string& s) {
+    put<std::uint64_t>(out, s.size());
+    put_bytes(out, s.data(), s.size());
+  }
+  void begin_kv(const std::string& key, GgufValueType type) {
+    detail::require(keys_.insert(key).second, "GGUF: metadata key '", key, "' set twice");
+    put_string(kv_, key);
+    put<std::uint32_t>(kv_, static_cast<std::uint32_t>(type));
+    ++kv_count_;
+  }
+
+  SpillFile spill_;
+  std::uint32_t alignment_;
+  std::vector<std::uint8_t> kv_, infos_;
+  std::uint64_t kv_count_ = 0, tensor_count_ = 0;
+  std::set<std::string> names_, keys_;
+};
+
+// ---- reader -------------------------------------------------------------------------
+
+struct GgufTensorInfo {
+  std::string name;
+  std::vector<std::uint64_t> ne;
+  std::uint32_t type = 0;
+  std::uint64_t offset = 0, size = 0;  // offset relative to the data section
+  std::uint64_t elements() const {
+    std::uint64_t n = 1;
+    for (auto d : ne) n *= d;
+    return n;
+  }
+};
+
+class GgufReader {
+ public:
+  static GgufReader open(const std::string& path) { return GgufReader(FileBytes::open(path)); }
+  static GgufReader from_bytes(std::vector<std::uint8_t> bytes) { return GgufReader(FileBytes::from_vector(std::move(bytes))); }
+
+  std::uint32_t version() const { return version_; }
+  std::uint32_t alignment() const { return alignment_; }
+  const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
+  // Scalar and string metadata rendered as text (arrays as "[array of N]").
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const GgufTensorInfo& info(const std::string& name) const {
+    for (const auto& t : tensors_)
+      if (t.name == name) return t;
+    detail::throw_error("GGUF: no tensor named '", name, "'");
+  }
+  ByteView bytes(const GgufTensorInfo& t) const {
+    return {file_.view().data + data_start_ + t.offset, static_cast<std::size_t>(t.size)};
+  }
+
+  // Any supported 1-D or 2-D tensor as a float matrix [ne1 × ne0].
+  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> dequantize(const std::string& name) const {
+    const GgufTensorInfo& t = info(name);
+    detail::require(t.ne.size() <= 2, "GGUF: tensor '", name, "' has ", t.ne.size(), " dimensions, expected 1 or 2");
+    const std::uint64_t rows = t.ne.size() == 2 ? t.ne[1] : 1;
+    Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> m(static_cast<Eigen::Index>(rows),
+                                                                           static_cast<Eigen::Index>(t.ne[0]));
+    dequantize_ggml(t.type, bytes(t).data, static_cast<std::size_t>(t.elements()), m.data());
+    return m;
+  }
+
+  // A Q4_0 tensor as a QuantizedMatrix (int4_sym, group 32, f16 scales), losslessly.
+  QuantizedMatrix load_q4_0(const std::string& name) const {
+    const GgufTensorInfo& t = info(name);
+    detail::require(t.type == static_cast<std::uint32_t>(GgmlType::Q4_0) && t.ne.size() == 2, "GGUF: tensor '",
+                    name, "' is not a 2-D Q4_0 tensor (type ", t.type, ")");
+    return from_q4_0_blocks(static_cast<std::size_t>(t.ne[1]), static_cast<std::size_t>(t.ne[0]), bytes(t));
+  }
+
+ private:
+  explicit GgufReader(FileBytes file) : file_(std::move(file)) { parse(); }
+
+  std::string read_string(Cursor& c, const char* field) { return c.string(c.u64(field), field); }
+
+  // Reads one value of `type`, rendering scalars and strings as text.
+  std::string read_value(Cursor& c, std::uint32_t type, int depth) {
+    switch (static_cast<GgufValueType>(type)) {
+      case GgufValueType::u8: return std::to_string(c.u8("u8 value"));
+      case GgufValueType::i8: return std::to_string(static_cast<std::int8_t>(c.u8("i8 value")));
+      case GgufValueType::u16: return std::to_string(c.read<std::uint16_t>("u16 value"));
+      case GgufValueType::i16: return std::to_string(c.read<std::int16_t>("i16 value"));
+      case GgufValueType::u32: return std::to_string(c.u32("u32 value"));
+      case GgufValueType::i32: return std::to_string(c.read<std::int32_t>("i32 value"));
+      case GgufValueType::f32: return std::to_string(c.f32("f32 value"));
+      case GgufValueType::boolean: {
+        const std::uint8_t b = c.u8("bool value");
+        detail::require(b <= 1, "GGUF: bool value ", int(b), " is not 0 or 1");
+        return b ? "true" : "false";
+      }
+      case GgufValueType::string: return read_string(c, "string value");
+      case GgufValueType::u64: return std::to_string(c.u64("u64 value"));
+      case GgufValueType::i64: return std::to_string(c.read<std::int64_t>("i64 value"));
+      case GgufValueType::f64: return std::to_string(c.read<double>("f64 value"));
+      case GgufValueType::array: {
+        detail::require(depth == 0, "GGUF: nested arrays are not supported");
+        const std::uint32_t elem = c.u32("array element type");
+        const std::uint64_t n = c.u64("array length");
+        // Every element takes at least one byte, so a length beyond the bytes left is a lie.
+        detail::require(n <= c.remaining(), "GGUF: array of ", n, " elements is longer than the ", c.remaining(),
+                        " bytes left");
+        for (std::uint64_t i = 0; i < n; ++i) read_value(c, elem, depth + 1);
+        return "[array of " + std::to_string(n) + "]";
+      }
+    }
+    detail::throw_error("GGUF: unknown metadata value type ", type);
+  }
+
+  void parse() {
+    Cursor c(file_.view(), "GGUF");
+    const std::uint8_t* magic = c.take(4, "magic");
+    detail::require(std::memcmp(magic, "GGUF", 4) == 0, "GGUF: wrong magic (expected \"GGUF\")");
+    version_ = c.u32("version");
+    detail::require(version_ == 2 || version_ == 3, "GGUF: unsupported version ", version_, " (expected 2 or 3)");
+    const std::uint64_t n_tensors = c.u64("tensor count");
+    const std::uint64_t n_kv = c.u64("metadata count");
+    detail::require(n_tensors <= kMaxTensorCount && n_kv <= kMaxTensorCount, "GGUF: ", n_tensors, " tensors / ",
+                    n_kv, " metadata entries exceed the limit");
+    for (std::uint64_t i = 0; i < n_kv; ++i) {
+      std::string key = read_string(c, "metadata key");
+      const std::uint32_t type = c.u32("metadata type");
+      if (key == "general.alignment") {
+        detail::require(type == static_cast<std::uint32_t>(GgufValueType::u32), "GGUF: general.alignment is not u32");
+        alignment_ = c.u32("alignment");
+        detail::require(alignment_ > 0 && alignment_ <= (1u << 20) && (alignment_ & (alignment_ - 1)) == 0,
+                        "GGUF: general.alignment ", alignment_, " is not a power of two up to 1 MiB");
+        metadata_[key] = std::to_string(alignment_);
+      } else {
+        metadata_[key] = read_value(c, type, 0);
+      }
+    }
+    for (std::uint64_t i = 0; i < n_tensors; ++i) {
+      GgufTensorInfo t;
+      t.name = read_string(c, "tensor name");
+      const std::uint32_t nd = c.u32("n_dims");
+      detail::require(nd >= 1 && nd <= 4, "GGUF: tensor '", t.name, "' has ", nd, " dimensions (expected 1 to 4)");
+      for (std::uint32_t d = 0; d < nd; ++d) t.ne.push_back(c.u64("dimension"));
+      t.type = c.u32("tensor type");
+      t.offset = c.u64("tensor offset");
+      const GgmlTypeSize ts = ggml_type_size(t.type);
+      detail::require(ts.block != 0, "GGUF: tensor '", t.name, "' has unknown ggml type ", t.type);
+      detail::require(t.ne[0] % ts.block == 0, "GGUF: tensor '", t.name, "' has ne[0] = ", t.ne[0],
+                      ", not a multiple of its block size ", ts.block);
+      t.size = checked_mul(shape_elements_(t.ne) / ts.block, ts.bytes, "GGUF tensor bytes");
+      tensors_.push_back(std::move(t));
+    }
+    data_start_ = align_up(c.position(), alignment_);
+    const std::uint64_t file_size = file_.view().size;
+    detail::require(data_start_ <= file_size, "GGUF: truncated before the data section");
+    const std::uint64_t data_size = file_size - data_start_;
+    std::set<std::string> names;
+    for (const auto& t : tensors_) {
+      detail::require(names.insert(t.name).second, "GGUF: tensor name '", t.name, "' is repeated");
+      detail::require(t.offset % alignment_ == 0, "GGUF: tensor '", t.name, "' offset ", t.offset,
+                      " is not a multiple of the alignment ", alignment_);
+      detail::require(t.offset <= data_size && t.size <= data_size - t.offset, "GGUF: tensor '", t.name, "' [",
+                      t.offset, ", +", t.size, ") runs past the data section of ", data_size, " bytes (truncated?)");
+    }
+    std::vector<const GgufTensorInfo*> order;
+    for (const auto& t : tensors_) order.push_back(&t);
+    std::sort(order.begin(), order.end(), [](auto* a, auto* b) { return a->offset < b->offset; });
+    for (std::size_t i = 1; i < order.size(); ++i)
+      detail::require(order[i]->offset >= order[i - 1]->offset + order[i - 1]->size, "GGUF: tensors '",
+                      order[i - 1]->name, "' and '", order[i]->name, "' overlap");
+  }
+
+  static std::uint64_t shape_elements_(const std::vector<std::uint64_t>& ne) {
+    std::uint64_t n = 1;
+    for (auto d : ne) n = checked_mul(n, d, "GGUF tensor shape");
+    return n;
+  }
+
+  FileBytes file_;
+  std::uint32_t version_ = 0, alignment_ = 32;
+  std::uint64_t data_start_ = 0;
+  std::vector<GgufTensorInfo> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+}  // namespace nibble::io
