@@ -1,0 +1,301 @@
+// AWQ, Activation-aware Weight Quantization (Lin et al. 2023, arXiv 2306.00978):
+// input channels that carry large activations matter more, so before rounding each
+// input column of W is multiplied by a per-channel factor s_c > 1 for loud channels
+// (their weights get relatively finer steps) and the input is divided by s_c:
+//
+//     y = W·x = (W·diag(s)) · (diag(s)⁻¹·x)  →  quantize W·diag(s), fold 1/s upstream.
+//
+// Follows llm-awq / AutoAWQ (reference/algorithms.md §3):
+//   statistic  x̄_c = mean over tokens of |x_c|
+//   grid       for ratio r in {0, 1/grid, …, (grid−1)/grid}:
+//                s = max(x̄^r, 1e-4), then s /= sqrt(max(s)·min(s))
+//              (duo_scaling: s = max(x̄^r / (w̄^(1−r) + 1e-4), 1e-4), w̄_c = mean over all rows
+//               of |W| divided by its quantization group's max |W|)
+//   objective  output MSE  mean((X·Wᵀ − X·diag(1/s)·Q(W·diag(s))ᵀ)²) over every linear
+//              that shares the input (q/k/v, gate/up), all calibration tokens
+//   clip       per group of W·diag(s): clamp to ±shrink·max|w| for shrink 1.0, 0.95, …,
+//              0.55, keeping the shrink with the lowest output error on up to
+//              max_clip_tokens tokens (inputs divided by s). The reference skips this for
+//              q_proj/k_proj (their product makes the error hard to measure): pass
+//              clip_search = false for those groups.
+//
+// s ≡ 1 (plain RTN with the same quantizer) is always the first candidate and is only
+// replaced by a strictly lower loss, so loss_best <= loss_rtn always. With duo scaling
+// ratio 0 is not RTN, so RTN is evaluated as an extra candidate.
+//
+// The quantizer is the library's (fit_group rules, any codebook and scale format);
+// for uint4_asym that widens min/max to contain 0, where llm-awq clamps the zero instead
+// (the two differ only for groups that do not straddle 0).
+//
+// Folding is explicit: the returned matrices hold Q(W·diag(s)); the op that produces
+// the input must divide by s (fold_scales_into_norm / fold_scales_into_linear_rows),
+// or use awq_dequantize to get the effective weight Q(W·diag(s))·diag(s)⁻¹.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "../core/error.hpp"
+#include "../format/quantized_matrix.hpp"
+#include "group_quantizer.hpp"
+#include "rtn.hpp"
+
+namespace nibble {
+
+namespace detail {
+inline QuantConfig awq_default_quant() {
+  QuantConfig q;
+  q.codebook = Codebook::uint4_asym;  // AWQ's default: zero_point = True, w_bit 4, group 128
+  q.group_size = 128;
+  return q;
+}
+}  // namespace detail
+
+struct AwqConfig {
+  QuantConfig quant = detail::awq_default_quant();
+  int grid = 20;              // ratios 0, 1/grid, …, (grid − 1)/grid
+  bool duo_scaling = false;   // AutoAWQ's duo scaling (its default is on; llm-awq's off)
+  bool clip_search = true;    // turn off for q/k projections, as the reference does
+  int max_clip_tokens = 512;  // tokens (evenly strided) used by the clip search
+  int clip_grid = 20;         // shrink step 1/clip_grid
+  float max_shrink = 0.5f;    // shrinks tried: 1 − k/clip_grid for k < max_shrink·clip_grid
+};
+
+struct AwqResult {
+  std::vector<QuantizedMatrix> matrices;  // Q(clip(W_i·diag(s))), one per input weight
+  Eigen::VectorXf scales;                 // s, one per input channel
+  double best_ratio = 0.0;                // 0 when no candidate beat RTN
+  double loss_rtn = 0.0;                  // objective with s ≡ 1
+  double loss_best = 0.0;                 // objective with the chosen s, before clipping
+  double loss_final = 0.0;                // objective of the returned matrices (after clipping)
+};
+
+// Effective weight of an AWQ matrix in the original input space: Q·diag(s)⁻¹.
+inline Eigen::MatrixXf awq_dequantize(const QuantizedMatrix& q, const Eigen::VectorXf& s) {
+  detail::require(static_cast<std::size_t>(s.size()) == q.cols(), "awq_dequantize: ", s.size(),
+                  " scales for a matrix with ", q.cols(), " columns");
+  return q.dequantize() * s.cwiseInverse().asDiagonal();
+}
+
+namespace detail {
+
+inline void awq_check_scales(const Eigen::VectorXf& s, const char* what) {
+  for (Eigen::Index i = 0; i < s.size(); ++i)
+    detail::require(std::isfinite(s[i]) && s[i] > 0.0f, what, ": scale ", i, " is ", s[i],
+                    " (expected a finite value > 0)");
+}
+
+template <class M>
+inline void awq_check_finite(const M& m, const char* what) {
+  for (Eigen::Index r = 0; r < m.rows(); ++r)
+    for (Eigen::Index c = 0; c < m.cols(); ++c)
+      if (!std::isfinite(m(r, c))) detail::throw_error(what, " has a non-finite value (", m(r, c), ") at row ", r, ", column ", c);
+}
+
+// Output-error objective for one candidate s: Σ over linears of ‖X·Δᵀ‖² / (tokens · outputs),
+// Δ = W − Q(W·diag(s))·diag(s)⁻¹. Uses the Gram matrix XᵀX when that is cheaper.
+struct AwqObjective {
+  const std::vector<RowMatrixXf>* weights = nullptr;
+  const RowMatrixXf* X = nullptr;
+  Eigen::MatrixXd gram;  // XᵀX, when used
+  bool use_gram = false;
+  double denominator = 1.0;
+
+  double operator()(const std::vector<Eigen::MatrixXf>& effective) const {
+    double sum = 0.0;
+    for (std::size_t i = 0; i < effective.size(); ++i) {
+      const Eigen::MatrixXf delta = (*weights)[i] - effective[i];
+      if (use_gram) {
+        const Eigen::MatrixXd d = delta.cast<double>();
+        sum += (d * gram).cwiseProduct(d).sum();
+      } else {
+        sum += (*X * delta.transpose()).cast<double>().squaredNorm();
+      }
+    }
+    return sum / denominator;
+  }
+};
+
+inline std::vector<Eigen::MatrixXf> awq_fake_quantize(const std::vector<RowMatrixXf>& weights, const Eigen::VectorXf& s,
+                                                      const QuantConfig& quant) {
+  std::vector<Eigen::MatrixXf> out;
+  for (const RowMatrixXf& W : weights) {
+    const RowMatrixXf scaled = W * s.asDiagonal();
+    out.push_back(awq_dequantize(quantize(scaled, quant), s));
+  }
+  return out;
+}
+
+// AWQ's clip search on one scaled weight, in place. Xs: the subsampled inputs, divided by s.
+inline void awq_clip(RowMatrixXf& Ws, const RowMatrixXf& Xs, const AwqConfig& cfg) {
+  const std::size_t cols = static_cast<std::size_t>(Ws.cols());
+  const std::size_t gs = effective_group_size(cfg.quant.group_size, cols);
+  const std::size_t G = (cols + gs - 1) / gs;
+  const ScaleFormat fit_storage = cfg.quant.scale_format == ScaleFormat::dq8 ? ScaleFormat::f32 : cfg.quant.scale_format;
+  const int steps = std::max(1, static_cast<int>(cfg.max_shrink * static_cast<float>(cfg.clip_grid)));
+  std::vector<float> clipped(gs);
+  Eigen::VectorXd delta(static_cast<Eigen::Index>(gs));
+  for (std::size_t g = 0; g < G; ++g) {
+    const auto begin = static_cast<Eigen::Index>(g * gs);
+    const auto n = static_cast<Eigen::Index>(std::min(cols, (g + 1) * gs) - g * gs);
+    const Eigen::MatrixXd Xg = Xs.middleCols(begin, n).cast<double>();
+    const Eigen::MatrixXd gram = Xg.transpose() * Xg;  // error of a row = δᵀ·gram·δ
+    for (Eigen::Index r = 0; r < Ws.rows(); ++r) {
+      float* w = Ws.row(r).data() + begin;
+      float amax = 0.0f;
+      for (Eigen::Index j = 0; j < n; ++j) amax = std::max(amax, std::fabs(w[j]));
+      double best_err = std::numeric_limits<double>::infinity();
+      float best_limit = amax;
+      for (int k = 0; k < steps; ++k) {
+        const float limit = amax * (1.0f - static_cast<float>(k) / static_cast<float>(cfg.clip_grid));
+        for (Eigen::Index j = 0; j < n; ++j) clipped[static_cast<std::size_t>(j)] = std::clamp(w[j], -limit, limit);
+        GroupParams p = fit_group(clipped.data(), static_cast<std::size_t>(n), cfg.quant.codebook, cfg.quant.sym_scale);
+        p.scale = round_scale(p.scale, fit_storage);
+        for (Eigen::Index j = 0; j < n; ++j) {
+          const float c = clipped[static_cast<std::size_t>(j)];
+          delta[j] = decode_value(encode_value(c, p, cfg.quant.codebook), p, cfg.quant.codebook) - static_cast<double>(w[j]);
+        }
+        const auto d = delta.head(n);
+        const double err = d.dot(gram * d);
+        if (err < best_err) {
+          best_err = err;
+          best_limit = limit;
+        }
+      }
+      for (Eigen::Index j = 0; j < n; ++j) w[j] = std::clamp(w[j], -best_limit, best_limit);
+    }
+  }
+}
+
+}  // namespace detail
+
+// AWQ for the linears that share one input. weights[i]: out_i × in; X: tokens × in.
+// Throws nibble::Error on empty or mismatched shapes, non-finite values, bad options.
+inline AwqResult awq_quantize(const std::vector<RowMatrixXf>& weights, const RowMatrixXf& X, const AwqConfig& cfg = {}) {
+  detail::require(!weights.empty(), "AWQ: no weight matrices given (expected the linears that share one input)");
+  const Eigen::Index in = weights[0].cols();
+  detail::require(in > 0, "AWQ: weight 0 has no columns");
+  std::size_t outputs = 0;
+  for (std::size_t i = 0; i < weights.size(); ++i) {
+    detail::require(weights[i].rows() > 0 && weights[i].cols() == in, "AWQ: weight ", i, " is ", weights[i].rows(),
+                    " x ", weights[i].cols(), ", expected rows > 0 and ", in, " columns (the shared input size)");
+    detail::awq_check_finite(weights[i], ("AWQ weight " + std::to_string(i)).c_str());
+    outputs += static_cast<std::size_t>(weights[i].rows());
+  }
+  detail::require(X.rows() > 0, "AWQ: no calibration tokens (X has 0 rows)");
+  detail::require(X.cols() == in, "AWQ: activations have ", X.cols(), " columns, expected in_features = ", in);
+  detail::awq_check_finite(X, "AWQ activations");
+  detail::require(cfg.grid >= 1, "AWQ: grid is ", cfg.grid, " (expected >= 1, default 20)");
+  detail::require(cfg.max_clip_tokens >= 1, "AWQ: max_clip_tokens is ", cfg.max_clip_tokens, " (expected >= 1)");
+  detail::require(cfg.clip_grid >= 1 && cfg.max_shrink > 0.0f && cfg.max_shrink < 1.0f,
+                  "AWQ: clip search needs clip_grid >= 1 and 0 < max_shrink < 1");
+  effective_group_size(cfg.quant.group_size, static_cast<std::size_t>(in));  // validates
+
+  // Per-channel statistics.
+  const Eigen::VectorXd x_mean = X.cwiseAbs().cast<double>().colwise().sum().transpose() / static_cast<double>(X.rows());
+  Eigen::VectorXd w_mean = Eigen::VectorXd::Zero(in);
+  if (cfg.duo_scaling) {
+    const std::size_t gs = effective_group_size(cfg.quant.group_size, static_cast<std::size_t>(in));
+    for (const RowMatrixXf& W : weights)
+      for (Eigen::Index r = 0; r < W.rows(); ++r)
+        for (Eigen::Index b = 0; b < in; b += static_cast<Eigen::Index>(gs)) {
+          const Eigen::Index n = std::min<Eigen::Index>(static_cast<Eigen::Index>(gs), in - b);
+          const double gmax = W.row(r).segment(b, n).cwiseAbs().maxCoeff();
+          for (Eigen::Index c = b; c < b + n; ++c) w_mean[c] += std::fabs(W(r, c)) / (gmax + 1e-6);
+        }
+    w_mean /= static_cast<double>(outputs);
+  }
+
+  detail::AwqObjective objective;
+  objective.weights = &weights;
+  objective.X = &X;
+  objective.use_gram = X.rows() > in;
+  if (objective.use_gram) {
+    const Eigen::MatrixXd Xd = X.cast<double>();
+    objective.gram = Xd.transpose() * Xd;
+  }
+  objective.denominator = static_cast<double>(X.rows()) * static_cast<double>(outputs);
+
+  AwqResult result;
+  Eigen::VectorXf best_s = Eigen::VectorXf::Ones(in);
+  result.loss_rtn = objective(detail::awq_fake_quantize(weights, best_s, cfg.quant));
+  result.loss_best = result.loss_rtn;
+  for (int k = cfg.duo_scaling ? 0 : 1; k < cfg.grid; ++k) {
+    const double ratio = static_cast<double>(k) / cfg.grid;
+    Eigen::VectorXf s(in);
+    for (Eigen::Index c = 0; c < in; ++c) {
+      double v = std::pow(x_mean[c], ratio);
+      if (cfg.duo_scaling) v /= std::pow(w_mean[c], 1.0 - ratio) + 1e-4;
+      s[c] = static_cast<float>(std::max(v, 1e-4));
+    }
+    s /= std::sqrt(s.maxCoeff() * s.minCoeff());
+    for (Eigen::Index c = 0; c < in; ++c)
+      if (!std::isfinite(s[c]) || !(s[c] > 0.0f)) s[c] = 1.0f;
+    const double loss = objective(detail::awq_fake_quantize(weights, s, cfg.quant));
+    if (loss < result.loss_best) {
+      result.loss_best = loss;
+      result.best_ratio = ratio;
+      best_s = s;
+    }
+  }
+  result.scales = best_s;
+
+  std::vector<RowMatrixXf> scaled;
+  for (const RowMatrixXf& W : weights) scaled.push_back(W * best_s.asDiagonal());
+  if (cfg.clip_search) {
+    const Eigen::Index stride = std::max<Eigen::Index>(1, X.rows() / cfg.max_clip_tokens);
+    const Eigen::Index count = std::min<Eigen::Index>((X.rows() + stride - 1) / stride, cfg.max_clip_tokens);
+    RowMatrixXf Xs(count, in);
+    for (Eigen::Index t = 0; t < count; ++t) Xs.row(t) = X.row(t * stride).cwiseQuotient(best_s.transpose());
+    for (RowMatrixXf& Ws : scaled) detail::awq_clip(Ws, Xs, cfg);
+  }
+  std::vector<Eigen::MatrixXf> effective;
+  for (const RowMatrixXf& Ws : scaled) {
+    result.matrices.push_back(quantize(Ws, cfg.quant));
+    effective.push_back(awq_dequantize(result.matrices.back(), best_s));
+  }
+  result.loss_final = objective(effective);
+  return result;
+}
+
+// Folds AWQ scales into the RMSNorm / LayerNorm that feeds the quantized linears:
+// gain_c /= s_c (and bias_c /= s_c), so the norm emits x/s.
+inline void fold_scales_into_norm(Eigen::Ref<Eigen::VectorXf> norm_weight, const Eigen::VectorXf& s) {
+  detail::require(norm_weight.size() == s.size(), "fold_scales_into_norm: norm has ", norm_weight.size(),
+                  " channels, scales have ", s.size());
+  detail::awq_check_scales(s, "fold_scales_into_norm");
+  norm_weight.array() /= s.array();
+}
+
+inline void fold_scales_into_norm(Eigen::Ref<Eigen::VectorXf> norm_weight, Eigen::Ref<Eigen::VectorXf> norm_bias,
+                                  const Eigen::VectorXf& s) {
+  detail::require(norm_bias.size() == s.size(), "fold_scales_into_norm: bias has ", norm_bias.size(),
+                  " channels, scales have ", s.size());
+  fold_scales_into_norm(norm_weight, s);
+  norm_bias.array() /= s.array();
+}
+
+// Folds AWQ scales into the previous linear (e.g. v_proj before o_proj, up_proj before
+// down_proj): its output row c is divided by s_c (and its bias entry c).
+inline void fold_scales_into_linear_rows(Eigen::Ref<RowMatrixXf> prev_weight, const Eigen::VectorXf& s) {
+  detail::require(prev_weight.rows() == s.size(), "fold_scales_into_linear_rows: previous linear has ",
+                  prev_weight.rows(), " output rows, scales have ", s.size());
+  detail::awq_check_scales(s, "fold_scales_into_linear_rows");
+  for (Eigen::Index r = 0; r < prev_weight.rows(); ++r) prev_weight.row(r) /= s[r];
+}
+
+inline void fold_scales_into_linear_rows(Eigen::Ref<RowMatrixXf> prev_weight, Eigen::Ref<Eigen::VectorXf> prev_bias,
+                                         const Eigen::VectorXf& s) {
+  detail::require(prev_bias.size() == s.size(), "fold_scales_into_linear_rows: bias has ", prev_bias.size(),
+                  " entries, scales have ", s.size());
+  fold_scales_into_linear_rows(prev_weight, s);
+  prev_bias.array() /= s.array();
+}
+
+}  // namespace nibble
