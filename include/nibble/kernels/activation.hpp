@@ -37,6 +37,7 @@ struct PreparedActivations {
   std::vector<std::int8_t> q;     // batch × blocks × 32
   std::vector<float> d;           // batch × blocks
   std::vector<std::int32_t> qsum; // batch × blocks
+  std::vector<float> qsum_f;      // the same sums as floats (exact: |Σq| <= 32·127)
 };
 
 inline void check_finite_activation(float v, std::size_t b, std::size_t c) {
@@ -78,6 +79,7 @@ inline void prepare_fast(const PackedMatrix& W, const float* X, std::size_t batc
   p.q.assign(batch * nb * kActivationBlock, 0);
   p.d.assign(batch * nb, 0.0f);
   p.qsum.assign(batch * nb, 0);
+  p.qsum_f.assign(batch * nb, 0.0f);
   for (std::size_t b = 0; b < batch; ++b) {
     const float* x = X + b * cols;
     for (std::size_t c = 0; c < cols; ++c) check_finite_activation(x[c], b, c);
@@ -85,7 +87,10 @@ inline void prepare_fast(const PackedMatrix& W, const float* X, std::size_t batc
       const BlockSpan& blk = W.blocks()[k];
       const float* src = x + 2 * static_cast<std::size_t>(blk.byte_begin);
       float amax = 0.0f;
-      for (std::uint32_t i = 0; i < blk.elements; ++i) amax = std::fmax(amax, std::fabs(src[i]));
+      for (std::uint32_t i = 0; i < blk.elements; ++i) {
+        const float a = std::fabs(src[i]);
+        amax = a > amax ? a : amax;
+      }
       const std::size_t slot = b * nb + k;
       if (amax == 0.0f) continue;  // q, d and qsum stay 0
       const float inv = 127.0f / amax;
@@ -102,6 +107,7 @@ inline void prepare_fast(const PackedMatrix& W, const float* X, std::size_t batc
       }
       p.d[slot] = amax / 127.0f;
       p.qsum[slot] = qsum;
+      p.qsum_f[slot] = static_cast<float>(qsum);
     }
   }
 }

@@ -23,6 +23,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "activation.hpp"
 #include "packed_matrix.hpp"
@@ -66,64 +67,153 @@ NIBBLE_TARGET_AVX2 inline __m256i block_dot(__m256i w, __m256i q) {
   return _mm256_madd_epi16(prod, _mm256_set1_epi16(1));
 }
 
-// Rows [r, r + nr) (nr <= 8), batch rows [b0, b0 + NB).
+// Row sums of 8 blocks for int4/uint4 codes: maddubs pairs are at most 2·15·127, so
+// three levels of 16-bit horizontal adds (16 products, at most 30480) cannot overflow
+// and replace eight pmaddwd plus the first 32-bit level.
+NIBBLE_TARGET_AVX2 inline __m256i sum_rows_small(const __m256i* w, __m256i q) {
+  __m256i p[8];
+  for (int i = 0; i < 8; ++i) p[i] = _mm256_maddubs_epi16(w[i], q);
+  const __m256i s01 = _mm256_hadd_epi16(p[0], p[1]), s23 = _mm256_hadd_epi16(p[2], p[3]);
+  const __m256i s45 = _mm256_hadd_epi16(p[4], p[5]), s67 = _mm256_hadd_epi16(p[6], p[7]);
+  const __m256i s0123 = _mm256_hadd_epi16(s01, s23), s4567 = _mm256_hadd_epi16(s45, s67);
+  const __m256i s = _mm256_hadd_epi16(s0123, s4567);  // per lane: rows 0..7 as int16
+  return _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(s)),
+                          _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s, 1)));
+}
+
+// Scale of group i as every path decodes it (F16C here; the same value as half_to_float).
+NIBBLE_TARGET_AVX2 inline float scale_at(const PackedMatrix& W, std::size_t i) {
+  if (W.scale_format() == ScaleFormat::f16) return _cvtsh_ss(W.source().scales().raw16()[i]);
+  return W.scale(i);
+}
+
+// Rows [r, r + 8) whose codes start at row0 with stride rb; batch rows [b0, b0 + NB).
+// sv / nov: per group, the 8 rows' scale·k and −offset.
 template <bool kTable, int NB>
-NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedActivations& p, float* Y,
-                                         std::size_t r, std::size_t nr, std::size_t b0) {
-  const std::size_t G = W.groups_per_row(), rows = W.rows(), nb = W.block_count();
-  const float k = kTable ? 1.0f / 127.0f : 1.0f;
+NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedActivations& p, const std::uint8_t* row0,
+                                         std::size_t rb, const float* sv, const float* nov, float* out,
+                                         std::size_t b0) {
+  const std::size_t G = W.groups_per_row(), nb = W.block_count();
   const __m256i table =
       _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W.int8_base_values().data())));
-  const std::uint8_t* row[8];
-  for (std::size_t i = 0; i < 8; ++i) row[i] = W.row_codes(r + std::min(i, nr - 1));
+  const BlockSpan* spans = W.blocks();
   __m256 y[NB];
   for (int j = 0; j < NB; ++j) y[j] = _mm256_setzero_ps();
   for (std::size_t g = 0; g < G; ++g) {
-    alignas(32) float sv[8], ov[8];
-    for (std::size_t i = 0; i < 8; ++i) {
-      const std::size_t idx = (r + std::min(i, nr - 1)) * G + g;
-      sv[i] = W.scale(idx) * k;
-      ov[i] = -W.offset(idx);
-    }
-    const __m256 s = _mm256_load_ps(sv), neg_off = _mm256_load_ps(ov);
+    const __m256 neg_off = _mm256_loadu_ps(nov + 8 * g);
     __m256 a[NB];
     for (int j = 0; j < NB; ++j) a[j] = _mm256_setzero_ps();
-    for (std::size_t blk = W.first_block(g); blk < W.first_block(g + 1); ++blk) {
-      const BlockSpan span = W.blocks()[blk];
+    std::size_t blk = W.first_block(g);
+    const std::size_t blk_end = W.first_block(g + 1);
+    // Two full blocks at a time: one 32-byte load per row holds both blocks' codes
+    // (block A in the low lane, B in the high lane).
+    for (; blk + 2 <= blk_end && spans[blk + 1].elements == kActivationBlock; blk += 2) {
+      __m256i hi[8], lo[8];
+      for (std::size_t i = 0; i < 8; ++i) {
+        const __m256i v =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row0 + i * rb + spans[blk].byte_begin));
+        lo[i] = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+        hi[i] = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
+        if constexpr (kTable) {
+          lo[i] = _mm256_shuffle_epi8(table, lo[i]);
+          hi[i] = _mm256_shuffle_epi8(table, hi[i]);
+        }
+      }
+      for (int j = 0; j < NB; ++j) {
+        const std::size_t slot = (b0 + static_cast<std::size_t>(j)) * nb + blk;
+        const std::int8_t* qa = p.q.data() + slot * kActivationBlock;  // block B follows at qa + 32
+        const __m256i qe = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qa))),
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 32)), 1);
+        const __m256i qo = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 16))),
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 48)), 1);
+        __m256i s0123, s4567;  // per lane (= per block): row sums 0..3 and 4..7
+        if constexpr (kTable) {
+          __m256i part[8];
+          for (std::size_t i = 0; i < 8; ++i)
+            part[i] = _mm256_add_epi32(block_dot<true>(hi[i], qe), block_dot<true>(lo[i], qo));
+          s0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(part[0], part[1]), _mm256_hadd_epi32(part[2], part[3]));
+          s4567 = _mm256_hadd_epi32(_mm256_hadd_epi32(part[4], part[5]), _mm256_hadd_epi32(part[6], part[7]));
+        } else {
+          // |maddubs| <= 2·15·127; hi + lo and two hadd levels stay below 30480.
+          __m256i part[8];
+          for (std::size_t i = 0; i < 8; ++i)
+            part[i] = _mm256_add_epi16(_mm256_maddubs_epi16(hi[i], qe), _mm256_maddubs_epi16(lo[i], qo));
+          const __m256i ones = _mm256_set1_epi16(1);
+          s0123 = _mm256_madd_epi16(
+              _mm256_hadd_epi16(_mm256_hadd_epi16(part[0], part[1]), _mm256_hadd_epi16(part[2], part[3])), ones);
+          s4567 = _mm256_madd_epi16(
+              _mm256_hadd_epi16(_mm256_hadd_epi16(part[4], part[5]), _mm256_hadd_epi16(part[6], part[7])), ones);
+        }
+        const __m256 isum_a = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x20));
+        const __m256 isum_b = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x31));
+        const __m256 ta = _mm256_fmadd_ps(neg_off, _mm256_broadcast_ss(&p.qsum_f[slot]), isum_a);
+        a[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(&p.d[slot]), ta, a[j]);
+        const __m256 tb = _mm256_fmadd_ps(neg_off, _mm256_broadcast_ss(&p.qsum_f[slot + 1]), isum_b);
+        a[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(&p.d[slot + 1]), tb, a[j]);
+      }
+    }
+    for (; blk < blk_end; ++blk) {
+      const BlockSpan span = spans[blk];
       __m256i w[8];
       for (std::size_t i = 0; i < 8; ++i) {
-        w[i] = load_nibbles(row[i], span);
+        w[i] = load_nibbles(row0 + i * rb, span);
         if constexpr (kTable) w[i] = _mm256_shuffle_epi8(table, w[i]);
       }
       for (int j = 0; j < NB; ++j) {
         const std::size_t slot = (b0 + static_cast<std::size_t>(j)) * nb + blk;
         const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.q.data() + slot * kActivationBlock));
-        __m256i part[8];
-        for (std::size_t i = 0; i < 8; ++i) part[i] = block_dot<kTable>(w[i], q);
-        const __m256 isum = _mm256_cvtepi32_ps(sum_rows(part));
-        const __m256 t = _mm256_fmadd_ps(neg_off, _mm256_set1_ps(static_cast<float>(p.qsum[slot])), isum);
-        a[j] = _mm256_fmadd_ps(_mm256_set1_ps(p.d[slot]), t, a[j]);
+        __m256i isum;
+        if constexpr (kTable) {
+          __m256i part[8];
+          for (std::size_t i = 0; i < 8; ++i) part[i] = block_dot<true>(w[i], q);
+          isum = sum_rows(part);
+        } else {
+          isum = sum_rows_small(w, q);
+        }
+        const __m256 t = _mm256_fmadd_ps(neg_off, _mm256_broadcast_ss(&p.qsum_f[slot]), _mm256_cvtepi32_ps(isum));
+        a[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(&p.d[slot]), t, a[j]);
       }
     }
+    const __m256 s = _mm256_loadu_ps(sv + 8 * g);
     for (int j = 0; j < NB; ++j) y[j] = _mm256_fmadd_ps(s, a[j], y[j]);
   }
-  for (int j = 0; j < NB; ++j) {
-    alignas(32) float out[8];
-    _mm256_store_ps(out, y[j]);
-    float* dst = Y + (b0 + static_cast<std::size_t>(j)) * rows + r;
-    for (std::size_t i = 0; i < nr; ++i) dst[i] = out[i];
-  }
+  for (int j = 0; j < NB; ++j) _mm256_storeu_ps(out + 8 * j, y[j]);
 }
 
 template <bool kTable>
 NIBBLE_TARGET_AVX2 inline void fast_rows(const PackedMatrix& W, const PreparedActivations& p, float* Y,
                                          std::size_t r0, std::size_t r1) {
+  const std::size_t G = W.groups_per_row(), rows = W.rows(), rb = W.row_bytes();
+  const float k = kTable ? 1.0f / 127.0f : 1.0f;
+  std::vector<float> sv(8 * G), nov(8 * G);
+  std::vector<std::uint8_t> tail_rows;  // a short last tile, padded to 8 rows
+  alignas(32) float out[8 * 4];
   for (std::size_t r = r0; r < r1; r += 8) {
     const std::size_t nr = std::min<std::size_t>(8, r1 - r);
+    const std::uint8_t* row0 = W.row_codes(r);
+    if (nr < 8) {
+      tail_rows.resize(8 * rb);
+      for (std::size_t i = 0; i < 8; ++i) std::memcpy(tail_rows.data() + i * rb, W.row_codes(r + std::min(i, nr - 1)), rb);
+      row0 = tail_rows.data();
+    }
+    for (std::size_t g = 0; g < G; ++g)
+      for (std::size_t i = 0; i < 8; ++i) {
+        const std::size_t idx = (r + std::min(i, nr - 1)) * G + g;
+        sv[8 * g + i] = scale_at(W, idx) * k;
+        nov[8 * g + i] = -W.offset(idx);
+      }
     std::size_t b = 0;
-    for (; b + 4 <= p.batch; b += 4) fast_tile<kTable, 4>(W, p, Y, r, nr, b);
-    for (; b + 2 <= p.batch; b += 2) fast_tile<kTable, 2>(W, p, Y, r, nr, b);
-    for (; b < p.batch; ++b) fast_tile<kTable, 1>(W, p, Y, r, nr, b);
+    while (b < p.batch) {
+      const std::size_t nb = p.batch - b >= 4 ? 4 : (p.batch - b >= 2 ? 2 : 1);
+      if (nb == 4) fast_tile<kTable, 4>(W, p, row0, rb, sv.data(), nov.data(), out, b);
+      else if (nb == 2) fast_tile<kTable, 2>(W, p, row0, rb, sv.data(), nov.data(), out, b);
+      else fast_tile<kTable, 1>(W, p, row0, rb, sv.data(), nov.data(), out, b);
+      for (std::size_t j = 0; j < nb; ++j)
+        for (std::size_t i = 0; i < nr; ++i) Y[(b + j) * rows + r + i] = out[8 * j + i];
+      b += nb;
+    }
   }
 }
 
@@ -184,7 +274,7 @@ NIBBLE_TARGET_AVX2 inline void exact_row(const PackedMatrix& W, const PreparedAc
         a1[j] = _mm256_fmadd_ps(v3, _mm256_loadu_ps(x + 24), a1[j]);
       }
     }
-    const float s = W.scale(r * G + g), off = W.offset(r * G + g);
+    const float s = scale_at(W, r * G + g), off = W.offset(r * G + g);
     for (int j = 0; j < NB; ++j) {
       y[j] = _mm256_fmadd_ps(_mm256_add_ps(a0[j], a1[j]), _mm256_set1_ps(s), y[j]);
       if (off != 0.0f) correction[j] += s * off * p.group_sum[(b0 + static_cast<std::size_t>(j)) * G + g];
