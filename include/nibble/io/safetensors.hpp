@@ -111,6 +111,20 @@ class SafetensorsReader {
     return tensors_[it->second];
   }
 
+  // The tensor, after checking it has exactly this dtype and shape (importers use this
+  // before trusting any layout).
+  const TensorInfo& expect(const std::string& name, DType dtype, const std::vector<std::uint64_t>& shape) const {
+    const TensorInfo& t = info(name);
+    detail::require(t.dtype == dtype, "'", name, "' has dtype ", to_string(t.dtype), ", expected ", to_string(dtype));
+    if (t.shape != shape) {
+      std::string want, got;
+      for (auto d : shape) want += (want.empty() ? "" : " x ") + std::to_string(d);
+      for (auto d : t.shape) got += (got.empty() ? "" : " x ") + std::to_string(d);
+      detail::throw_error("'", name, "' has shape [", got, "], expected [", want, "]");
+    }
+    return t;
+  }
+
   // The raw bytes of a tensor (any dtype), valid while this reader lives.
   ByteView bytes(const std::string& name) const { return bytes(info(name)); }
   ByteView bytes(const TensorInfo& t) const {
