@@ -25,6 +25,8 @@ done
 if [ $# -eq 0 ]; then
   echo "=== consumer projects ==="
   scripts/check-consumers.sh
+  echo "=== exporters read back by Python gguf / safetensors / numpy ==="
+  scripts/test-interop.sh
 fi
 echo "all presets: ${presets[*]}"
 echo "${total} passed, 0 failed"
