@@ -1,0 +1,148 @@
+// AArch64 NEON kernels (always available on AArch64, so no run-time dispatch is
+// needed there). The fast path uses sdot (vdotq_s32) when the compiler targets
+// dotprod (__ARM_FEATURE_DOTPROD, e.g. -march=armv8.2-a+dotprod), else widening
+// multiplies (smull/smlal, then pairwise adds).
+//
+// One row at a time. Codes: a block's 16 bytes split into high nibbles (even
+// elements) and low nibbles (odd elements), matching the de-interleaved
+// activations. nf4/fp4 decode through vqtbl1q: in fast mode to int8 directly, in
+// exact mode as four byte planes of the float table, zipped back into floats.
+// fast: the block's int32 sum is exact, and the float steps are the scalar
+// reference's, in its order, so results are bit-identical to it.
+#pragma once
+
+#include <arm_neon.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "activation.hpp"
+#include "packed_matrix.hpp"
+
+namespace nibble::detail::neon {
+
+inline uint8x16_t load_codes(const std::uint8_t* row, const BlockSpan& span) {
+  if (span.elements == kActivationBlock) return vld1q_u8(row + span.byte_begin);
+  std::uint8_t tmp[16] = {};
+  std::memcpy(tmp, row + span.byte_begin, (span.elements + 1) / 2);
+  return vld1q_u8(tmp);
+}
+
+inline std::int32_t block_dot(int8x16_t wh, int8x16_t wl, int8x16_t qe, int8x16_t qo) {
+#if defined(__ARM_FEATURE_DOTPROD)
+  return vaddvq_s32(vdotq_s32(vdotq_s32(vdupq_n_s32(0), wh, qe), wl, qo));
+#else
+  // |w·q| <= 127·127, so two products fit in int16.
+  int16x8_t p0 = vmull_s8(vget_low_s8(wh), vget_low_s8(qe));
+  p0 = vmlal_s8(p0, vget_low_s8(wl), vget_low_s8(qo));
+  int16x8_t p1 = vmull_high_s8(wh, qe);
+  p1 = vmlal_high_s8(p1, wl, qo);
+  return vaddvq_s32(vpadalq_s16(vpaddlq_s16(p0), p1));
+#endif
+}
+
+inline void gemm_fast(const PackedMatrix& W, const PreparedActivations& p, float* Y, std::size_t r0,
+                      std::size_t r1) {
+  const std::size_t G = W.groups_per_row(), rows = W.rows(), nb = W.block_count();
+  const bool table_cb = W.table_codebook();
+  const int8x16_t table = vld1q_s8(W.int8_base_values().data());
+  const float k = table_cb ? 1.0f / 127.0f : 1.0f;
+  const uint8x16_t mask = vdupq_n_u8(0x0F);
+  for (std::size_t r = r0; r < r1; ++r) {
+    const std::uint8_t* row = W.row_codes(r);
+    for (std::size_t b = 0; b < p.batch; ++b) {
+      float y = 0.0f;
+      for (std::size_t g = 0; g < G; ++g) {
+        const float off = W.offset(r * G + g);
+        float a = 0.0f;
+        for (std::size_t blk = W.first_block(g); blk < W.first_block(g + 1); ++blk) {
+          const std::size_t slot = b * nb + blk;
+          const uint8x16_t v = load_codes(row, W.blocks()[blk]);
+          int8x16_t wh = vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), wl = vreinterpretq_s8_u8(vandq_u8(v, mask));
+          if (table_cb) {
+            wh = vqtbl1q_s8(table, vreinterpretq_u8_s8(wh));
+            wl = vqtbl1q_s8(table, vreinterpretq_u8_s8(wl));
+          }
+          const std::int8_t* q = p.q.data() + slot * kActivationBlock;
+          const std::int32_t i = block_dot(wh, wl, vld1q_s8(q), vld1q_s8(q + 16));
+          const float t = std::fma(-off, p.qsum_f[slot], static_cast<float>(i));
+          a = std::fma(p.d[slot], t, a);
+        }
+        y = std::fma(W.scale(r * G + g) * k, a, y);
+      }
+      Y[b * rows + r] = y;
+    }
+  }
+}
+
+// 16 codes → 16 floats of the base values, in 4 vectors.
+struct Decoded {
+  float32x4_t v[4];
+};
+
+inline Decoded decode16(uint8x16_t idx, bool table_cb, const uint8x16_t* planes) {
+  Decoded d;
+  if (!table_cb) {
+    const uint16x8_t lo = vmovl_u8(vget_low_u8(idx)), hi = vmovl_high_u8(idx);
+    d.v[0] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(lo)));
+    d.v[1] = vcvtq_f32_u32(vmovl_high_u16(lo));
+    d.v[2] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(hi)));
+    d.v[3] = vcvtq_f32_u32(vmovl_high_u16(hi));
+    return d;
+  }
+  // Byte k of each float comes from plane k; zip bytes into halves, halves into words.
+  const uint8x16_t b0 = vqtbl1q_u8(planes[0], idx), b1 = vqtbl1q_u8(planes[1], idx);
+  const uint8x16_t b2 = vqtbl1q_u8(planes[2], idx), b3 = vqtbl1q_u8(planes[3], idx);
+  const uint16x8_t l0 = vreinterpretq_u16_u8(vzip1q_u8(b0, b1)), l1 = vreinterpretq_u16_u8(vzip2q_u8(b0, b1));
+  const uint16x8_t h0 = vreinterpretq_u16_u8(vzip1q_u8(b2, b3)), h1 = vreinterpretq_u16_u8(vzip2q_u8(b2, b3));
+  d.v[0] = vreinterpretq_f32_u16(vzip1q_u16(l0, h0));
+  d.v[1] = vreinterpretq_f32_u16(vzip2q_u16(l0, h0));
+  d.v[2] = vreinterpretq_f32_u16(vzip1q_u16(l1, h1));
+  d.v[3] = vreinterpretq_f32_u16(vzip2q_u16(l1, h1));
+  return d;
+}
+
+inline void gemm_exact(const PackedMatrix& W, const PreparedActivations& p, float* Y, std::size_t r0,
+                       std::size_t r1) {
+  const std::size_t G = W.groups_per_row(), rows = W.rows(), nb = W.block_count();
+  const bool table_cb = W.table_codebook();
+  std::uint8_t plane_bytes[4][16];
+  for (int e = 0; e < 16; ++e) {
+    std::uint32_t bits;
+    std::memcpy(&bits, &W.base_values()[e], 4);
+    for (int k = 0; k < 4; ++k) plane_bytes[k][e] = static_cast<std::uint8_t>(bits >> (8 * k));
+  }
+  const uint8x16_t planes[4] = {vld1q_u8(plane_bytes[0]), vld1q_u8(plane_bytes[1]), vld1q_u8(plane_bytes[2]),
+                                vld1q_u8(plane_bytes[3])};
+  const uint8x16_t mask = vdupq_n_u8(0x0F);
+  for (std::size_t r = r0; r < r1; ++r) {
+    const std::uint8_t* row = W.row_codes(r);
+    for (std::size_t b = 0; b < p.batch; ++b) {
+      float y = 0.0f;
+      for (std::size_t g = 0; g < G; ++g) {
+        float32x4_t a0 = vdupq_n_f32(0.0f), a1 = vdupq_n_f32(0.0f);
+        for (std::size_t blk = W.first_block(g); blk < W.first_block(g + 1); ++blk) {
+          const uint8x16_t v = load_codes(row, W.blocks()[blk]);
+          const Decoded even = decode16(vshrq_n_u8(v, 4), table_cb, planes);
+          const Decoded odd = decode16(vandq_u8(v, mask), table_cb, planes);
+          const float* x = p.x.data() + (b * nb + blk) * kActivationBlock;
+          a0 = vfmaq_f32(a0, even.v[0], vld1q_f32(x));
+          a1 = vfmaq_f32(a1, even.v[1], vld1q_f32(x + 4));
+          a0 = vfmaq_f32(a0, even.v[2], vld1q_f32(x + 8));
+          a1 = vfmaq_f32(a1, even.v[3], vld1q_f32(x + 12));
+          a0 = vfmaq_f32(a0, odd.v[0], vld1q_f32(x + 16));
+          a1 = vfmaq_f32(a1, odd.v[1], vld1q_f32(x + 20));
+          a0 = vfmaq_f32(a0, odd.v[2], vld1q_f32(x + 24));
+          a1 = vfmaq_f32(a1, odd.v[3], vld1q_f32(x + 28));
+        }
+        const float s = W.scale(r * G + g), off = W.offset(r * G + g);
+        y += s * (vaddvq_f32(vaddq_f32(a0, a1)) - off * p.group_sum[b * G + g]);
+      }
+      Y[b * rows + r] = y;
+    }
+  }
+}
+
+}  // namespace nibble::detail::neon
