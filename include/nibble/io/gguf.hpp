@@ -333,6 +333,9 @@ class GgufWriter {
     add_tensor(name, static_cast<std::uint32_t>(GgmlType::IQ4_NL), {cols, rows}, blocks.data(), blocks.size());
   }
 
+  // Tensor bytes added so far, alignment padding included.
+  std::uint64_t data_bytes() const { return spill_.size(); }
+
   void finish() {
     std::vector<std::uint8_t> head;
     put_bytes(head, "GGUF", 4);

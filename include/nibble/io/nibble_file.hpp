@@ -351,6 +351,9 @@ class NibbleFileWriter {
     write_blob(t, data, bytes);
   }
 
+  // Bytes written so far (header and alignment padding included).
+  std::uint64_t bytes_written() const { return pos_; }
+
   void finish() {
     using detail_nibble::put_string;
     std::vector<std::uint8_t> index;

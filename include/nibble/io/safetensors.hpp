@@ -289,6 +289,9 @@ class SafetensorsWriter {
     add(name, DType::F32, shape, data, n * sizeof(float));
   }
 
+  // Tensor bytes added so far.
+  std::uint64_t data_bytes() const { return spill_.size(); }
+
   void finish() {
     nlohmann::ordered_json header = header_;
     if (!metadata_.empty()) header["__metadata__"] = metadata_;
