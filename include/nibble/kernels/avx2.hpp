@@ -108,6 +108,37 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
     // Two full blocks at a time: one 32-byte load per row holds both blocks' codes
     // (block A in the low lane, B in the high lane).
     for (; blk + 2 <= blk_end && spans[blk + 1].elements == kActivationBlock; blk += 2) {
+      if constexpr (NB == 1 && !kTable) {
+        // One activation row: decode and multiply each row at once (few live registers).
+        const std::size_t slot = b0 * nb + blk;
+        const std::int8_t* qa = p.q.data() + slot * kActivationBlock;
+        const __m256i qe = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qa))),
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 32)), 1);
+        const __m256i qo = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 16))),
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 48)), 1);
+        __m256i part[8];
+        for (std::size_t i = 0; i < 8; ++i) {
+          const __m256i v =
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row0 + i * rb + spans[blk].byte_begin));
+          const __m256i lo = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
+          part[i] = _mm256_add_epi16(_mm256_maddubs_epi16(hi, qe), _mm256_maddubs_epi16(lo, qo));
+        }
+        const __m256i ones = _mm256_set1_epi16(1);
+        const __m256i s0123 = _mm256_madd_epi16(
+            _mm256_hadd_epi16(_mm256_hadd_epi16(part[0], part[1]), _mm256_hadd_epi16(part[2], part[3])), ones);
+        const __m256i s4567 = _mm256_madd_epi16(
+            _mm256_hadd_epi16(_mm256_hadd_epi16(part[4], part[5]), _mm256_hadd_epi16(part[6], part[7])), ones);
+        const __m256 isum_a = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x20));
+        const __m256 isum_b = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x31));
+        const __m256 ta = _mm256_fmadd_ps(neg_off, _mm256_broadcast_ss(&p.qsum_f[slot]), isum_a);
+        a[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&p.d[slot]), ta, a[0]);
+        const __m256 tb = _mm256_fmadd_ps(neg_off, _mm256_broadcast_ss(&p.qsum_f[slot + 1]), isum_b);
+        a[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&p.d[slot + 1]), tb, a[0]);
+        continue;
+      }
       __m256i hi[8], lo[8];
       for (std::size_t i = 0; i < 8; ++i) {
         const __m256i v =
@@ -198,12 +229,16 @@ NIBBLE_TARGET_AVX2 inline void fast_rows(const PackedMatrix& W, const PreparedAc
       for (std::size_t i = 0; i < 8; ++i) std::memcpy(tail_rows.data() + i * rb, W.row_codes(r + std::min(i, nr - 1)), rb);
       row0 = tail_rows.data();
     }
-    for (std::size_t g = 0; g < G; ++g)
-      for (std::size_t i = 0; i < 8; ++i) {
-        const std::size_t idx = (r + std::min(i, nr - 1)) * G + g;
-        sv[8 * g + i] = scale_at(W, idx) * k;
-        nov[8 * g + i] = -W.offset(idx);
+    for (std::size_t i = 0; i < 8; ++i) {
+      const std::size_t first = (r + std::min(i, nr - 1)) * G;
+      if (W.scale_format() == ScaleFormat::f16) {
+        const std::uint16_t* h = W.source().scales().raw16().data() + first;
+        for (std::size_t g = 0; g < G; ++g) sv[8 * g + i] = _cvtsh_ss(h[g]) * k;
+      } else {
+        W.decode_scales(first, G, k, sv.data() + i, 8);
       }
+      W.decode_negated_offsets(first, G, nov.data() + i, 8);
+    }
     std::size_t b = 0;
     while (b < p.batch) {
       const std::size_t nb = p.batch - b >= 4 ? 4 : (p.batch - b >= 2 ? 2 : 1);

@@ -120,6 +120,36 @@ class PackedMatrix {
     return 0.0f;
   }
 
+  // scale(i0 + j) · factor → out[j·stride] for j < n, with the format switch hoisted
+  // out of the loop (the kernels call this once per row tile).
+  void decode_scales(std::size_t i0, std::size_t n, float factor, float* out, std::size_t stride) const {
+    const ScaleArray& s = q_.scales();
+    switch (scale_format_) {
+      case ScaleFormat::f32:
+        for (std::size_t j = 0; j < n; ++j) out[j * stride] = s.f32_values()[i0 + j] * factor;
+        return;
+      case ScaleFormat::f16:
+        for (std::size_t j = 0; j < n; ++j) out[j * stride] = half_to_float(s.raw16()[i0 + j]) * factor;
+        return;
+      case ScaleFormat::bf16:
+        for (std::size_t j = 0; j < n; ++j) out[j * stride] = bf16_to_float(s.raw16()[i0 + j]) * factor;
+        return;
+      case ScaleFormat::dq8:
+        for (std::size_t j = 0; j < n; ++j) out[j * stride] = scale(i0 + j) * factor;
+        return;
+    }
+  }
+
+  // −offset(i0 + j) → out[j·stride] for j < n.
+  void decode_negated_offsets(std::size_t i0, std::size_t n, float* out, std::size_t stride) const {
+    if (q_.codebook() == Codebook::uint4_asym) {
+      for (std::size_t j = 0; j < n; ++j) out[j * stride] = -offset(i0 + j);
+    } else {
+      const float v = -offset(i0);
+      for (std::size_t j = 0; j < n; ++j) out[j * stride] = v;
+    }
+  }
+
   // Offset of group i (see the header comment).
   float offset(std::size_t i) const {
     switch (q_.codebook()) {
