@@ -291,16 +291,21 @@ class Tokenizer {
       }
       i += n;
     }
-    std::string pair;
+    // merged[i] = id of the piece tokens[i] + tokens[i+1] (or -1); only the two pairs
+    // next to a merge change, so each round is a scan over integers.
+    auto pair_id = [&](std::size_t i) {
+      if (tokens[i] == kBos || tokens[i + 1] == kBos) return -1;
+      return find(pieces_[static_cast<std::size_t>(tokens[i])] + pieces_[static_cast<std::size_t>(tokens[i + 1])]);
+    };
+    std::vector<int> merged;
+    for (std::size_t i = 0; i + 1 < tokens.size(); ++i) merged.push_back(pair_id(i));
     for (;;) {
       float best_score = -1e10f;
       int best_id = -1;
       std::size_t best_at = 0;
-      for (std::size_t i = 0; i + 1 < tokens.size(); ++i) {
-        if (tokens[i] == kBos) continue;
-        pair = pieces_[static_cast<std::size_t>(tokens[i])] + pieces_[static_cast<std::size_t>(tokens[i + 1])];
-        const int id = find(pair);
-        if (id >= 0 && scores_[static_cast<std::size_t>(id)] > best_score) {
+      for (std::size_t i = 0; i < merged.size(); ++i) {
+        const int id = merged[i];
+        if (id >= 0 && scores_[static_cast<std::size_t>(id)] > best_score) {  // strict: leftmost wins ties
           best_score = scores_[static_cast<std::size_t>(id)];
           best_id = id;
           best_at = i;
@@ -309,6 +314,9 @@ class Tokenizer {
       if (best_id < 0) break;
       tokens[best_at] = best_id;
       tokens.erase(tokens.begin() + static_cast<std::ptrdiff_t>(best_at) + 1);
+      merged.erase(merged.begin() + static_cast<std::ptrdiff_t>(best_at));
+      if (best_at < merged.size()) merged[best_at] = pair_id(best_at);
+      if (best_at > 0) merged[best_at - 1] = pair_id(best_at - 1);
     }
     if (eos) tokens.push_back(kEos);
     return tokens;

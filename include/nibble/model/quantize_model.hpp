@@ -3,6 +3,7 @@
 // each linear layer, captured on calibration text, layer by layer.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <memory>
@@ -13,6 +14,8 @@
 
 #include "../core/error.hpp"
 #include "../format/quantized_matrix.hpp"
+#include "../quant/gptq.hpp"
+#include "../quant/hessian.hpp"
 #include "../quant/rtn.hpp"
 #include "llama2c.hpp"
 #include "transformer.hpp"
@@ -27,6 +30,9 @@ enum class Method {
   nf4,              // bitsandbytes NF4, fp32 absmax
   nf4_dq,           // NF4 with double-quantized absmax
   fp4,              // bitsandbytes FP4, fp32 absmax
+  gptq,             // GPTQ onto uint4 asym
+  gptq_act,         // GPTQ onto uint4 asym, act-order (static groups)
+  gptq_nf4_act,     // GPTQ onto NF4, act-order
 };
 
 struct MethodInfo {
@@ -45,6 +51,9 @@ inline const std::vector<MethodInfo>& all_methods() {
       {Method::nf4, "nf4", "NF4", false},
       {Method::nf4_dq, "nf4-dq", "NF4 + double quant", false},
       {Method::fp4, "fp4", "FP4", false},
+      {Method::gptq, "gptq", "GPTQ uint4 asym", true},
+      {Method::gptq_act, "gptq-act", "GPTQ uint4 asym + act-order", true},
+      {Method::gptq_nf4_act, "gptq-nf4-act", "GPTQ NF4 + act-order", true},
   };
   return methods;
 }
@@ -93,6 +102,8 @@ struct ModelQuantOptions {
   ScaleFormat int_scale_format = ScaleFormat::f16;
   LinearBackend backend = LinearBackend::kernel_exact;
   int kernel_threads = 1;  // threads per kernel call (1 when sequences run in parallel)
+  int threads = 1;         // threads for calibration-side work (Hessians, GPTQ rows)
+  double gptq_damp = 0.01;
 };
 
 struct QuantizedModel {
@@ -134,6 +145,9 @@ inline QuantConfig rtn_config(Method m, int group_size, ScaleFormat int_scales) 
     case Method::nf4: c.codebook = Codebook::nf4; c.scale_format = ScaleFormat::f32; break;
     case Method::nf4_dq: c.codebook = Codebook::nf4; c.scale_format = ScaleFormat::dq8; break;
     case Method::fp4: c.codebook = Codebook::fp4; c.scale_format = ScaleFormat::f32; break;
+    case Method::gptq:
+    case Method::gptq_act: c.codebook = Codebook::uint4_asym; break;
+    case Method::gptq_nf4_act: c.codebook = Codebook::nf4; c.scale_format = ScaleFormat::f32; break;
   }
   return c;
 }
@@ -160,44 +174,44 @@ struct BlockActivations {
 // the error of earlier ones) or through the block as it was captured (fp32: AWQ).
 template <class QuantizeBlock>
 void calibrate_blockwise(Transformer& model, const std::vector<std::vector<int>>& sequences, bool propagate_quantized,
-                         QuantizeBlock&& quantize_block) {
+                         int threads, QuantizeBlock&& quantize_block) {
   detail::require(!sequences.empty(), "calibration needs at least one sequence");
-  std::vector<RowMatrixXf> hidden;
-  for (const auto& s : sequences) hidden.push_back(model.embed(s));
-  KvCache cache = model.new_cache();
+  const std::size_t n = sequences.size();
+  std::vector<RowMatrixXf> hidden(n);
+  for (std::size_t s = 0; s < n; ++s) hidden[s] = model.embed(sequences[s]);
   for (int l = 0; l < model.config.n_layers; ++l) {
-    std::vector<RowMatrixXf> parts[4];
-    const ActivationHook hook = [&](int, LinearSite site, const RowMatrixXf& X) {
-      parts[static_cast<int>(site)].push_back(X);
-    };
-    std::vector<RowMatrixXf> fp_out(hidden.size());
-    for (std::size_t s = 0; s < hidden.size(); ++s) {
+    std::vector<std::array<RowMatrixXf, 4>> parts(n);  // per sequence, per site
+    std::vector<RowMatrixXf> fp_out(n);
+    parallel_for(n, threads, [&](std::size_t s) {
+      const ActivationHook hook = [&](int, LinearSite site, const RowMatrixXf& X) {
+        parts[s][static_cast<std::size_t>(site)] = X;
+      };
+      KvCache cache = model.new_cache();
       RowMatrixXf X = hidden[s];
-      cache.length = 0;
       model.run_layer(l, X, cache, &hook);
       if (!propagate_quantized) fp_out[s] = std::move(X);
-    }
+    });
     BlockActivations acts;
     RowMatrixXf* targets[4] = {&acts.attention_input, &acts.attention_output, &acts.ffn_input, &acts.ffn_hidden};
-    for (int k = 0; k < 4; ++k) {
+    for (std::size_t k = 0; k < 4; ++k) {
       Eigen::Index rows = 0;
-      for (const auto& p : parts[k]) rows += p.rows();
-      targets[k]->resize(rows, parts[k].front().cols());
+      for (const auto& p : parts) rows += p[k].rows();
+      targets[k]->resize(rows, parts.front()[k].cols());
       Eigen::Index at = 0;
-      for (auto& p : parts[k]) {
-        targets[k]->middleRows(at, p.rows()) = p;
-        at += p.rows();
+      for (auto& p : parts) {
+        targets[k]->middleRows(at, p[k].rows()) = p[k];
+        at += p[k].rows();
+        p[k].resize(0, 0);
       }
-      parts[k].clear();
     }
     quantize_block(l, static_cast<const BlockActivations&>(acts));
-    for (std::size_t s = 0; s < hidden.size(); ++s) {
-      if (propagate_quantized) {
-        cache.length = 0;
+    if (propagate_quantized) {
+      parallel_for(n, threads, [&](std::size_t s) {
+        KvCache cache = model.new_cache();
         model.run_layer(l, hidden[s], cache);
-      } else {
-        hidden[s] = std::move(fp_out[s]);
-      }
+      });
+    } else {
+      hidden = std::move(fp_out);
     }
   }
 }
@@ -232,8 +246,34 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
           put(l, k, quantize(w.layers[static_cast<std::size_t>(l)].*(linear_slots()[k].weights), c));
       break;
     }
+    case Method::gptq:
+    case Method::gptq_act:
+    case Method::gptq_nf4_act: {
+      detail::require(!calibration.empty(), method_info(options.method).name, " needs calibration sequences");
+      GptqConfig g;
+      g.quant = rtn_config(options.method, options.group_size, options.int_scale_format);
+      g.damp = options.gptq_damp;
+      g.act_order = options.method != Method::gptq;
+      g.threads = options.threads;
+      // GPTQ's sequential scheme: block l is calibrated on inputs that went through the
+      // already-quantized blocks 0..l-1; all linears of a block share that block's pass.
+      calibrate_blockwise(out.model, calibration, true, options.threads, [&](int l, const BlockActivations& acts) {
+        Eigen::MatrixXd H[4];
+        for (int site = 0; site < 4; ++site) {
+          const RowMatrixXf& X = acts.at(static_cast<LinearSite>(site));
+          HessianAccumulator acc(static_cast<std::size_t>(X.cols()), options.threads);
+          acc.add(X);
+          H[site] = acc.hessian();
+        }
+        for (std::size_t k = 0; k < linear_slots().size(); ++k) {
+          const LinearSlot& slot = linear_slots()[k];
+          put(l, k, gptq_quantize(w.layers[static_cast<std::size_t>(l)].*(slot.weights),
+                                  H[static_cast<int>(slot.input)], g).matrix);
+        }
+      });
+      break;
+    }
   }
-  (void)calibration;
 
   for (const auto& q : qs) {
     detail::require(q != nullptr, "internal: a linear layer was not quantized");

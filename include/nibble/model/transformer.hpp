@@ -188,7 +188,7 @@ struct Transformer {
     const int start = cache.length;
     detail::require(start + T <= config.seq_len, "sequence of ", start + T, " positions exceeds seq_len ",
                     config.seq_len);
-    const int hs = config.head_size(), kv_dim = config.kv_dim();
+    const int hs = config.head_size();
     const int group = config.n_heads / config.n_kv_heads;
     RowMatrixXf xb, q, k, v, att(T, config.dim), out;
     rms_norm(X, L.rms_att, xb);
@@ -204,37 +204,25 @@ struct Transformer {
       K.row(start + t) = k.row(t);
       V.row(start + t) = v.row(t);
     }
+    // Per head: scores S = Q_h·K_hᵀ / sqrt(hs) over positions 0..start+T-1, causal mask,
+    // row softmax, then O_h = P·V_h. Matrix products and Eigen's vectorized exp keep
+    // this, the O(T²) part, from dominating.
     const float inv_sqrt = 1.0f / std::sqrt(static_cast<float>(hs));
-    std::vector<float> scores(static_cast<std::size_t>(start + T));
-    for (Eigen::Index t = 0; t < T; ++t) {
-      const int last = start + static_cast<int>(t);  // causal: positions 0..last
-      for (int h = 0; h < config.n_heads; ++h) {
-        const float* qh = &q(t, h * hs);
-        const int kv_off = (h / group) * hs;
-        float mx = -INFINITY;
-        for (int j = 0; j <= last; ++j) {
-          const float* kj = &K(j, kv_off);
-          float s = 0.0f;
-          for (int i = 0; i < hs; ++i) s += qh[i] * kj[i];
-          s *= inv_sqrt;
-          scores[static_cast<std::size_t>(j)] = s;
-          mx = std::max(mx, s);
-        }
-        float sum = 0.0f;
-        for (int j = 0; j <= last; ++j) {
-          scores[static_cast<std::size_t>(j)] = std::exp(scores[static_cast<std::size_t>(j)] - mx);
-          sum += scores[static_cast<std::size_t>(j)];
-        }
-        float* oh = &att(t, h * hs);
-        for (int i = 0; i < hs; ++i) oh[i] = 0.0f;
-        for (int j = 0; j <= last; ++j) {
-          const float p = scores[static_cast<std::size_t>(j)] / sum;
-          const float* vj = &V(j, kv_off);
-          for (int i = 0; i < hs; ++i) oh[i] += p * vj[i];
-        }
+    const Eigen::Index n = start + T;
+    RowMatrixXf S(T, n);
+    for (int h = 0; h < config.n_heads; ++h) {
+      const int kv_off = (h / group) * hs;
+      S.noalias() = (q.middleCols(h * hs, hs) * K.block(0, kv_off, n, hs).transpose()) * inv_sqrt;
+      for (Eigen::Index t = 0; t < T; ++t) {
+        const Eigen::Index valid = start + t + 1;  // causal: positions 0..start+t
+        auto row = S.row(t);
+        const float mx = row.head(valid).maxCoeff();
+        row.head(valid) = (row.head(valid).array() - mx).exp();
+        row.head(valid) /= row.head(valid).sum();
+        row.tail(n - valid).setZero();
       }
+      att.middleCols(h * hs, hs).noalias() = S * V.block(0, kv_off, n, hs);
     }
-    (void)kv_dim;
     if (hook) (*hook)(l, LinearSite::attention_output, att);
     L.wo.apply(att, out);
     X += out;
@@ -268,6 +256,31 @@ struct Transformer {
     return logits(X);
   }
 };
+
+// Runs body(i) for i in [0, n) on `threads` threads (i dealt round-robin), rethrowing
+// the first exception on the calling thread. Callers keep per-index results, so the
+// outcome does not depend on the thread count.
+template <class Body>
+void parallel_for(std::size_t n, int threads, Body&& body) {
+  detail::require(threads >= 1, "threads = ", threads, " (expected >= 1)");
+  if (threads == 1 || n <= 1) {
+    for (std::size_t i = 0; i < n; ++i) body(i);
+    return;
+  }
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(threads));
+  std::vector<std::thread> pool;
+  for (int k = 0; k < threads; ++k)
+    pool.emplace_back([&, k] {
+      try {
+        for (std::size_t i = static_cast<std::size_t>(k); i < n; i += static_cast<std::size_t>(threads)) body(i);
+      } catch (...) {
+        errors[static_cast<std::size_t>(k)] = std::current_exception();
+      }
+    });
+  for (auto& th : pool) th.join();
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
 
 // Tokenizes stories as BOS + text, cut to at most max_len tokens.
 inline std::vector<std::vector<int>> tokenize_stories(const Tokenizer& tok, const std::vector<std::string>& stories,
@@ -322,42 +335,26 @@ inline EvalResult evaluate(const Transformer& model, const std::vector<std::vect
   std::vector<double> nll(n, 0.0), kl(n, 0.0);
   if (keep) keep->assign(n, RowMatrixXf());
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(threads));
-  auto work = [&](std::size_t first) {
-    try {
-    for (std::size_t s = first; s < n; s += static_cast<std::size_t>(threads)) {
-      const std::vector<int>& seq = sequences[s];
-      if (seq.size() < 2) continue;
-      KvCache cache = model.new_cache();
-      const std::vector<int> inputs(seq.begin(), seq.end() - 1);
-      const RowMatrixXf lp = log_softmax_rows(model.forward(inputs, cache));
-      for (Eigen::Index t = 0; t < lp.rows(); ++t) nll[s] -= lp(t, seq[static_cast<std::size_t>(t) + 1]);
-      if (reference) {
-        const RowMatrixXf& ref = (*reference)[s];
-        detail::require(ref.rows() == lp.rows() && ref.cols() == lp.cols(), "reference log-probs of sequence ", s,
-                        " have the wrong shape");
-        for (Eigen::Index t = 0; t < lp.rows(); ++t) {
-          double d = 0.0;
-          for (Eigen::Index i = 0; i < lp.cols(); ++i)
-            d += std::exp(static_cast<double>(ref(t, i))) * (static_cast<double>(ref(t, i)) - lp(t, i));
-          kl[s] += d;
-        }
+  parallel_for(n, threads, [&](std::size_t s) {
+    const std::vector<int>& seq = sequences[s];
+    if (seq.size() < 2) return;
+    KvCache cache = model.new_cache();
+    const std::vector<int> inputs(seq.begin(), seq.end() - 1);
+    const RowMatrixXf lp = log_softmax_rows(model.forward(inputs, cache));
+    for (Eigen::Index t = 0; t < lp.rows(); ++t) nll[s] -= lp(t, seq[static_cast<std::size_t>(t) + 1]);
+    if (reference) {
+      const RowMatrixXf& ref = (*reference)[s];
+      detail::require(ref.rows() == lp.rows() && ref.cols() == lp.cols(), "reference log-probs of sequence ", s,
+                      " have the wrong shape");
+      for (Eigen::Index t = 0; t < lp.rows(); ++t) {
+        double d = 0.0;
+        for (Eigen::Index i = 0; i < lp.cols(); ++i)
+          d += std::exp(static_cast<double>(ref(t, i))) * (static_cast<double>(ref(t, i)) - lp(t, i));
+        kl[s] += d;
       }
-      if (keep) (*keep)[s] = lp;
     }
-    } catch (...) {
-      errors[first] = std::current_exception();  // rethrown on the calling thread
-    }
-  };
-  if (threads == 1) {
-    work(0);
-  } else {
-    std::vector<std::thread> pool;
-    for (int k = 0; k < threads; ++k) pool.emplace_back(work, static_cast<std::size_t>(k));
-    for (auto& th : pool) th.join();
-  }
-  for (const auto& e : errors)
-    if (e) std::rethrow_exception(e);
+    if (keep) (*keep)[s] = lp;
+  });
   EvalResult r;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   for (std::size_t s = 0; s < n; ++s) {
