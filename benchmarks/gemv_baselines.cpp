@@ -23,12 +23,13 @@ void eigen_gemv_rows(const float* W, std::size_t, std::size_t cols, const float*
 
 void eigen_gemm_rows(const float* W, std::size_t rows, std::size_t cols, const float* X, std::size_t batch, float* Y,
                      std::size_t r0, std::size_t r1) {
+  // Yᵀ[r0:r1, :] = W[r0:r1, :] · Xᵀ, all column-major views of the row-major buffers.
   const auto n = static_cast<Eigen::Index>(r1 - r0), k = static_cast<Eigen::Index>(cols);
   const auto b = static_cast<Eigen::Index>(batch);
   Eigen::Map<const RowMajor> w(W + r0 * cols, n, k);
-  Eigen::Map<const RowMajor> x(X, b, k);
-  Eigen::Map<RowMajor, 0, Eigen::OuterStride<>> y(Y + r0, b, n, Eigen::OuterStride<>(static_cast<Eigen::Index>(rows)));
-  y.noalias() = x * w.transpose();
+  Eigen::Map<const Eigen::MatrixXf> xt(X, k, b);
+  Eigen::Map<Eigen::MatrixXf, 0, Eigen::OuterStride<>> yt(Y + r0, n, b, Eigen::OuterStride<>(static_cast<Eigen::Index>(rows)));
+  yt.noalias() = w * xt;
 }
 
 void quantize_x_int8(const float* x, std::size_t n, std::int8_t* q, float* scale) {
