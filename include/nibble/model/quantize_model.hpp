@@ -14,8 +14,10 @@
 
 #include "../core/error.hpp"
 #include "../format/quantized_matrix.hpp"
+#include "../quant/awq.hpp"
 #include "../quant/gptq.hpp"
 #include "../quant/hessian.hpp"
+#include "../quant/hqq.hpp"
 #include "../quant/rtn.hpp"
 #include "llama2c.hpp"
 #include "transformer.hpp"
@@ -33,6 +35,8 @@ enum class Method {
   gptq,             // GPTQ onto uint4 asym
   gptq_act,         // GPTQ onto uint4 asym, act-order (static groups)
   gptq_nf4_act,     // GPTQ onto NF4, act-order
+  hqq,              // HQQ: uint4 asym with optimized float zero points, no calibration
+  awq,              // AWQ: activation-aware scales (folded upstream) + clip search, uint4 asym
 };
 
 struct MethodInfo {
@@ -54,6 +58,8 @@ inline const std::vector<MethodInfo>& all_methods() {
       {Method::gptq, "gptq", "GPTQ uint4 asym", true},
       {Method::gptq_act, "gptq-act", "GPTQ uint4 asym + act-order", true},
       {Method::gptq_nf4_act, "gptq-nf4-act", "GPTQ NF4 + act-order", true},
+      {Method::hqq, "hqq", "HQQ uint4 (float zeros)", false},
+      {Method::awq, "awq", "AWQ uint4 asym (scales + clip)", true},
   };
   return methods;
 }
@@ -146,7 +152,9 @@ inline QuantConfig rtn_config(Method m, int group_size, ScaleFormat int_scales) 
     case Method::nf4_dq: c.codebook = Codebook::nf4; c.scale_format = ScaleFormat::dq8; break;
     case Method::fp4: c.codebook = Codebook::fp4; c.scale_format = ScaleFormat::f32; break;
     case Method::gptq:
-    case Method::gptq_act: c.codebook = Codebook::uint4_asym; break;
+    case Method::gptq_act:
+    case Method::hqq:
+    case Method::awq: c.codebook = Codebook::uint4_asym; break;
     case Method::gptq_nf4_act: c.codebook = Codebook::nf4; c.scale_format = ScaleFormat::f32; break;
   }
   return c;
@@ -270,6 +278,57 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
           put(l, k, gptq_quantize(w.layers[static_cast<std::size_t>(l)].*(slot.weights),
                                   H[static_cast<int>(slot.input)], g).matrix);
         }
+      });
+      break;
+    }
+    case Method::hqq: {
+      HqqConfig h;
+      h.quant = rtn_config(options.method, options.group_size, options.int_scale_format);
+      h.zero_format = options.int_scale_format == ScaleFormat::dq8 ? ScaleFormat::f32 : options.int_scale_format;
+      for (int l = 0; l < L; ++l)
+        for (std::size_t k = 0; k < linear_slots().size(); ++k)
+          put(l, k, hqq_quantize(w.layers[static_cast<std::size_t>(l)].*(linear_slots()[k].weights), h));
+      break;
+    }
+    case Method::awq: {
+      detail::require(!calibration.empty(), "awq needs calibration sequences");
+      AwqConfig search;
+      search.quant = rtn_config(options.method, options.group_size, options.int_scale_format);
+      search.clip_search = false;
+      AwqConfig clip_only = search;  // grid 1: s ≡ 1, then the clip search
+      clip_only.grid = 1;
+      clip_only.clip_search = true;
+      // llm-awq's block pipeline on inputs from the fp32 model: search the scales of
+      // every group first, fold them all, then clip-search and quantize each linear on
+      // its final (scaled) weights. Groups: rms_att → [wq wk wv]; rms_ffn → [w1 w3];
+      // w3 → [w2]. wv → wo is skipped: with grouped-query attention wv has fewer output
+      // rows than wo has inputs (algorithms.md §3.1). wq and wk get no clip search.
+      calibrate_blockwise(out.model, calibration, false, options.threads, [&](int l, const BlockActivations& acts) {
+        const Llama2Layer& fp = w.layers[static_cast<std::size_t>(l)];
+        TransformerLayer& layer = out.model.layers[static_cast<std::size_t>(l)];
+        const Eigen::VectorXf s_att = awq_quantize({fp.wq, fp.wk, fp.wv}, acts.attention_input, search).scales;
+        const Eigen::VectorXf s_ffn = awq_quantize({fp.w1, fp.w3}, acts.ffn_input, search).scales;
+        const Eigen::VectorXf s_down = awq_quantize({fp.w2}, acts.ffn_hidden, search).scales;
+        fold_scales_into_norm(layer.rms_att, s_att);
+        fold_scales_into_norm(layer.rms_ffn, s_ffn);
+        const RowMatrixXf wq = fp.wq * s_att.asDiagonal(), wk = fp.wk * s_att.asDiagonal(),
+                          wv = fp.wv * s_att.asDiagonal(), w1 = fp.w1 * s_ffn.asDiagonal(),
+                          w2 = fp.w2 * s_down.asDiagonal();
+        RowMatrixXf w3 = fp.w3 * s_ffn.asDiagonal();
+        fold_scales_into_linear_rows(w3, s_down);
+        const RowMatrixXf x_att = acts.attention_input * s_att.cwiseInverse().asDiagonal();
+        const RowMatrixXf x_ffn = acts.ffn_input * s_ffn.cwiseInverse().asDiagonal();
+        const RowMatrixXf x_hid = acts.ffn_hidden * s_down.cwiseInverse().asDiagonal();
+        auto clipped = [&](const RowMatrixXf& W, const RowMatrixXf& X) {
+          return std::move(awq_quantize({W}, X, clip_only).matrices.front());
+        };
+        put(l, 0, quantize(wq, search.quant));
+        put(l, 1, quantize(wk, search.quant));
+        put(l, 2, clipped(wv, x_att));
+        put(l, 3, clipped(fp.wo, acts.attention_output));
+        put(l, 4, clipped(w1, x_ffn));
+        put(l, 5, clipped(w2, x_hid));
+        put(l, 6, clipped(w3, x_ffn));
       });
       break;
     }
