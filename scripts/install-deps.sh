@@ -3,7 +3,8 @@
 # Runs as root (CI, fresh containers) or through sudo.
 set -euo pipefail
 packages=(cmake g++ make libeigen3-dev googletest libgtest-dev libbenchmark-dev
-          g++-aarch64-linux-gnu qemu-user nlohmann-json3-dev python3 python3-venv)
+          g++-aarch64-linux-gnu qemu-user nlohmann-json3-dev python3 python3-venv
+          clang-14 libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

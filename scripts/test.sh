@@ -27,6 +27,8 @@ if [ $# -eq 0 ]; then
   scripts/check-consumers.sh
   echo "=== exporters read back by Python gguf / safetensors / numpy ==="
   scripts/test-interop.sh
+  echo "=== fuzz every file reader (20 s each) ==="
+  scripts/fuzz.sh 20
 fi
 echo "all presets: ${presets[*]}"
 echo "${total} passed, 0 failed"

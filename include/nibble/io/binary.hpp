@@ -36,6 +36,7 @@ inline constexpr std::uint64_t kMaxTensorCount = 1u << 20;
 inline constexpr std::uint64_t kMaxHeaderBytes = 100u << 20;  // safetensors' own limit
 inline constexpr std::uint64_t kMaxNameBytes = 1u << 16;
 inline constexpr std::size_t kMaxDims = 8;
+inline constexpr std::uint64_t kMaxDimension = 1ull << 48;  // any single dimension
 
 struct ByteView {
   const std::uint8_t* data = nullptr;

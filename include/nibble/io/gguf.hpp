@@ -485,7 +485,11 @@ class GgufReader {
       t.name = read_string(c, "tensor name");
       const std::uint32_t nd = c.u32("n_dims");
       detail::require(nd >= 1 && nd <= 4, "GGUF: tensor '", t.name, "' has ", nd, " dimensions (expected 1 to 4)");
-      for (std::uint32_t d = 0; d < nd; ++d) t.ne.push_back(c.u64("dimension"));
+      for (std::uint32_t d = 0; d < nd; ++d) {
+        t.ne.push_back(c.u64("dimension"));
+        detail::require(t.ne.back() <= kMaxDimension, "GGUF: tensor '", t.name, "' has dimension ", t.ne.back(),
+                        " above the limit 2^48");
+      }
       t.type = c.u32("tensor type");
       t.offset = c.u64("tensor offset");
       const GgmlTypeSize ts = ggml_type_size(t.type);

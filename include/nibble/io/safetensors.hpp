@@ -237,7 +237,11 @@ class SafetensorsReader {
       TensorInfo t;
       t.name = name;
       t.dtype = dtype_from_string(dt->get<std::string>());
-      for (const auto& d : *sh) t.shape.push_back(json_uint(d, "a dimension of '" + name + "'"));
+      for (const auto& d : *sh) {
+        t.shape.push_back(json_uint(d, "a dimension of '" + name + "'"));
+        detail::require(t.shape.back() <= kMaxDimension, "safetensors: tensor '", name, "' has dimension ",
+                        t.shape.back(), " above the limit 2^48");
+      }
       t.begin = json_uint((*off)[0], "data_offsets of '" + name + "'");
       t.end = json_uint((*off)[1], "data_offsets of '" + name + "'");
       detail::require(t.begin <= t.end, "safetensors: tensor '", name, "' has begin ", t.begin, " > end ", t.end);
