@@ -317,7 +317,8 @@ GptqResult gptq_quantize(const Eigen::MatrixBase<Derived>& W_in, const Eigen::Ma
                    static_cast<Eigen::Index>(plan.perm[static_cast<std::size_t>(j)]));
 
   // Damping, retried with growing values when a factorisation fails.
-  const double mean_diag = H.diagonal().mean();
+  // From the permuted matrix, so that a permuted input gives bit-identical damping.
+  const double mean_diag = Hp.diagonal().mean();
   RowMatrixXd U;
   double rel = cfg.damp;
   bool factored = false;
