@@ -119,6 +119,7 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
             _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 16))),
             _mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 48)), 1);
         __m256i part[8];
+#pragma GCC unroll 8
         for (std::size_t i = 0; i < 8; ++i) {
           const __m256i v =
               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row0 + i * rb + spans[blk].byte_begin));
