@@ -271,6 +271,39 @@ TEST(SimdPaths, BatchesUpTo64AndUnalignedPointers) {
   }
 }
 
+// Largest integer sums the SIMD paths can meet: every code at the extreme and every
+// activation at ±127 after quantization. 16-bit intermediate sums must not overflow.
+TEST(SimdPaths, ExtremeCodesAndActivationsDoNotOverflow) {
+  std::vector<Isa> isas = simd_isas();
+  isas.push_back(Isa::scalar);
+  for (Codebook cb : kCodebooks)
+    for (std::uint8_t code : {std::uint8_t{0}, std::uint8_t{15}})
+      for (float sign : {1.0f, -1.0f}) {
+        const std::size_t rows = 16, cols = 256;
+        std::vector<std::uint8_t> codes(rows * cols / 2, static_cast<std::uint8_t>(code * 17));
+        const std::size_t groups = rows * 2;
+        auto scales = nibble::ScaleArray::encode(std::vector<float>(groups, 1.0f), ScaleFormat::f32);
+        nibble::ZeroPoints zeros;
+        if (cb == Codebook::uint4_asym) zeros = nibble::ZeroPoints::uint4(std::vector<std::uint8_t>(groups, 0));
+        const QuantizedMatrix q(rows, cols, 128, cb, codes, scales, zeros);
+        const PackedMatrix W(q);
+        const std::vector<float> x(cols, sign);
+        const auto ref = run(Isa::scalar, W, x, 1, ActivationMode::fast);
+        // Independent value: every block has q = ±127 and d = 1/127, so y = Σ_c w8(code)·sign·k.
+        const bool table = cb == Codebook::nf4 || cb == Codebook::fp4;
+        const double w8 = table ? std::round(127.0 * nibble::codebook_values(cb)[code]) : code;
+        const double off = cb == Codebook::int4_sym ? 8 : 0;
+        const double want = cols * (w8 - off) * sign * (table ? 1.0 / 127 : 1.0);
+        for (Isa isa : isas) {
+          const auto got = run(isa, W, x, 1, ActivationMode::fast);
+          for (std::size_t r = 0; r < rows; ++r) {
+            ASSERT_EQ(got[r], ref[r]) << nibble::to_string(isa) << " " << nibble::to_string(cb);
+            ASSERT_NEAR(got[r], want, 1e-4 * std::fabs(want) + 1e-6) << nibble::to_string(isa) << " " << nibble::to_string(cb);
+          }
+        }
+      }
+}
+
 TEST(Threads, AnyThreadCountGivesIdenticalResults) {
   std::vector<Isa> isas = simd_isas();
   isas.push_back(Isa::scalar);
