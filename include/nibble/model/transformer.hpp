@@ -204,24 +204,30 @@ struct Transformer {
       K.row(start + t) = k.row(t);
       V.row(start + t) = v.row(t);
     }
-    // Per head: scores S = Q_h·K_hᵀ / sqrt(hs) over positions 0..start+T-1, causal mask,
-    // row softmax, then O_h = P·V_h. Matrix products and Eigen's vectorized exp keep
-    // this, the O(T²) part, from dominating.
+    // Per head: scores S = Q_h·K_hᵀ / sqrt(hs), causal mask, row softmax, O_h = P·V_h.
+    // Rows go in blocks of kAttentionBlock so each block only multiplies the keys it can
+    // see (about half the work of the full square); matrix products and Eigen's
+    // vectorized exp keep this O(T²) part from dominating.
+    constexpr Eigen::Index kAttentionBlock = 64;
     const float inv_sqrt = 1.0f / std::sqrt(static_cast<float>(hs));
-    const Eigen::Index n = start + T;
-    RowMatrixXf S(T, n);
+    RowMatrixXf qh, S;
     for (int h = 0; h < config.n_heads; ++h) {
       const int kv_off = (h / group) * hs;
-      S.noalias() = (q.middleCols(h * hs, hs) * K.block(0, kv_off, n, hs).transpose()) * inv_sqrt;
-      for (Eigen::Index t = 0; t < T; ++t) {
-        const Eigen::Index valid = start + t + 1;  // causal: positions 0..start+t
-        auto row = S.row(t);
-        const float mx = row.head(valid).maxCoeff();
-        row.head(valid) = (row.head(valid).array() - mx).exp();
-        row.head(valid) /= row.head(valid).sum();
-        row.tail(n - valid).setZero();
+      qh = q.middleCols(h * hs, hs) * inv_sqrt;
+      for (Eigen::Index t0 = 0; t0 < T; t0 += kAttentionBlock) {
+        const Eigen::Index rows = std::min(kAttentionBlock, T - t0);
+        const Eigen::Index n = start + t0 + rows;  // keys visible to the block's last row
+        S.noalias() = qh.middleRows(t0, rows) * K.block(0, kv_off, n, hs).transpose();
+        for (Eigen::Index r = 0; r < rows; ++r) {
+          const Eigen::Index valid = start + t0 + r + 1;  // causal: positions 0..start+t0+r
+          auto row = S.row(r);
+          const float mx = row.head(valid).maxCoeff();
+          row.head(valid) = (row.head(valid).array() - mx).exp();
+          row.head(valid) /= row.head(valid).sum();
+          row.tail(n - valid).setZero();
+        }
+        att.block(t0, h * hs, rows, hs).noalias() = S * V.block(0, kv_off, n, hs);
       }
-      att.middleCols(h * hs, hs).noalias() = S * V.block(0, kv_off, n, hs);
     }
     if (hook) (*hook)(l, LinearSite::attention_output, att);
     L.wo.apply(att, out);
