@@ -1,0 +1,136 @@
+// nibble-quant end to end: a small checkpoint is quantized to every format, the outputs
+// are read back with nibble's readers and compared with the library called directly,
+// and bad invocations fail with a message instead of writing garbage.
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include <nibble/io/io.hpp>
+#include <nibble/quant/rtn.hpp>
+
+#include "test_util.hpp"
+
+using namespace nibble;
+
+namespace {
+
+const std::string kDir = ::testing::TempDir();
+const std::string kInput = kDir + "nibble_cli_in.safetensors";
+
+RowMatrixXf weight(Eigen::Index rows, Eigen::Index cols, std::uint32_t seed) {
+  return test::gaussian_matrix(rows, cols, seed, 0.02f);
+}
+
+// Runs nibble-quant with `args`, returns its exit code; output goes to `log`.
+int run(const std::string& args, std::string* log = nullptr) {
+  const std::string log_path = kDir + "nibble_cli.log";
+  const std::string cmd = std::string(NIBBLE_QUANT_PATH) + " " + args + " >" + log_path + " 2>&1";
+  const int status = std::system(cmd.c_str());
+  if (log) {
+    std::ifstream in(log_path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    *log = ss.str();
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    io::SafetensorsWriter w(kInput);
+    const RowMatrixXf a = weight(16, 64, 1), b = weight(32, 128, 2), e = weight(20, 64, 3), odd = weight(8, 40, 4);
+    w.add_floats("model.embed_tokens.weight", {20, 64}, e.data(), 20 * 64);
+    w.add_floats("model.layers.0.attn.q_proj.weight", {16, 64}, a.data(), 16 * 64);
+    w.add_floats("model.layers.0.mlp.up_proj.weight", {32, 128}, b.data(), 32 * 128);
+    w.add_floats("model.layers.0.odd.weight", {8, 40}, odd.data(), 8 * 40);
+    const float norm[4] = {1, 1, 1, 1};
+    w.add_floats("model.norm.weight", {4}, norm, 4);
+    w.finish();
+  }
+};
+
+}  // namespace
+
+TEST_F(CliTest, NibbleOutputEqualsTheLibrary) {
+  const std::string out = kDir + "cli.nibble";
+  std::string log;
+  ASSERT_EQ(run(kInput + " " + out + " --group 32 --threads 2", &log), 0) << log;
+  const auto r = io::NibbleFileReader::open(out);
+  QuantConfig c;
+  c.group_size = 32;
+  c.scale_format = ScaleFormat::f16;
+  const QuantizedMatrix expected = quantize(weight(32, 128, 2), c);
+  const QuantizedMatrix got = r.load("model.layers.0.mlp.up_proj.weight");
+  EXPECT_EQ(got.codes(), expected.codes());
+  EXPECT_EQ(got.scales().raw16(), expected.scales().raw16());
+  // Embedding and norm are copied unchanged; a 40-wide row still quantizes (group 32, ragged).
+  EXPECT_EQ(r.info("model.embed_tokens.weight").kind, io::TensorKind::raw);
+  EXPECT_EQ(r.load_raw("model.norm.weight"), (std::vector<float>{1, 1, 1, 1}));
+  EXPECT_EQ(r.info("model.layers.0.odd.weight").kind, io::TensorKind::quantized);
+  EXPECT_NE(log.find("SQNR"), std::string::npos);
+  EXPECT_NE(log.find("3 tensors quantized, 2 kept"), std::string::npos) << log;
+  std::remove(out.c_str());
+}
+
+TEST_F(CliTest, GgufQ4_0IsTheReferenceQuantizationAndOddShapesStayFloat) {
+  const std::string out = kDir + "cli.gguf";
+  std::string log;
+  ASSERT_EQ(run(kInput + " " + out, &log), 0) << log;
+  const auto r = io::GgufReader::open(out);
+  const QuantizedMatrix got = r.load_q4_0("model.layers.0.attn.q_proj.weight");
+  EXPECT_EQ(io::to_q4_0_blocks(got), io::to_q4_0_blocks(io::quantize_q4_0(weight(16, 64, 1))));
+  EXPECT_EQ(r.info("model.layers.0.odd.weight").type, 0u);  // 40 columns: kept as F32, and said so
+  EXPECT_NE(log.find("divisible by 32"), std::string::npos) << log;
+  EXPECT_EQ(r.metadata().at("general.file_type"), "2");
+  std::remove(out.c_str());
+}
+
+TEST_F(CliTest, CheckpointFormatsReadBack) {
+  std::string log;
+  const std::string gptq = kDir + "cli_gptq.safetensors", awq = kDir + "cli_awq.safetensors",
+                    bnb = kDir + "cli_bnb.safetensors";
+  ASSERT_EQ(run(kInput + " " + gptq + " --format gptq --group 32", &log), 0) << log;
+  ASSERT_EQ(run(kInput + " " + awq + " --format awq --group 32", &log), 0) << log;
+  ASSERT_EQ(run(kInput + " " + bnb + " --format bnb-nf4 --double-quant", &log), 0) << log;
+  QuantConfig c;
+  c.codebook = Codebook::uint4_asym;
+  c.group_size = 32;
+  c.scale_format = ScaleFormat::f16;
+  const Eigen::MatrixXf expected = quantize(weight(32, 128, 2), c).dequantize();
+  const auto rg = io::SafetensorsReader::open(gptq);
+  EXPECT_TRUE(io::read_gptq(rg, "model.layers.0.mlp.up_proj", io::GptqFormat::v2).dequantize().isApprox(expected, 0.0f));
+  EXPECT_NE(rg.metadata().at("quantization_config").find("gptq_v2"), std::string::npos);
+  const auto ra = io::SafetensorsReader::open(awq);
+  EXPECT_TRUE(io::read_awq(ra, "model.layers.0.mlp.up_proj").dequantize().isApprox(expected, 0.0f));
+  const auto rb = io::SafetensorsReader::open(bnb);
+  EXPECT_EQ(io::read_bnb(rb, "model.layers.0.mlp.up_proj.weight").scales().format(), ScaleFormat::dq8);
+  EXPECT_TRUE(rb.contains("model.embed_tokens.weight"));  // copied unchanged
+  for (const auto& p : {gptq, awq, bnb}) {
+    std::remove(p.c_str());
+    std::remove((p + ".quantization_config.json").c_str());
+  }
+}
+
+TEST_F(CliTest, BadInvocationsFailClearly) {
+  std::string log;
+  EXPECT_EQ(run("--help", &log), 0);
+  EXPECT_NE(log.find("usage: nibble-quant"), std::string::npos);
+  EXPECT_EQ(run(kInput + " " + kDir + "x.nibble --method gptq", &log), 2);
+  EXPECT_NE(log.find("--calib"), std::string::npos) << log;
+  EXPECT_EQ(run(kInput + " " + kDir + "x.safetensors", &log), 2);
+  EXPECT_NE(log.find("--format"), std::string::npos) << log;
+  EXPECT_EQ(run(kInput + " " + kDir + "x.gguf --method nf4", &log), 2);
+  EXPECT_EQ(run(kInput + " " + kDir + "x.nibble --group 7", &log), 2);
+  const std::string junk = kDir + "junk.safetensors";
+  std::ofstream(junk) << "not a safetensors file";
+  EXPECT_EQ(run(junk + " " + kDir + "x.nibble", &log), 1);
+  EXPECT_NE(log.find("error"), std::string::npos) << log;
+  EXPECT_EQ(run(kDir + "missing.safetensors " + kDir + "x.nibble", &log), 1);
+  EXPECT_NE(log.find("cannot open"), std::string::npos) << log;
+  std::remove(junk.c_str());
+}
