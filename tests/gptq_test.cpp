@@ -206,8 +206,8 @@ TEST(Gptq, ActOrderIsPermutationConsistent) {
 }
 
 TEST(Gptq, OutputErrorBelowRtnOnCorrelatedActivations) {
-  const Eigen::MatrixXf W = test::gaussian_matrix(64, 128, 9);
-  const Eigen::MatrixXf X = correlated_activations(1024, 128, 10);
+  const Eigen::MatrixXf W = test::gaussian_matrix(32, 96, 9);
+  const Eigen::MatrixXf X = correlated_activations(384, 96, 10);
   const Eigen::MatrixXd H = hessian_of(X);
   for (Codebook cb : {Codebook::uint4_asym, Codebook::int4_sym, Codebook::nf4, Codebook::fp4})
     for (bool act_order : {false, true}) {
