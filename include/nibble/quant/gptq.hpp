@@ -71,7 +71,8 @@ struct GptqConfig {
   bool allow_rtn_fallback = false;    // after the retries: RTN instead of nibble::Error
   int threads = 1;
   // Called after each chunk of rows with (rows done, rows total), from worker threads
-  // but never concurrently.
+  // but never concurrently. dq8 scales with dynamic groups run two passes, so the
+  // count goes from 0 to total twice.
   std::function<void(std::size_t done, std::size_t total)> progress;
 };
 
