@@ -100,7 +100,8 @@ Options parse(int argc, char** argv) {
       std::exit(0);
     } else if (a == "--list") {
       for (const auto& m : nibble::model::all_methods())
-        std::printf("%-16s %s%s\n", m.name, m.description, m.calibrated ? " (calibrated)" : "");
+        std::printf("%-20s %s%s%s\n", m.name, m.description, m.calibrated ? " (calibrated)" : "",
+                    m.standard ? "" : " [experiment]");
       std::exit(0);
     } else if (a == "--methods") {
       o.methods = split_list(value(i));
@@ -174,7 +175,8 @@ std::vector<std::pair<Method, int>> table_rows(const Options& o) {
   std::vector<Method> methods;
   for (const auto& name : o.methods) methods.push_back(nibble::model::method_by_name(name).method);
   if (methods.empty())
-    for (const auto& m : nibble::model::all_methods()) methods.push_back(m.method);
+    for (const auto& m : nibble::model::all_methods())
+      if (m.standard) methods.push_back(m.method);
   if (o.all || !o.methods.empty() || !o.groups.empty()) {
     std::vector<int> groups = o.groups;
     if (groups.empty()) groups = o.all ? std::vector<int>{32, 64, nibble::kPerRow} : std::vector<int>{32};

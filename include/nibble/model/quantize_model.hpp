@@ -37,6 +37,14 @@ enum class Method {
   gptq_nf4_act,     // GPTQ onto NF4, act-order
   hqq,              // HQQ: uint4 asym with optimized float zero points, no calibration
   awq,              // AWQ: activation-aware scales (folded upstream) + clip search, uint4 asym
+  // Combinations beyond the published recipes (see the demo's --methods):
+  gptq_act_clip,       // GPTQ uint4 act-order, static groups fitted with the MSE clip search
+  gptq_act_dq,         // GPTQ uint4 act-order, double-quantized scales
+  gptq_act_clip_dq,    // both
+  gptq_int4_act_clip,  // GPTQ onto int4 sym (full range), act-order + clip
+  gptq_nf4_act_clip,   // GPTQ onto NF4 (scales in the integer-format storage), act-order + clip
+  awq_gptq,            // AWQ scales folded upstream, then GPTQ uint4 act-order on the scaled layers
+  awq_gptq_clip_dq,    // AWQ scales + GPTQ act-order + clip search, double-quantized scales
 };
 
 struct MethodInfo {
@@ -44,22 +52,30 @@ struct MethodInfo {
   const char* name;         // command-line / JSON name
   const char* description;  // table label
   bool calibrated;          // needs calibration text
+  bool standard;            // a published method (the demo's table); false: an experiment
 };
 
 inline const std::vector<MethodInfo>& all_methods() {
   static const std::vector<MethodInfo> methods = {
-      {Method::rtn_int4_absmax, "int4-absmax", "RTN int4 sym absmax/7", false},
-      {Method::rtn_int4_full, "int4-full", "RTN int4 sym full range", false},
-      {Method::rtn_uint4, "uint4", "RTN uint4 asym", false},
-      {Method::rtn_uint4_clip, "uint4-clip", "RTN uint4 asym + MSE clip", false},
-      {Method::nf4, "nf4", "NF4", false},
-      {Method::nf4_dq, "nf4-dq", "NF4 + double quant", false},
-      {Method::fp4, "fp4", "FP4", false},
-      {Method::gptq, "gptq", "GPTQ uint4 asym", true},
-      {Method::gptq_act, "gptq-act", "GPTQ uint4 asym + act-order", true},
-      {Method::gptq_nf4_act, "gptq-nf4-act", "GPTQ NF4 + act-order", true},
-      {Method::hqq, "hqq", "HQQ uint4 (float zeros)", false},
-      {Method::awq, "awq", "AWQ uint4 asym (scales + clip)", true},
+      {Method::rtn_int4_absmax, "int4-absmax", "RTN int4 sym absmax/7", false, true},
+      {Method::rtn_int4_full, "int4-full", "RTN int4 sym full range", false, true},
+      {Method::rtn_uint4, "uint4", "RTN uint4 asym", false, true},
+      {Method::rtn_uint4_clip, "uint4-clip", "RTN uint4 asym + MSE clip", false, true},
+      {Method::nf4, "nf4", "NF4", false, true},
+      {Method::nf4_dq, "nf4-dq", "NF4 + double quant", false, true},
+      {Method::fp4, "fp4", "FP4", false, true},
+      {Method::gptq, "gptq", "GPTQ uint4 asym", true, true},
+      {Method::gptq_act, "gptq-act", "GPTQ uint4 asym + act-order", true, true},
+      {Method::gptq_nf4_act, "gptq-nf4-act", "GPTQ NF4 + act-order", true, true},
+      {Method::hqq, "hqq", "HQQ uint4 (float zeros)", false, true},
+      {Method::awq, "awq", "AWQ uint4 asym (scales + clip)", true, true},
+      {Method::gptq_act_clip, "gptq-act-clip", "GPTQ uint4 + act-order + clip", true, false},
+      {Method::gptq_act_dq, "gptq-act-dq", "GPTQ uint4 + act-order, DQ scales", true, false},
+      {Method::gptq_act_clip_dq, "gptq-act-clip-dq", "GPTQ uint4 + act + clip, DQ scales", true, false},
+      {Method::gptq_int4_act_clip, "gptq-int4-act-clip", "GPTQ int4 sym + act-order + clip", true, false},
+      {Method::gptq_nf4_act_clip, "gptq-nf4-act-clip", "GPTQ NF4 + act-order + clip", true, false},
+      {Method::awq_gptq, "awq-gptq", "AWQ scales + GPTQ uint4 act-order", true, false},
+      {Method::awq_gptq_clip_dq, "awq-gptq-clip-dq", "AWQ + GPTQ act + clip, DQ scales", true, false},
   };
   return methods;
 }
@@ -156,6 +172,21 @@ inline QuantConfig rtn_config(Method m, int group_size, ScaleFormat int_scales) 
     case Method::hqq:
     case Method::awq: c.codebook = Codebook::uint4_asym; break;
     case Method::gptq_nf4_act: c.codebook = Codebook::nf4; c.scale_format = ScaleFormat::f32; break;
+    case Method::gptq_act_clip: c.codebook = Codebook::uint4_asym; c.clip.enabled = true; break;
+    case Method::gptq_act_dq: c.codebook = Codebook::uint4_asym; c.scale_format = ScaleFormat::dq8; break;
+    case Method::gptq_act_clip_dq:
+    case Method::awq_gptq_clip_dq:
+      c.codebook = Codebook::uint4_asym;
+      c.clip.enabled = true;
+      c.scale_format = ScaleFormat::dq8;
+      break;
+    case Method::gptq_int4_act_clip:
+      c.codebook = Codebook::int4_sym;
+      c.sym_scale = SymScale::full_range;
+      c.clip.enabled = true;
+      break;
+    case Method::gptq_nf4_act_clip: c.codebook = Codebook::nf4; c.clip.enabled = true; break;
+    case Method::awq_gptq: c.codebook = Codebook::uint4_asym; break;
   }
   return c;
 }
@@ -256,7 +287,12 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
     }
     case Method::gptq:
     case Method::gptq_act:
-    case Method::gptq_nf4_act: {
+    case Method::gptq_nf4_act:
+    case Method::gptq_act_clip:
+    case Method::gptq_act_dq:
+    case Method::gptq_act_clip_dq:
+    case Method::gptq_int4_act_clip:
+    case Method::gptq_nf4_act_clip: {
       detail::require(!calibration.empty(), method_info(options.method).name, " needs calibration sequences");
       GptqConfig g;
       g.quant = rtn_config(options.method, options.group_size, options.int_scale_format);
@@ -329,6 +365,50 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
         put(l, 4, clipped(w1, x_ffn));
         put(l, 5, clipped(w2, x_hid));
         put(l, 6, clipped(w3, x_ffn));
+      });
+      break;
+    }
+    case Method::awq_gptq:
+    case Method::awq_gptq_clip_dq: {
+      detail::require(!calibration.empty(), method_info(options.method).name, " needs calibration sequences");
+      GptqConfig g;
+      g.quant = rtn_config(options.method, options.group_size, options.int_scale_format);
+      g.damp = options.gptq_damp;
+      g.act_order = true;
+      g.threads = options.threads;
+      AwqConfig search;
+      search.quant = g.quant;
+      search.quant.clip.enabled = false;
+      if (search.quant.scale_format == ScaleFormat::dq8) search.quant.scale_format = ScaleFormat::f32;
+      search.clip_search = false;
+      // AWQ's scales make the loud input channels' weights relatively finer; GPTQ then
+      // rounds the scaled weights with the Hessian of the scaled inputs (x / s), in
+      // GPTQ's sequential scheme.
+      calibrate_blockwise(out.model, calibration, true, options.threads, [&](int l, const BlockActivations& acts) {
+        const Llama2Layer& fp = w.layers[static_cast<std::size_t>(l)];
+        TransformerLayer& layer = out.model.layers[static_cast<std::size_t>(l)];
+        const Eigen::VectorXf s_att = awq_quantize({fp.wq, fp.wk, fp.wv}, acts.attention_input, search).scales;
+        const Eigen::VectorXf s_ffn = awq_quantize({fp.w1, fp.w3}, acts.ffn_input, search).scales;
+        const Eigen::VectorXf s_down = awq_quantize({fp.w2}, acts.ffn_hidden, search).scales;
+        fold_scales_into_norm(layer.rms_att, s_att);
+        fold_scales_into_norm(layer.rms_ffn, s_ffn);
+        RowMatrixXf w3 = fp.w3 * s_ffn.asDiagonal();
+        fold_scales_into_linear_rows(w3, s_down);
+        const RowMatrixXf scaled[7] = {fp.wq * s_att.asDiagonal(), fp.wk * s_att.asDiagonal(),
+                                       fp.wv * s_att.asDiagonal(), fp.wo,
+                                       fp.w1 * s_ffn.asDiagonal(), fp.w2 * s_down.asDiagonal(), w3};
+        auto hessian_of = [&](const RowMatrixXf& X, const Eigen::VectorXf* s) {
+          HessianAccumulator acc(static_cast<std::size_t>(X.cols()), options.threads);
+          if (s) acc.add(X * s->cwiseInverse().asDiagonal());
+          else acc.add(X);
+          return acc.hessian();
+        };
+        const Eigen::MatrixXd H_att = hessian_of(acts.attention_input, &s_att);
+        const Eigen::MatrixXd H_out = hessian_of(acts.attention_output, nullptr);
+        const Eigen::MatrixXd H_ffn = hessian_of(acts.ffn_input, &s_ffn);
+        const Eigen::MatrixXd H_hid = hessian_of(acts.ffn_hidden, &s_down);
+        const Eigen::MatrixXd* H[7] = {&H_att, &H_att, &H_att, &H_out, &H_ffn, &H_hid, &H_ffn};
+        for (std::size_t k = 0; k < 7; ++k) put(l, k, gptq_quantize(scaled[k], *H[k], g).matrix);
       });
       break;
     }
