@@ -10,6 +10,9 @@
 #include <gtest/gtest.h>
 
 #include <nibble/io/io.hpp>
+#include <nibble/quant/awq.hpp>
+#include <nibble/quant/gptq.hpp>
+#include <nibble/quant/hessian.hpp>
 #include <nibble/quant/rtn.hpp>
 
 #include "test_util.hpp"
@@ -20,6 +23,7 @@ namespace {
 
 const std::string kDir = ::testing::TempDir();
 const std::string kInput = kDir + "nibble_cli_in.safetensors";
+const std::string kCalib = kDir + "nibble_cli_calib.safetensors";
 
 RowMatrixXf weight(Eigen::Index rows, Eigen::Index cols, std::uint32_t seed) {
   return test::gaussian_matrix(rows, cols, seed, 0.02f);
@@ -51,6 +55,12 @@ class CliTest : public ::testing::Test {
     const float norm[4] = {1, 1, 1, 1};
     w.add_floats("model.norm.weight", {4}, norm, 4);
     w.finish();
+    io::SafetensorsWriter c(kCalib);
+    for (int in : {40, 64, 128}) {
+      const RowMatrixXf X = test::gaussian_matrix(96, in, 10 + in);
+      c.add_floats("in_features." + std::to_string(in), {96, static_cast<std::uint64_t>(in)}, X.data(), X.size());
+    }
+    c.finish();
   }
 };
 
@@ -133,4 +143,32 @@ TEST_F(CliTest, BadInvocationsFailClearly) {
   EXPECT_EQ(run(kDir + "missing.safetensors " + kDir + "x.nibble", &log), 1);
   EXPECT_NE(log.find("cannot open"), std::string::npos) << log;
   std::remove(junk.c_str());
+}
+
+TEST_F(CliTest, CalibratedMethodsMatchTheLibrary) {
+  std::string log;
+  const std::string out = kDir + "cli_gptq.nibble";
+  ASSERT_EQ(run(kInput + " " + out + " --method gptq --group 32 --threads 2 --calib " + kCalib, &log), 0) << log;
+  const RowMatrixXf W = weight(32, 128, 2), X = test::gaussian_matrix(96, 128, 10 + 128);
+  HessianAccumulator acc(128);
+  acc.add(X);
+  GptqConfig g;
+  g.quant.group_size = 32;
+  g.quant.scale_format = ScaleFormat::f16;
+  const QuantizedMatrix expected = gptq_quantize(W, acc.hessian(), g).matrix;
+  EXPECT_EQ(io::NibbleFileReader::open(out).load("model.layers.0.mlp.up_proj.weight").codes(), expected.codes());
+
+  ASSERT_EQ(run(kInput + " " + out + " --method awq --group 32 --calib " + kCalib, &log), 0) << log;
+  const auto r = io::NibbleFileReader::open(out);
+  AwqConfig a;
+  a.quant.group_size = 32;
+  a.quant.codebook = Codebook::int4_sym;
+  a.quant.scale_format = ScaleFormat::f16;
+  const AwqResult res = awq_quantize({W}, X, a);
+  const std::vector<float> s = r.load_raw("model.layers.0.mlp.up_proj.weight.awq_scale");
+  ASSERT_EQ(s.size(), 128u);
+  for (int i = 0; i < 128; ++i) EXPECT_EQ(s[i], res.scales[i]);
+  EXPECT_EQ(r.load("model.layers.0.mlp.up_proj.weight").codes(), res.matrices[0].codes());
+  EXPECT_EQ(run(kInput + " " + kDir + "x.gguf --method awq --calib " + kCalib, &log), 2);
+  std::remove(out.c_str());
 }

@@ -20,7 +20,9 @@
 #include <vector>
 
 #include <nibble/io/io.hpp>
-#include <nibble/nibble.hpp>
+#include <nibble/quant/metrics.hpp>
+#include <nibble/quant/rtn.hpp>
+#include <nibble/quant/awq.hpp>
 #include <nibble/quant/gptq.hpp>
 #include <nibble/quant/hessian.hpp>
 #include <nibble/quant/hqq.hpp>
@@ -54,12 +56,16 @@ options:
                    nf4    NormalFloat4 (QLoRA); fp4: bitsandbytes' FP4
                    hqq    half-quadratic zero-point optimization, float zeros (nibble format only)
                    gptq   GPTQ with calibration activations (needs --calib)
+                   awq    activation-aware scaling + clip search (needs --calib; nibble format
+                          only): stores Q(W*diag(s)) and, as "<name>.awq_scale" (F32 [in]),
+                          the per-input-channel s; a runtime must divide its input by s
+                          (y = Q * (x / s)) or fold 1/s into the op that produces x
   --group G      group size along in_features: 32, 64, 128 (default), ... or "row"
                  (gguf formats always use 32; bnb-nf4 defaults to 64)
   --asym         uint4 with a zero point per group (default for gptq/awq formats)
   --sym          int4 symmetric (default otherwise)
   --double-quant nf4/fp4 only: 8-bit quantized scales (QLoRA double quantization)
-  --calib FILE   calibration activations for --method gptq: a safetensors file with a
+  --calib FILE   calibration activations for --method gptq/awq: a safetensors file with a
                  tokens x in_features matrix per weight, named like the weight
                  (e.g. "model.layers.0.mlp.up_proj.weight"), or shared by every weight
                  with that input size, named "in_features.<N>" (e.g. "in_features.4096")
@@ -148,10 +154,13 @@ Options parse(int argc, char** argv) {
     o.group = 32;
   }
   if (o.format == "bnb-nf4" && !o.group_given) o.group = 64;
-  if (o.method == "awq") usage_error("--method awq is not available in this build yet (AWQ scaling is not merged); use gptq, clip or rtn");
-  if (o.method == "gptq" && o.calib.empty())
-    usage_error("--method gptq needs calibration activations: --calib FILE (see --help for the tensor naming)");
-  if (o.method != "gptq" && !o.calib.empty()) usage_error("--calib is only used by --method gptq");
+  const bool calibrated = o.method == "gptq" || o.method == "awq";
+  if (calibrated && o.calib.empty())
+    usage_error("--method " + o.method + " needs calibration activations: --calib FILE (see --help for the tensor naming)");
+  if (!calibrated && !o.calib.empty()) usage_error("--calib is only used by --method gptq and awq");
+  if (o.method == "awq" && o.format != "nibble")
+    usage_error("--method awq needs --format nibble: its per-channel input scales have no place in " + o.format +
+                " without folding them into the previous layer (not done by this tool)");
   if (o.double_quant && o.method != "nf4" && o.method != "fp4") usage_error("--double-quant applies to --method nf4 or fp4");
   if (o.format == "gguf-iq4_nl" && o.method != "rtn") usage_error("gguf-iq4_nl uses llama.cpp's own IQ4_NL fit; drop --method");
   if (o.format == "gguf-q4_0" && (o.method == "nf4" || o.method == "fp4" || o.method == "hqq" || o.asym))
@@ -221,6 +230,8 @@ class Progress {
   std::size_t count_;
   Clock::time_point start_;
 };
+
+bool calibrated_method(const Options& o) { return o.method == "gptq" || o.method == "awq"; }
 
 bool is_float(io::DType t) { return t == io::DType::F32 || t == io::DType::F16 || t == io::DType::BF16; }
 
@@ -333,6 +344,7 @@ int main(int argc, char** argv) {
           qc_t.group_size = kPerRow;
           row.note = "group = row (" + std::to_string(C) + ")";
         }
+        std::vector<float> awq_scale;
         try {
           Eigen::MatrixXf deq;
           if (o.format == "gguf-iq4_nl") {
@@ -354,6 +366,12 @@ int main(int argc, char** argv) {
               hc.quant.codebook = Codebook::uint4_asym;
               hc.zero_format = ScaleFormat::f16;
               q = hqq_quantize(W, hc);
+            } else if (o.method == "awq") {
+              AwqConfig ac;
+              ac.quant = qc_t;
+              AwqResult res = awq_quantize({W}, calibration_for(*calib, t.name, C), ac);
+              q = std::move(res.matrices[0]);
+              awq_scale = std::vector<float>(res.scales.data(), res.scales.data() + res.scales.size());
             } else if (o.method == "gptq") {
               HessianAccumulator acc(C, o.threads);
               acc.add(calibration_for(*calib, t.name, C));
@@ -364,9 +382,16 @@ int main(int argc, char** argv) {
             } else {
               q = rtn_parallel(W, qc_t, o.threads);
             }
-            deq = q.dequantize();
+            if (awq_scale.empty()) {
+              deq = q.dequantize();
+            } else {  // the effective weight in the original input space: Q·diag(s)⁻¹
+              deq = awq_dequantize(q, Eigen::Map<const Eigen::VectorXf>(awq_scale.data(), static_cast<Eigen::Index>(C)));
+            }
             const std::string prefix = ends_with(t.name, ".weight") ? t.name.substr(0, t.name.size() - 7) : t.name;
-            if (to_nibble) nw->add(t.name, q);
+            if (to_nibble) {
+              nw->add(t.name, q);
+              if (!awq_scale.empty()) nw->add_raw(t.name + ".awq_scale", io::DType::F32, {C}, awq_scale.data(), 4 * C);
+            }
             else if (o.format == "gguf-q4_0") gw->add_q4_0(t.name, q);
             else if (o.format == "gptq") io::write_gptq(*sw, prefix, q, io::GptqFormat::v2);
             else if (o.format == "gptq-v1") io::write_gptq(*sw, prefix, q, io::GptqFormat::v1);
@@ -381,7 +406,7 @@ int main(int argc, char** argv) {
           row.note = e.what();
           if (row.note.rfind("nibble: ", 0) == 0) row.note = row.note.substr(8);
           row.note = "kept in float: " + row.note;
-          if (o.method == "gptq" && row.note.find("calibration") != std::string::npos) throw;
+          if (calibrated_method(o) && row.note.find("calibration") != std::string::npos) throw;
         }
       }
       if (!done) {  // copy unchanged
@@ -425,6 +450,8 @@ int main(int argc, char** argv) {
       nw->set_metadata("nibble.method", o.method);
       nw->set_metadata("nibble.group_size", o.group == kPerRow ? "row" : std::to_string(o.group));
       nw->set_metadata("nibble.source", o.in);
+      if (o.method == "awq")
+        nw->set_metadata("nibble.awq_scales", "each <name>.awq_scale holds s; the weight is Q(W*diag(s)): divide inputs by s");
       nw->finish();
     } else if (gw) {
       gw->finish();
