@@ -32,14 +32,17 @@
 
 namespace nibble::detail::avx2 {
 
-NIBBLE_TARGET_AVX2 inline __m256i load_nibbles(const std::uint8_t* row, const BlockSpan& span) {
+// The (up to) 16 code bytes of a block for row i of tile t, split into nibbles.
+NIBBLE_TARGET_AVX2 inline __m256i load_nibbles(const PackedMatrix& W, std::size_t t, std::size_t i,
+                                               const BlockSpan& span) {
+  const std::size_t k = span.byte_begin;
   __m128i bytes;
-  if (span.elements == kActivationBlock) {
-    bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + span.byte_begin));
-  } else {  // short block: never read past the row
-    alignas(16) std::uint8_t tmp[16] = {};
-    std::memcpy(tmp, row + span.byte_begin, (span.elements + 1) / 2);
-    bytes = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
+  if (k % kChunkBytes <= kChunkBytes - 16) {  // inside one chunk: bytes past a short block are multiplied by 0
+    bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(W.chunk(t, k / kChunkBytes) + i * kChunkBytes +
+                                                             k % kChunkBytes));
+  } else {  // straddles two chunks (group sizes that are not a multiple of 32)
+    alignas(16) std::uint8_t tmp[16];
+    bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(W.bytes16(t * kTileRows + i, k, tmp)));
   }
   const __m256i both = _mm256_broadcastsi128_si256(bytes);
   const __m256i shifted = _mm256_srlv_epi32(both, _mm256_setr_epi32(4, 4, 4, 4, 0, 0, 0, 0));
@@ -83,16 +86,15 @@ NIBBLE_TARGET_AVX2 inline __m256i sum_rows_small(const __m256i* w, __m256i q) {
 
 // Scale of group i as every path decodes it (F16C here; the same value as half_to_float).
 NIBBLE_TARGET_AVX2 inline float scale_at(const PackedMatrix& W, std::size_t i) {
-  if (W.scale_format() == ScaleFormat::f16) return _cvtsh_ss(W.source().scales().raw16()[i]);
+  if (W.scale_format() == ScaleFormat::f16) return _cvtsh_ss(W.scales().raw16()[i]);
   return W.scale(i);
 }
 
-// Rows [r, r + 8) whose codes start at row0 with stride rb; batch rows [b0, b0 + NB).
+// Rows of tile t; batch rows [b0, b0 + NB).
 // sv / nov: per group, the 8 rows' scale·k and −offset.
 template <bool kTable, int NB>
-NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedActivations& p, const std::uint8_t* row0,
-                                         std::size_t rb, const float* sv, const float* nov, float* out,
-                                         std::size_t b0) {
+NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedActivations& p, std::size_t t,
+                                         const float* sv, const float* nov, float* out, std::size_t b0) {
   const std::size_t G = W.groups_per_row(), nb = W.block_count();
   const __m256i table =
       _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W.int8_base_values().data())));
@@ -107,7 +109,9 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
     const std::size_t blk_end = W.first_block(g + 1);
     // Two full blocks at a time: one 32-byte load per row holds both blocks' codes
     // (block A in the low lane, B in the high lane).
-    for (; blk + 2 <= blk_end && spans[blk + 1].elements == kActivationBlock; blk += 2) {
+    for (; blk + 2 <= blk_end && spans[blk + 1].elements == kActivationBlock && spans[blk].byte_begin % kChunkBytes == 0;
+         blk += 2) {
+      const std::uint8_t* tile_chunk = W.chunk(t, spans[blk].byte_begin / kChunkBytes);  // row i at + 32·i
       if constexpr (NB == 1 && !kTable) {
         // One activation row: decode and multiply each row at once (few live registers).
         const std::size_t slot = b0 * nb + blk;
@@ -121,8 +125,7 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
         __m256i part[8];
 #pragma GCC unroll 8
         for (std::size_t i = 0; i < 8; ++i) {
-          const __m256i v =
-              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row0 + i * rb + spans[blk].byte_begin));
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile_chunk + i * kChunkBytes));
           const __m256i lo = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
           const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
           part[i] = _mm256_add_epi16(_mm256_maddubs_epi16(hi, qe), _mm256_maddubs_epi16(lo, qo));
@@ -142,8 +145,7 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
       }
       __m256i hi[8], lo[8];
       for (std::size_t i = 0; i < 8; ++i) {
-        const __m256i v =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row0 + i * rb + spans[blk].byte_begin));
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile_chunk + i * kChunkBytes));
         lo[i] = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
         hi[i] = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
         if constexpr (kTable) {
@@ -190,7 +192,7 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
       const BlockSpan span = spans[blk];
       __m256i w[8];
       for (std::size_t i = 0; i < 8; ++i) {
-        w[i] = load_nibbles(row0 + i * rb, span);
+        w[i] = load_nibbles(W, t, i, span);
         if constexpr (kTable) w[i] = _mm256_shuffle_epi8(table, w[i]);
       }
       for (int j = 0; j < NB; ++j) {
@@ -217,23 +219,17 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
 template <bool kTable>
 NIBBLE_TARGET_AVX2 inline void fast_rows(const PackedMatrix& W, const PreparedActivations& p, float* Y,
                                          std::size_t r0, std::size_t r1) {
-  const std::size_t G = W.groups_per_row(), rows = W.rows(), rb = W.row_bytes();
+  const std::size_t G = W.groups_per_row(), rows = W.rows();
   const float k = kTable ? 1.0f / 127.0f : 1.0f;
   std::vector<float> sv(8 * G), nov(8 * G);
-  std::vector<std::uint8_t> tail_rows;  // a short last tile, padded to 8 rows
   alignas(32) float out[8 * 4];
+  // r0 is a multiple of 8 (threads split whole tiles).
   for (std::size_t r = r0; r < r1; r += 8) {
-    const std::size_t nr = std::min<std::size_t>(8, r1 - r);
-    const std::uint8_t* row0 = W.row_codes(r);
-    if (nr < 8) {
-      tail_rows.resize(8 * rb);
-      for (std::size_t i = 0; i < 8; ++i) std::memcpy(tail_rows.data() + i * rb, W.row_codes(r + std::min(i, nr - 1)), rb);
-      row0 = tail_rows.data();
-    }
+    const std::size_t nr = std::min<std::size_t>(8, r1 - r), t = r / kTileRows;
     for (std::size_t i = 0; i < 8; ++i) {
-      const std::size_t first = (r + std::min(i, nr - 1)) * G;
+      const std::size_t first = (r + std::min(i, nr - 1)) * G;  // padding rows reuse the last row's scales
       if (W.scale_format() == ScaleFormat::f16) {
-        const std::uint16_t* h = W.source().scales().raw16().data() + first;
+        const std::uint16_t* h = W.scales().raw16().data() + first;
         for (std::size_t g = 0; g < G; ++g) sv[8 * g + i] = _cvtsh_ss(h[g]) * k;
       } else {
         W.decode_scales(first, G, k, sv.data() + i, 8);
@@ -243,9 +239,9 @@ NIBBLE_TARGET_AVX2 inline void fast_rows(const PackedMatrix& W, const PreparedAc
     std::size_t b = 0;
     while (b < p.batch) {
       const std::size_t nb = p.batch - b >= 4 ? 4 : (p.batch - b >= 2 ? 2 : 1);
-      if (nb == 4) fast_tile<kTable, 4>(W, p, row0, rb, sv.data(), nov.data(), out, b);
-      else if (nb == 2) fast_tile<kTable, 2>(W, p, row0, rb, sv.data(), nov.data(), out, b);
-      else fast_tile<kTable, 1>(W, p, row0, rb, sv.data(), nov.data(), out, b);
+      if (nb == 4) fast_tile<kTable, 4>(W, p, t, sv.data(), nov.data(), out, b);
+      else if (nb == 2) fast_tile<kTable, 2>(W, p, t, sv.data(), nov.data(), out, b);
+      else fast_tile<kTable, 1>(W, p, t, sv.data(), nov.data(), out, b);
       for (std::size_t j = 0; j < nb; ++j)
         for (std::size_t i = 0; i < nr; ++i) Y[(b + j) * rows + r + i] = out[8 * j + i];
       b += nb;
@@ -285,7 +281,7 @@ NIBBLE_TARGET_AVX2 inline void exact_row(const PackedMatrix& W, const PreparedAc
   const std::size_t G = W.groups_per_row(), rows = W.rows(), nb = W.block_count();
   const __m256 table_lo = _mm256_loadu_ps(W.base_values().data());
   const __m256 table_hi = _mm256_loadu_ps(W.base_values().data() + 8);
-  const std::uint8_t* row = W.row_codes(r);
+  const std::size_t t = r / kTileRows, ti = r % kTileRows;
   __m256 y[NB];
   float correction[NB];
   for (int j = 0; j < NB; ++j) {
@@ -296,7 +292,7 @@ NIBBLE_TARGET_AVX2 inline void exact_row(const PackedMatrix& W, const PreparedAc
     __m256 a0[NB], a1[NB];
     for (int j = 0; j < NB; ++j) a0[j] = a1[j] = _mm256_setzero_ps();
     for (std::size_t blk = W.first_block(g); blk < W.first_block(g + 1); ++blk) {
-      const __m256i nib = load_nibbles(row, W.blocks()[blk]);
+      const __m256i nib = load_nibbles(W, t, ti, W.blocks()[blk]);
       const __m128i even = _mm256_castsi256_si128(nib), odd = _mm256_extracti128_si256(nib, 1);
       const __m256 v0 = decode8<kTable>(even, table_lo, table_hi);
       const __m256 v1 = decode8<kTable>(_mm_srli_si128(even, 8), table_lo, table_hi);

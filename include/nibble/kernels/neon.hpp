@@ -23,11 +23,11 @@
 
 namespace nibble::detail::neon {
 
-inline uint8x16_t load_codes(const std::uint8_t* row, const BlockSpan& span) {
-  if (span.elements == kActivationBlock) return vld1q_u8(row + span.byte_begin);
-  std::uint8_t tmp[16] = {};
-  std::memcpy(tmp, row + span.byte_begin, (span.elements + 1) / 2);
-  return vld1q_u8(tmp);
+// The (up to) 16 code bytes of a block of row r (bytes past a short block are
+// multiplied by zero activations).
+inline uint8x16_t load_codes(const PackedMatrix& W, std::size_t r, const BlockSpan& span) {
+  std::uint8_t tmp[16];
+  return vld1q_u8(W.bytes16(r, span.byte_begin, tmp));
 }
 
 inline std::int32_t block_dot(int8x16_t wh, int8x16_t wl, int8x16_t qe, int8x16_t qo) {
@@ -51,7 +51,6 @@ inline void gemm_fast(const PackedMatrix& W, const PreparedActivations& p, float
   const float k = table_cb ? 1.0f / 127.0f : 1.0f;
   const uint8x16_t mask = vdupq_n_u8(0x0F);
   for (std::size_t r = r0; r < r1; ++r) {
-    const std::uint8_t* row = W.row_codes(r);
     for (std::size_t b = 0; b < p.batch; ++b) {
       float y = 0.0f;
       for (std::size_t g = 0; g < G; ++g) {
@@ -59,7 +58,7 @@ inline void gemm_fast(const PackedMatrix& W, const PreparedActivations& p, float
         float a = 0.0f;
         for (std::size_t blk = W.first_block(g); blk < W.first_block(g + 1); ++blk) {
           const std::size_t slot = b * nb + blk;
-          const uint8x16_t v = load_codes(row, W.blocks()[blk]);
+          const uint8x16_t v = load_codes(W, r, W.blocks()[blk]);
           int8x16_t wh = vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), wl = vreinterpretq_s8_u8(vandq_u8(v, mask));
           if (table_cb) {
             wh = vqtbl1q_s8(table, vreinterpretq_u8_s8(wh));
@@ -118,13 +117,12 @@ inline void gemm_exact(const PackedMatrix& W, const PreparedActivations& p, floa
                                 vld1q_u8(plane_bytes[3])};
   const uint8x16_t mask = vdupq_n_u8(0x0F);
   for (std::size_t r = r0; r < r1; ++r) {
-    const std::uint8_t* row = W.row_codes(r);
     for (std::size_t b = 0; b < p.batch; ++b) {
       float y = 0.0f;
       for (std::size_t g = 0; g < G; ++g) {
         float32x4_t a0 = vdupq_n_f32(0.0f), a1 = vdupq_n_f32(0.0f);
         for (std::size_t blk = W.first_block(g); blk < W.first_block(g + 1); ++blk) {
-          const uint8x16_t v = load_codes(row, W.blocks()[blk]);
+          const uint8x16_t v = load_codes(W, r, W.blocks()[blk]);
           const Decoded even = decode16(vshrq_n_u8(v, 4), table_cb, planes);
           const Decoded odd = decode16(vandq_u8(v, mask), table_cb, planes);
           const float* x = p.x.data() + (b * nb + blk) * kActivationBlock;

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "../format/packing.hpp"
 #include "activation.hpp"
@@ -25,20 +26,24 @@ namespace nibble::detail::scalar {
 // Rows [row_begin, row_end) of Y (batch × rows) from fp32 X (batch × cols).
 inline void gemm_exact(const PackedMatrix& W, const float* X, std::size_t batch, float* Y, std::size_t row_begin,
                        std::size_t row_end) {
-  const QuantizedMatrix& q = W.source();
-  const auto& values = codebook_values(q.codebook());
-  const std::size_t G = q.groups_per_row(), gs = q.group_size(), cols = q.cols(), rows = q.rows();
+  const auto& values = codebook_values(W.codebook());
+  const std::size_t G = W.groups_per_row(), gs = W.group_size(), cols = W.cols(), rows = W.rows();
+  const bool asym = W.codebook() == Codebook::uint4_asym;
+  std::vector<std::uint8_t> codes(cols);
   for (std::size_t r = row_begin; r < row_end; ++r) {
-    const std::uint8_t* codes = q.row_codes(r);
+    for (std::size_t c = 0; c < cols; ++c) {
+      const std::uint8_t byte = W.code_byte(r, c / 2);
+      codes[c] = c % 2 == 0 ? static_cast<std::uint8_t>(byte >> 4) : static_cast<std::uint8_t>(byte & 0x0F);
+    }
     for (std::size_t b = 0; b < batch; ++b) {
       const float* x = X + b * cols;
       float y = 0.0f;
       for (std::size_t g = 0; g < G; ++g) {
         const float s = W.scale(r * G + g);
-        const float z = q.codebook() == Codebook::uint4_asym ? W.offset(r * G + g) : 0.0f;
+        const float z = asym ? W.offset(r * G + g) : 0.0f;
         float acc = 0.0f;
         const std::size_t end = std::min(cols, (g + 1) * gs);
-        for (std::size_t c = g * gs; c < end; ++c) acc += (values[get_nibble(codes, c)] - z) * x[c];
+        for (std::size_t c = g * gs; c < end; ++c) acc += (values[codes[c]] - z) * x[c];
         y += s * acc;
       }
       Y[b * rows + r] = y;
@@ -52,7 +57,6 @@ inline void gemm_fast(const PackedMatrix& W, const PreparedActivations& p, float
   const auto& base8 = W.int8_base_values();
   const float k = W.table_codebook() ? 1.0f / 127.0f : 1.0f;
   for (std::size_t r = row_begin; r < row_end; ++r) {
-    const std::uint8_t* codes = W.row_codes(r);
     for (std::size_t b = 0; b < p.batch; ++b) {
       float y = 0.0f;
       for (std::size_t g = 0; g < G; ++g) {
@@ -63,7 +67,7 @@ inline void gemm_fast(const PackedMatrix& W, const PreparedActivations& p, float
           const std::int8_t* qv = p.q.data() + (b * nb + blk) * kActivationBlock;
           std::int32_t i = 0;
           for (std::uint32_t j = 0; j < (span.elements + 1) / 2; ++j) {
-            const std::uint8_t byte = codes[span.byte_begin + j];
+            const std::uint8_t byte = W.code_byte(r, span.byte_begin + j);
             i += base8[byte >> 4] * qv[j] + base8[byte & 0x0F] * qv[16 + j];
           }
           const float t = std::fma(-off, static_cast<float>(p.qsum[b * nb + blk]), static_cast<float>(i));
