@@ -2,17 +2,21 @@
 // attribute, so no -mavx2 flag is needed and other translation units keep their
 // baseline code (and Eigen its ABI). Only called after cpu.hpp found the features.
 //
-// Codes: a block's (up to) 16 bytes are broadcast to both 128-bit lanes; a per-lane
-// variable shift (4 in the low lane, 0 in the high one) and a 0x0F mask leave the
-// high nibbles (even elements) in the low lane and the low nibbles (odd elements)
-// in the high lane: the de-interleaved order the activations were prepared in.
+// Codes: one 8-row tile of the PackedMatrix at a time. Two consecutive full blocks
+// (64 elements) that start a 32-byte chunk are read with one 32-byte load per row:
+// (v & 0x0F) are the odd elements, ((v >> 4) & 0x0F) the even ones, block A in the
+// low lane and block B in the high lane; the activations of A and B are loaded into
+// the matching lanes. Other blocks (short ones, or group sizes that are not a
+// multiple of 64) take 16 bytes broadcast to both lanes and a per-lane variable
+// shift (4 in the low lane, 0 in the high one) before the mask.
 //
-// fast:  8 rows at a time. maddubs(u8 code, s8 q) + madd(1) give 8 partial int32
-//        sums per row; a hadd tree turns 8 rows' partials into one vector of 8 row
-//        sums (exact integers), and the float steps then run with one row per lane,
-//        in the reference's order, so results equal the scalar reference bit for
-//        bit. nf4/fp4 map codes to int8 with pshufb and use the sign trick
-//        maddubs(|w|, sign(q, w)) since maddubs needs an unsigned first operand.
+// fast:  maddubs(u8 code, s8 q) gives 16-bit pair sums; for int4/uint4 they stay
+//        16-bit through two hadd levels (|sum| <= 30480), then madd(1) widens; for
+//        nf4/fp4 (pshufb to int8, and the sign trick maddubs(|w|, sign(q, w)), since
+//        maddubs wants an unsigned first operand) madd(1) widens at once and a
+//        32-bit hadd tree follows. The result is one vector of 8 exact row sums per
+//        block, and the float steps then run with one row per lane in the scalar
+//        reference's order, so results equal it bit for bit.
 // exact: one row at a time; nibbles widen to int32, then to float by cvtdq2ps or,
 //        for nf4/fp4, by two 8-entry permutes and a blend on bit 3; FMA with x.
 #pragma once
