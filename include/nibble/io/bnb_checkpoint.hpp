@@ -16,6 +16,7 @@
 // in % blocksize == 0; blocksize must be a power of two in [32, 4096].
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -123,7 +124,10 @@ inline QuantizedMatrix read_bnb(const SafetensorsReader& r, const std::string& n
     const auto q = r.values<std::uint8_t>(name + ".absmax", DType::U8);
     const auto a2 = r.floats(name + ".nested_absmax");
     const auto map = r.floats(name + ".nested_quant_map");
-    const float offset = off.get<float>();
+    const double offset_d = off.get<double>();
+    detail::require(std::isfinite(offset_d) && std::fabs(offset_d) <= 3.4e38, "bitsandbytes: nested_offset ",
+                    offset_d, " is not a finite float");
+    const float offset = static_cast<float>(offset_d);
     bool standard = true;
     for (int k = 0; k < 256; ++k) standard = standard && map[k] == dynamic_map()[k];
     if (standard) {
