@@ -93,22 +93,25 @@ using RowMatrixXd = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen:
 
 namespace detail {
 
-// Upper Cholesky factor U of (H + λI)⁻¹ with Uᵀ U = (H + λI)⁻¹, or false if a
+// Upper Cholesky factor U of (H + λI)⁻¹ with Uᵀ U = (H + λI)⁻¹, or false if the
 // factorisation fails or produces non-finite values.
+//
+// Without forming the inverse: with P the reversal permutation, factor P·H·P = L·Lᵀ;
+// then H = V·Vᵀ with V = P·L·P upper triangular, so H⁻¹ = V⁻ᵀ·V⁻¹ and U = V⁻¹ (upper,
+// positive diagonal: the unique Cholesky factor the reference gets from
+// chol(cholesky_inverse(chol(H)), upper=True)). One Cholesky and one triangular
+// inverse instead of a Cholesky, a full inverse and a second Cholesky.
 inline bool gptq_inverse_factor(const Eigen::MatrixXd& H, double lambda, RowMatrixXd& U) {
   const Eigen::Index n = H.rows();
-  Eigen::MatrixXd Hd = H;
-  Hd.diagonal().array() += lambda;
-  Eigen::LLT<Eigen::MatrixXd> llt(Hd);
+  Eigen::MatrixXd reversed = H.reverse();
+  reversed.diagonal().array() += lambda;
+  Eigen::LLT<Eigen::MatrixXd> llt(reversed);
   if (llt.info() != Eigen::Success) return false;
-  const Eigen::MatrixXd Hinv = llt.solve(Eigen::MatrixXd::Identity(n, n));
-  if (!Hinv.allFinite()) return false;
-  Eigen::LLT<Eigen::MatrixXd> llt_inv(Hinv);
-  if (llt_inv.info() != Eigen::Success) return false;
-  U = llt_inv.matrixU();
-  if (!U.allFinite()) return false;
+  const Eigen::MatrixXd V = Eigen::MatrixXd(llt.matrixL()).reverse();
   for (Eigen::Index i = 0; i < n; ++i)
-    if (!(U(i, i) > 0.0)) return false;
+    if (!(V(i, i) > 0.0)) return false;
+  U = V.triangularView<Eigen::Upper>().solve(Eigen::MatrixXd::Identity(n, n));
+  if (!U.allFinite()) return false;
   return true;
 }
 
