@@ -175,6 +175,12 @@ TEST(Gguf, ShapeConstraintsAreNamed) {
   EXPECT_THROW(io::to_q4_0_blocks(quantize(test::gaussian_matrix(4, 64, 5), c)), Error);
 }
 
+TEST(Gguf, EmptyOrHugeQ4_0ShapesAreRejectedWithoutWork) {
+  // Found by fuzzing: ne = {0, 2^40} has zero bytes, and once looped over 2^40 empty rows.
+  EXPECT_THROW(io::from_q4_0_blocks(std::size_t{1} << 40, 0, io::ByteView{}), Error);
+  EXPECT_THROW(io::from_q4_0_blocks(0, 32, io::ByteView{}), Error);
+}
+
 TEST(Gguf, RejectsMalformedFiles) {
   const std::string path = temp_path("small.gguf");
   {

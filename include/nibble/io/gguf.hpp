@@ -135,7 +135,8 @@ inline std::vector<std::uint8_t> to_q4_0_blocks(const QuantizedMatrix& m) {
 }
 
 inline QuantizedMatrix from_q4_0_blocks(std::size_t rows, std::size_t cols, ByteView bytes) {
-  detail::require(cols % kGgufBlock == 0 && rows > 0, "Q4_0: shape ", rows, " x ", cols, " is invalid");
+  detail::require(cols % kGgufBlock == 0 && rows > 0 && cols > 0 && rows <= (1ull << 40) / cols, "Q4_0: shape ", rows,
+                  " x ", cols, " is invalid (expected non-empty, in_features a multiple of 32)");
   const std::size_t nb = cols / kGgufBlock;
   detail::require(bytes.size == rows * nb * 18, "Q4_0: ", rows, " x ", cols, " needs ", rows * nb * 18,
                   " bytes, got ", bytes.size);
