@@ -2,7 +2,9 @@
 # Runs every libFuzzer harness in fuzz/ for a bounded time (default 20 s each) with
 # clang's -fsanitize=fuzzer,address,undefined, starting from the committed seed corpus
 # in fuzz/corpus/<harness>/. Fails on the first crash, leak, sanitizer report or
-# uncaught exception (a reader may only throw nibble::Error).
+# uncaught exception (a reader may only throw nibble::Error), or any input that takes
+# more than 10 s (a hang). The seeds are written by fuzz/make_seeds.cpp:
+#   g++ -std=c++17 -Iinclude -I/usr/include/eigen3 fuzz/make_seeds.cpp -o /tmp/seeds && /tmp/seeds fuzz/corpus
 #
 #   scripts/fuzz.sh [seconds-per-harness]
 set -euo pipefail
@@ -19,7 +21,7 @@ for harness in safetensors nibble_file gguf checkpoints; do
   "$cxx" "${flags[@]}" "$root/fuzz/fuzz_$harness.cpp" -o "$out/fuzz_$harness"
   work=$(mktemp -d)
   # New inputs go to a scratch corpus; the committed seeds are read-only.
-  if ! (cd "$out" && "./fuzz_$harness" -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=65536 \
+  if ! (cd "$out" && "./fuzz_$harness" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
         -print_final_stats=1 "$work" "$root/fuzz/corpus/$harness" 2>"$out/fuzz_$harness.log"); then
     tail -40 "$out/fuzz_$harness.log"
     echo "fuzz: $harness FAILED (crash input saved in $out)" >&2
