@@ -46,6 +46,7 @@ struct Options {
   float temperature = 0.8f, top_p = 0.9f;
   unsigned long long seed = 42;
   std::string prompt;
+  std::vector<std::pair<std::string, int>> group_overrides;
 };
 
 void usage() {
@@ -54,6 +55,7 @@ void usage() {
       "  --methods a,b,...    methods to run (default: all at g32 plus a few g64/per-row rows)\n"
       "  --groups 32,64,row   group sizes for --methods (default 32)\n"
       "  --all                every method at group sizes 32, 64 and per-row\n"
+      "  --group-override L=G,...  per-matrix group sizes (wq wk wv wo w1 w2 w3), e.g. wo=16,w2=16\n"
       "  --mode M             exact (default) | fast (int8 activations) | dequantized (fp32 cross-check)\n"
       "  --scales F           scale storage of the integer formats: f16 (default) | f32\n"
       "  --threads N          threads (default 2)\n"
@@ -107,6 +109,12 @@ Options parse(int argc, char** argv) {
       o.methods = split_list(value(i));
     } else if (a == "--groups") {
       for (const auto& g : split_list(value(i))) o.groups.push_back(parse_group(g));
+    } else if (a == "--group-override") {
+      for (const auto& item : split_list(value(i))) {
+        const auto eq = item.find('=');
+        if (eq == std::string::npos) throw nibble::Error("bad --group-override '" + item + "' (expected e.g. w2=16)");
+        o.group_overrides.emplace_back(item.substr(0, eq), parse_group(item.substr(eq + 1)));
+      }
     } else if (a == "--all") {
       o.all = true;
     } else if (a == "--json") {
@@ -185,8 +193,9 @@ std::vector<std::pair<Method, int>> table_rows(const Options& o) {
     return rows;
   }
   for (Method m : methods) rows.emplace_back(m, 32);
-  for (Method m : {Method::rtn_uint4, Method::nf4, Method::gptq_act}) rows.emplace_back(m, 64);
-  for (Method m : {Method::rtn_uint4, Method::gptq_act}) rows.emplace_back(m, nibble::kPerRow);
+  rows.emplace_back(Method::gptq_mixed, 32);  // the best found at <= 4.6 bits/weight
+  for (Method m : {Method::rtn_uint4, Method::gptq_act}) rows.emplace_back(m, 64);
+  rows.emplace_back(Method::rtn_uint4, nibble::kPerRow);
   return rows;
 }
 
@@ -268,6 +277,7 @@ int run(const Options& o) {
     q.int_scale_format = o.scales;
     q.backend = o.backend;
     q.threads = o.threads;
+    q.group_overrides = o.group_overrides;
     const nm::QuantizedModel qm = nm::quantize_model(weights, q, calib);
     const nm::EvalResult r = nm::evaluate(qm.model, eval, o.threads, &reference);
     const auto& info_m = nm::method_info(method);

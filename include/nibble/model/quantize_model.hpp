@@ -3,6 +3,7 @@
 // each linear layer, captured on calibration text, layer by layer.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstddef>
@@ -43,6 +44,9 @@ enum class Method {
   gptq_act_clip_dq,    // both
   gptq_int4_act_clip,  // GPTQ onto int4 sym (full range), act-order + clip
   gptq_nf4_act_clip,   // GPTQ onto NF4 (scales in the integer-format storage), act-order + clip
+  gptq_nf4_act_dq,     // GPTQ onto NF4, act-order, double-quantized scales (small groups for ~4.5 bits)
+  gptq_int4_act_clip_dq,  // GPTQ onto int4 sym (full range), act-order + clip, double-quantized scales
+  gptq_mixed,          // gptq_act_clip_dq with half-size groups for w1 and w3 (~4.58 bits at g32)
   awq_gptq,            // AWQ scales folded upstream, then GPTQ uint4 act-order on the scaled layers
   awq_gptq_clip_dq,    // AWQ scales + GPTQ act-order + clip search, double-quantized scales
 };
@@ -74,6 +78,9 @@ inline const std::vector<MethodInfo>& all_methods() {
       {Method::gptq_act_clip_dq, "gptq-act-clip-dq", "GPTQ uint4 + act + clip, DQ scales", true, false},
       {Method::gptq_int4_act_clip, "gptq-int4-act-clip", "GPTQ int4 sym + act-order + clip", true, false},
       {Method::gptq_nf4_act_clip, "gptq-nf4-act-clip", "GPTQ NF4 + act-order + clip", true, false},
+      {Method::gptq_nf4_act_dq, "gptq-nf4-act-dq", "GPTQ NF4 + act-order, DQ scales", true, false},
+      {Method::gptq_int4_act_clip_dq, "gptq-int4-act-clip-dq", "GPTQ int4 sym + act + clip, DQ", true, false},
+      {Method::gptq_mixed, "gptq-mixed", "GPTQ uint4 act+clip+DQ, w1/w3 g/2", true, false},
       {Method::awq_gptq, "awq-gptq", "AWQ scales + GPTQ uint4 act-order", true, false},
       {Method::awq_gptq_clip_dq, "awq-gptq-clip-dq", "AWQ + GPTQ act + clip, DQ scales", true, false},
   };
@@ -126,6 +133,15 @@ struct ModelQuantOptions {
   int kernel_threads = 1;  // threads per kernel call (1 when sequences run in parallel)
   int threads = 1;         // threads for calibration-side work (Hessians, GPTQ rows)
   double gptq_damp = 0.01;
+  // Per-matrix group sizes that replace group_size, by slot name: {"w2", 16} (mixed
+  // precision: smaller groups where errors cost the most).
+  std::vector<std::pair<std::string, int>> group_overrides;
+
+  int group_size_for(const char* slot) const {
+    for (const auto& [name, g] : group_overrides)
+      if (name == slot) return g;
+    return group_size;
+  }
 };
 
 struct QuantizedModel {
@@ -175,6 +191,7 @@ inline QuantConfig rtn_config(Method m, int group_size, ScaleFormat int_scales) 
     case Method::gptq_act_clip: c.codebook = Codebook::uint4_asym; c.clip.enabled = true; break;
     case Method::gptq_act_dq: c.codebook = Codebook::uint4_asym; c.scale_format = ScaleFormat::dq8; break;
     case Method::gptq_act_clip_dq:
+    case Method::gptq_mixed:
     case Method::awq_gptq_clip_dq:
       c.codebook = Codebook::uint4_asym;
       c.clip.enabled = true;
@@ -186,6 +203,13 @@ inline QuantConfig rtn_config(Method m, int group_size, ScaleFormat int_scales) 
       c.clip.enabled = true;
       break;
     case Method::gptq_nf4_act_clip: c.codebook = Codebook::nf4; c.clip.enabled = true; break;
+    case Method::gptq_nf4_act_dq: c.codebook = Codebook::nf4; c.scale_format = ScaleFormat::dq8; break;
+    case Method::gptq_int4_act_clip_dq:
+      c.codebook = Codebook::int4_sym;
+      c.sym_scale = SymScale::full_range;
+      c.clip.enabled = true;
+      c.scale_format = ScaleFormat::dq8;
+      break;
     case Method::awq_gptq: c.codebook = Codebook::uint4_asym; break;
   }
   return c;
@@ -279,10 +303,12 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
     case Method::nf4:
     case Method::nf4_dq:
     case Method::fp4: {
-      const QuantConfig c = rtn_config(options.method, options.group_size, options.int_scale_format);
       for (int l = 0; l < L; ++l)
-        for (std::size_t k = 0; k < linear_slots().size(); ++k)
+        for (std::size_t k = 0; k < linear_slots().size(); ++k) {
+          const QuantConfig c = rtn_config(options.method, options.group_size_for(linear_slots()[k].name),
+                                           options.int_scale_format);
           put(l, k, quantize(w.layers[static_cast<std::size_t>(l)].*(linear_slots()[k].weights), c));
+        }
       break;
     }
     case Method::gptq:
@@ -292,7 +318,10 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
     case Method::gptq_act_dq:
     case Method::gptq_act_clip_dq:
     case Method::gptq_int4_act_clip:
-    case Method::gptq_nf4_act_clip: {
+    case Method::gptq_nf4_act_clip:
+    case Method::gptq_nf4_act_dq:
+    case Method::gptq_int4_act_clip_dq:
+    case Method::gptq_mixed: {
       detail::require(!calibration.empty(), method_info(options.method).name, " needs calibration sequences");
       GptqConfig g;
       g.quant = rtn_config(options.method, options.group_size, options.int_scale_format);
@@ -311,8 +340,14 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
         }
         for (std::size_t k = 0; k < linear_slots().size(); ++k) {
           const LinearSlot& slot = linear_slots()[k];
+          GptqConfig gk = g;
+          gk.quant.group_size = options.group_size_for(slot.name);
+          // Mixed precision: the FFN up/gate projections (w1, w3) get half-size groups
+          // (per-row → 32), which measured better per extra bit than any other matrix.
+          if (options.method == Method::gptq_mixed && (k == 4 || k == 6))
+            gk.quant.group_size = gk.quant.group_size == kPerRow ? 32 : std::max(16, gk.quant.group_size / 2);
           put(l, k, gptq_quantize(w.layers[static_cast<std::size_t>(l)].*(slot.weights),
-                                  H[static_cast<int>(slot.input)], g).matrix);
+                                  H[static_cast<int>(slot.input)], gk).matrix);
         }
       });
       break;
