@@ -181,9 +181,16 @@ class PackedMatrix {
       case ScaleFormat::bf16:
         for (std::size_t j = 0; j < n; ++j) out[j * stride] = bf16_to_float(s.raw16()[i0 + j]) * factor;
         return;
-      case ScaleFormat::dq8:
-        for (std::size_t j = 0; j < n; ++j) out[j * stride] = scale(i0 + j) * factor;
+      case ScaleFormat::dq8: {
+        const std::uint8_t* codes = s.dq_codes().data();
+        const float* absmax2 = s.dq_absmax2().data();
+        const float offset = s.dq_offset();
+        for (std::size_t j = 0; j < n; ++j) {
+          const std::size_t i = i0 + j;  // the same expression as scale(i)
+          out[j * stride] = std::fma(dq_map_[codes[i]], absmax2[i / kDoubleQuantBlock], offset) * factor;
+        }
         return;
+      }
     }
   }
 
