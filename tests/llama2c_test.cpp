@@ -331,7 +331,7 @@ TEST(Quantized, BitsPerWeightCountEverything) {
 }
 
 TEST(Quantized, GptqAndAwqBeatRoundToNearest) {
-  const Bundle b(3, 6, 128);
+  const Bundle b(2, 4, 96);
   const Transformer fp = Transformer::from_weights(b.weights);
   std::vector<RowMatrixXf> ref;
   evaluate(fp, b.eval, 2, nullptr, &ref);
