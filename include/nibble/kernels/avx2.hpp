@@ -110,6 +110,21 @@ NIBBLE_TARGET_AVX2 inline void transpose8(__m256* m) {
   m[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
+// One row's two blocks (A in the low lane, B in the high lane; 32 code bytes at
+// `row`) times the activations qe (even elements) and qo (odd elements): int4/uint4
+// give 16-bit pair sums (at most 2·2·15·127), nf4/fp4 32-bit ones.
+template <bool kTable>
+NIBBLE_TARGET_AVX2 inline __m256i pair_dot(const std::uint8_t* row, __m256i qe, __m256i qo, __m256i table) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row));
+  const __m256i lo = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
+  if constexpr (kTable)
+    return _mm256_add_epi32(block_dot<true>(_mm256_shuffle_epi8(table, hi), qe),
+                            block_dot<true>(_mm256_shuffle_epi8(table, lo), qo));
+  else
+    return _mm256_add_epi16(_mm256_maddubs_epi16(hi, qe), _mm256_maddubs_epi16(lo, qo));
+}
+
 // Scale of group i as every path decodes it (F16C here; the same value as half_to_float).
 NIBBLE_TARGET_AVX2 inline float scale_at(const PackedMatrix& W, std::size_t i) {
   if (W.scale_format() == ScaleFormat::f16) return _cvtsh_ss(W.scales().raw16()[i]);
@@ -155,19 +170,20 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
         const __m256i qo = _mm256_inserti128_si256(
             _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 16))),
             _mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 48)), 1);
-        __m256i part[8];
-#pragma GCC unroll 8
-        for (std::size_t i = 0; i < 8; ++i) {
-          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile_chunk + i * kChunkBytes));
-          const __m256i lo = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
-          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
-          part[i] = _mm256_add_epi16(_mm256_maddubs_epi16(hi, qe), _mm256_maddubs_epi16(lo, qo));
-        }
+        // Rows are paired into hadds as soon as both are done, so fewer vectors are
+        // live at once (all eight partial vectors live spilled to the stack).
+        const __m256i h01 = _mm256_hadd_epi16(pair_dot<false>(tile_chunk + 0 * kChunkBytes, qe, qo, table),
+                                              pair_dot<false>(tile_chunk + 1 * kChunkBytes, qe, qo, table));
+        const __m256i h23 = _mm256_hadd_epi16(pair_dot<false>(tile_chunk + 2 * kChunkBytes, qe, qo, table),
+                                              pair_dot<false>(tile_chunk + 3 * kChunkBytes, qe, qo, table));
+        const __m256i h0123 = _mm256_hadd_epi16(h01, h23);
+        const __m256i h45 = _mm256_hadd_epi16(pair_dot<false>(tile_chunk + 4 * kChunkBytes, qe, qo, table),
+                                              pair_dot<false>(tile_chunk + 5 * kChunkBytes, qe, qo, table));
+        const __m256i h67 = _mm256_hadd_epi16(pair_dot<false>(tile_chunk + 6 * kChunkBytes, qe, qo, table),
+                                              pair_dot<false>(tile_chunk + 7 * kChunkBytes, qe, qo, table));
         const __m256i ones = _mm256_set1_epi16(1);
-        const __m256i s0123 = _mm256_madd_epi16(
-            _mm256_hadd_epi16(_mm256_hadd_epi16(part[0], part[1]), _mm256_hadd_epi16(part[2], part[3])), ones);
-        const __m256i s4567 = _mm256_madd_epi16(
-            _mm256_hadd_epi16(_mm256_hadd_epi16(part[4], part[5]), _mm256_hadd_epi16(part[6], part[7])), ones);
+        const __m256i s0123 = _mm256_madd_epi16(h0123, ones);
+        const __m256i s4567 = _mm256_madd_epi16(_mm256_hadd_epi16(h45, h67), ones);
         const __m256 isum_a = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x20));
         const __m256 isum_b = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x31));
         const __m256 ta = _mm256_fmadd_ps(neg_off, _mm256_broadcast_ss(&p.qsum_f[slot]), isum_a);
@@ -187,16 +203,16 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
         const __m256i qo = _mm256_inserti128_si256(
             _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 16))),
             _mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 48)), 1);
-        __m256i part[8];
-#pragma GCC unroll 8
-        for (std::size_t i = 0; i < 8; ++i) {
-          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile_chunk + i * kChunkBytes));
-          const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, _mm256_set1_epi8(0x0F)));
-          const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F)));
-          part[i] = _mm256_add_epi32(block_dot<true>(hi, qe), block_dot<true>(lo, qo));
-        }
-        const __m256i s0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(part[0], part[1]), _mm256_hadd_epi32(part[2], part[3]));
-        const __m256i s4567 = _mm256_hadd_epi32(_mm256_hadd_epi32(part[4], part[5]), _mm256_hadd_epi32(part[6], part[7]));
+        const __m256i h01 = _mm256_hadd_epi32(pair_dot<true>(tile_chunk + 0 * kChunkBytes, qe, qo, table),
+                                              pair_dot<true>(tile_chunk + 1 * kChunkBytes, qe, qo, table));
+        const __m256i h23 = _mm256_hadd_epi32(pair_dot<true>(tile_chunk + 2 * kChunkBytes, qe, qo, table),
+                                              pair_dot<true>(tile_chunk + 3 * kChunkBytes, qe, qo, table));
+        const __m256i s0123 = _mm256_hadd_epi32(h01, h23);
+        const __m256i h45 = _mm256_hadd_epi32(pair_dot<true>(tile_chunk + 4 * kChunkBytes, qe, qo, table),
+                                              pair_dot<true>(tile_chunk + 5 * kChunkBytes, qe, qo, table));
+        const __m256i h67 = _mm256_hadd_epi32(pair_dot<true>(tile_chunk + 6 * kChunkBytes, qe, qo, table),
+                                              pair_dot<true>(tile_chunk + 7 * kChunkBytes, qe, qo, table));
+        const __m256i s4567 = _mm256_hadd_epi32(h45, h67);
         const __m256 isum_a = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x20));
         const __m256 isum_b = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x31));
         const __m256 ta = _mm256_fmadd_ps(neg_off, _mm256_broadcast_ss(&p.qsum_f[slot]), isum_a);
