@@ -6,7 +6,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cmake -S "$root" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DNIBBLE_BUILD_TESTS=OFF \
-  -DNIBBLE_BUILD_BENCHMARKS=OFF -DNIBBLE_BUILD_EXAMPLES=OFF -DNIBBLE_INSTALL=ON >/dev/null
+  -DNIBBLE_BUILD_BENCHMARKS=OFF -DNIBBLE_BUILD_EXAMPLES=OFF -DNIBBLE_BUILD_TOOLS=OFF -DNIBBLE_INSTALL=ON >/dev/null
 cmake --install "$work/build" --prefix "$work/prefix" >/dev/null
 for mode in find_package add_subdirectory; do
   cmake -S "$root/tests/consumer" -B "$work/consumer-$mode" -DCONSUMER_MODE=$mode \
