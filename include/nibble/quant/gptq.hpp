@@ -257,6 +257,13 @@ inline std::vector<float> scales_of(const std::vector<GroupParams>& params) {
   return s;
 }
 
+// Replaces each group's scale by the value `format` stores for it (double
+// quantization depends on all scales together), so GPTQ optimises what is kept.
+inline void use_stored_scales(std::vector<GroupParams>& params, const std::vector<float>& scales, ScaleFormat format) {
+  const ScaleArray stored = ScaleArray::encode(scales, format);
+  for (std::size_t i = 0; i < params.size(); ++i) params[i].scale = stored.get(i);
+}
+
 }  // namespace detail
 
 // GPTQ-quantizes W (rows = out_features, cols = in_features) with the input Hessian H
@@ -359,10 +366,7 @@ GptqResult gptq_quantize(const Eigen::MatrixBase<Derived>& W_in, const Eigen::Ma
   if (static_groups) {
     params = detail::gptq_static_params(W, plan);
     scales_to_store = detail::scales_of(params);
-    if (format == ScaleFormat::dq8) {
-      const ScaleArray stored = ScaleArray::encode(scales_to_store, format);
-      for (std::size_t i = 0; i < params.size(); ++i) params[i].scale = stored.get(i);
-    }
+    if (format == ScaleFormat::dq8) detail::use_stored_scales(params, scales_to_store, format);
     plan.fixed_params = true;
     report.loss = detail::gptq_run(W, U, plan, cfg.threads, cfg.progress, params, codes);
   } else {
@@ -370,8 +374,7 @@ GptqResult gptq_quantize(const Eigen::MatrixBase<Derived>& W_in, const Eigen::Ma
     scales_to_store = detail::scales_of(params);
     if (format == ScaleFormat::dq8) {
       // Second pass with the scales as double quantization stores them.
-      const ScaleArray stored = ScaleArray::encode(scales_to_store, format);
-      for (std::size_t i = 0; i < params.size(); ++i) params[i].scale = stored.get(i);
+      detail::use_stored_scales(params, scales_to_store, format);
       plan.fixed_params = true;
       report.loss = detail::gptq_run(W, U, plan, cfg.threads, cfg.progress, params, codes);
     }
