@@ -281,6 +281,24 @@ void calibrate_blockwise(Transformer& model, const std::vector<std::vector<int>>
 
 // Quantizes all linear layers of w. calibration (token sequences of training text,
 // never the evaluation text) is used by the calibrated methods only.
+// AWQ's scale search for one llama block and the folding into the RMSNorm gains:
+// rms_att → [wq wk wv], rms_ffn → [w1 w3], and w3's rows → [w2] (folded by the caller,
+// which scales w3 anyway). Returns the three per-channel scale vectors.
+struct AwqLayerScales {
+  Eigen::VectorXf att, ffn, down;
+};
+
+inline AwqLayerScales search_and_fold_awq_scales(const Llama2Layer& fp, TransformerLayer& layer,
+                                                 const BlockActivations& acts, const AwqConfig& search) {
+  AwqLayerScales s;
+  s.att = awq_quantize({fp.wq, fp.wk, fp.wv}, acts.attention_input, search).scales;
+  s.ffn = awq_quantize({fp.w1, fp.w3}, acts.ffn_input, search).scales;
+  s.down = awq_quantize({fp.w2}, acts.ffn_hidden, search).scales;
+  fold_scales_into_norm(layer.rms_att, s.att);
+  fold_scales_into_norm(layer.rms_ffn, s.ffn);
+  return s;
+}
+
 inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOptions& options,
                                      const std::vector<std::vector<int>>& calibration = {}) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -376,12 +394,9 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
       // rows than wo has inputs (algorithms.md §3.1). wq and wk get no clip search.
       calibrate_blockwise(out.model, calibration, false, options.threads, [&](int l, const BlockActivations& acts) {
         const Llama2Layer& fp = w.layers[static_cast<std::size_t>(l)];
-        TransformerLayer& layer = out.model.layers[static_cast<std::size_t>(l)];
-        const Eigen::VectorXf s_att = awq_quantize({fp.wq, fp.wk, fp.wv}, acts.attention_input, search).scales;
-        const Eigen::VectorXf s_ffn = awq_quantize({fp.w1, fp.w3}, acts.ffn_input, search).scales;
-        const Eigen::VectorXf s_down = awq_quantize({fp.w2}, acts.ffn_hidden, search).scales;
-        fold_scales_into_norm(layer.rms_att, s_att);
-        fold_scales_into_norm(layer.rms_ffn, s_ffn);
+        const AwqLayerScales scales =
+            search_and_fold_awq_scales(fp, out.model.layers[static_cast<std::size_t>(l)], acts, search);
+        const Eigen::VectorXf &s_att = scales.att, &s_ffn = scales.ffn, &s_down = scales.down;
         const RowMatrixXf wq = fp.wq * s_att.asDiagonal(), wk = fp.wk * s_att.asDiagonal(),
                           wv = fp.wv * s_att.asDiagonal(), w1 = fp.w1 * s_ffn.asDiagonal(),
                           w2 = fp.w2 * s_down.asDiagonal();
@@ -421,12 +436,9 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
       // GPTQ's sequential scheme.
       calibrate_blockwise(out.model, calibration, true, options.threads, [&](int l, const BlockActivations& acts) {
         const Llama2Layer& fp = w.layers[static_cast<std::size_t>(l)];
-        TransformerLayer& layer = out.model.layers[static_cast<std::size_t>(l)];
-        const Eigen::VectorXf s_att = awq_quantize({fp.wq, fp.wk, fp.wv}, acts.attention_input, search).scales;
-        const Eigen::VectorXf s_ffn = awq_quantize({fp.w1, fp.w3}, acts.ffn_input, search).scales;
-        const Eigen::VectorXf s_down = awq_quantize({fp.w2}, acts.ffn_hidden, search).scales;
-        fold_scales_into_norm(layer.rms_att, s_att);
-        fold_scales_into_norm(layer.rms_ffn, s_ffn);
+        const AwqLayerScales scales =
+            search_and_fold_awq_scales(fp, out.model.layers[static_cast<std::size_t>(l)], acts, search);
+        const Eigen::VectorXf &s_att = scales.att, &s_ffn = scales.ffn, &s_down = scales.down;
         RowMatrixXf w3 = fp.w3 * s_ffn.asDiagonal();
         fold_scales_into_linear_rows(w3, s_down);
         const RowMatrixXf scaled[7] = {fp.wq * s_att.asDiagonal(), fp.wk * s_att.asDiagonal(),
