@@ -11,7 +11,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     for (const auto& t : r.tensors()) {
       try {
         if (t.ne.size() <= 2) r.dequantize(t.name);
-        if (t.type == static_cast<std::uint32_t>(nibble::io::GgmlType::Q4_0)) r.load_q4_0(t.name);
+        if (t.type == static_cast<std::uint32_t>(nibble::io::GgmlType::Q4_0) ||
+            t.type == static_cast<std::uint32_t>(nibble::io::GgmlType::IQ4_NL))
+          r.load_quantized(t.name);
       } catch (const nibble::Error&) {
       }
     }

@@ -96,8 +96,9 @@ TEST(Codebook, Int4TablesAndNames) {
     EXPECT_EQ(codebook_values(Codebook::int4_sym)[u], u - 8);
     EXPECT_EQ(codebook_values(Codebook::uint4_asym)[u], u);
   }
-  for (Codebook c : {Codebook::int4_sym, Codebook::uint4_asym, Codebook::nf4, Codebook::fp4})
+  for (Codebook c : {Codebook::int4_sym, Codebook::uint4_asym, Codebook::nf4, Codebook::fp4, Codebook::iq4_nl})
     EXPECT_EQ(codebook_from_string(to_string(c)), c);
+  EXPECT_FALSE(is_valid_codebook(5));
   EXPECT_THROW(codebook_from_string("int3"), Error);
 }
 

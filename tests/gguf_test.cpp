@@ -108,16 +108,22 @@ TEST(GgufQ4_0, HandComputedBlock) {
   EXPECT_EQ(blk[2 + 15] >> 4, 12);  // element 31 sits in the high nibble of byte 15
 }
 
+TEST(GgufIQ4_NL, TableIsLlamaCppKvalues) {
+  // kvalues_iq4nl as printed in reference/algorithms.md §5.3.
+  const int want[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+  for (int i = 0; i < 16; ++i) EXPECT_EQ(codebook_values(Codebook::iq4_nl)[i], want[i]);
+}
+
 TEST(GgufIQ4_NL, BestIndexAndQualityProperties) {
-  EXPECT_EQ(io::iq4nl_best_index(-200.0f), 0);
-  EXPECT_EQ(io::iq4nl_best_index(200.0f), 15);
-  EXPECT_EQ(io::iq4nl_best_index(7.0f), 9);     // between 1 and 13: tie goes up
-  EXPECT_EQ(io::iq4nl_best_index(6.9f), 8);
-  EXPECT_EQ(io::iq4nl_best_index(-10.0f), 7);
+  EXPECT_EQ(nearest_iq4_nl(-200.0f), 0);
+  EXPECT_EQ(nearest_iq4_nl(200.0f), 15);
+  EXPECT_EQ(nearest_iq4_nl(7.0f), 9);     // between 1 and 13: tie goes up
+  EXPECT_EQ(nearest_iq4_nl(6.9f), 8);
+  EXPECT_EQ(nearest_iq4_nl(-10.0f), 7);
   // Every code is the nearest table value (brute force).
   for (float v = -130.0f; v <= 130.0f; v += 0.37f) {
-    const int got = io::iq4nl_best_index(v);
-    for (int k = 0; k < 16; ++k) EXPECT_LE(std::fabs(v - io::kIQ4NLValues[got]), std::fabs(v - io::kIQ4NLValues[k]));
+    const int got = nearest_iq4_nl(v);
+    for (int k = 0; k < 16; ++k) EXPECT_LE(std::fabs(v - kIQ4NLValues[got]), std::fabs(v - kIQ4NLValues[k]));
   }
 }
 
@@ -156,7 +162,42 @@ TEST(Gguf, WriteReadRoundTrip) {
   EXPECT_LT(e_iq4, e_q40);
   EXPECT_GT(compare(W, r.dequantize("blk.0.iq4")).sqnr_db, 18.0);
   EXPECT_THROW(r.load_q4_0("blk.0.iq4"), Error);
+  // IQ4_NL imports losslessly as an iq4_nl QuantizedMatrix and writes back to the same bytes.
+  const QuantizedMatrix iq = r.load_quantized("blk.0.iq4");
+  EXPECT_EQ(iq.codebook(), Codebook::iq4_nl);
+  EXPECT_EQ(iq.group_size(), 32u);
+  EXPECT_TRUE(r.dequantize("blk.0.iq4").isApprox(iq.dequantize(), 0.0f));
+  const io::ByteView raw = r.bytes(r.info("blk.0.iq4"));
+  EXPECT_EQ(io::to_gguf_blocks(io::GgmlType::IQ4_NL, iq), std::vector<std::uint8_t>(raw.data, raw.data + raw.size));
+  EXPECT_EQ(r.load_quantized("blk.0.q4").codes(), q.codes());
   std::remove(path.c_str());
+}
+
+// llama.cpp's IQ4_NL fit through the QuantizedMatrix path equals the row quantizer's
+// bytes, and negative block scales occur (the signed extreme maps to −127).
+TEST(GgufIQ4_NL, MatrixQuantizerEqualsRowQuantizer) {
+  const Eigen::MatrixXf W = test::gaussian_matrix(12, 192, 21, 0.03f);
+  const RowMatrixXf Wr = W;
+  const QuantizedMatrix q = io::quantize_iq4_nl(Wr);
+  std::vector<std::uint8_t> ref(12 * 6 * 18);
+  for (Eigen::Index r = 0; r < 12; ++r) io::quantize_row_iq4_nl(Wr.row(r).data(), 192, ref.data() + r * 6 * 18);
+  EXPECT_EQ(io::to_gguf_blocks(io::GgmlType::IQ4_NL, q), ref);
+  int negative = 0;
+  for (float d : q.scales().decode()) negative += d < 0.0f;
+  EXPECT_GT(negative, 0);
+  EXPECT_LT(negative, 12 * 6);
+  // The container's dequantization is the format's w = d · kvalues[q].
+  RowMatrixXf deq(12, 192);
+  io::dequantize_ggml(static_cast<std::uint32_t>(io::GgmlType::IQ4_NL), ref.data(), 12 * 192, deq.data());
+  EXPECT_TRUE(deq.isApprox(RowMatrixXf(q.dequantize()), 0.0f));
+  // Wrong codebook or group size for the block type are named.
+  QuantConfig c;
+  c.group_size = 32;
+  EXPECT_THROW(io::to_gguf_blocks(io::GgmlType::IQ4_NL, quantize(W, c)), Error);
+  c.codebook = Codebook::iq4_nl;
+  EXPECT_NO_THROW(io::to_gguf_blocks(io::GgmlType::IQ4_NL, quantize(W, c)));
+  c.group_size = 64;
+  EXPECT_THROW(io::to_gguf_blocks(io::GgmlType::IQ4_NL, quantize(W, c)), Error);
 }
 
 TEST(Gguf, ShapeConstraintsAreNamed) {

@@ -124,7 +124,7 @@ Reference reference_gptq(const Eigen::MatrixXf& W0, const Eigen::MatrixXd& H0, C
 TEST(Gptq, IdentityHessianReproducesRtnExactly) {
   const Eigen::MatrixXf W = test::gaussian_matrix(20, 100, 1);  // 100 = 3·32 + 4: ragged
   const Eigen::MatrixXd I = Eigen::MatrixXd::Identity(100, 100);
-  for (Codebook cb : {Codebook::int4_sym, Codebook::uint4_asym, Codebook::nf4, Codebook::fp4})
+  for (Codebook cb : {Codebook::int4_sym, Codebook::uint4_asym, Codebook::nf4, Codebook::fp4, Codebook::iq4_nl})
     for (ScaleFormat sf : {ScaleFormat::f32, ScaleFormat::f16, ScaleFormat::bf16, ScaleFormat::dq8})
       for (int gs : {32, kPerRow})
         for (bool act_order : {false, true}) {
@@ -142,7 +142,7 @@ TEST(Gptq, IdentityHessianReproducesRtnExactly) {
 TEST(Gptq, MatchesUnblockedReferenceForEveryBlockSize) {
   const Eigen::MatrixXf W = test::gaussian_matrix(12, 72, 2);  // 72 = 4·16 + 8: ragged group
   const Eigen::MatrixXd H = hessian_of(correlated_activations(400, 72, 3));
-  for (Codebook cb : {Codebook::uint4_asym, Codebook::int4_sym, Codebook::nf4, Codebook::fp4})
+  for (Codebook cb : {Codebook::uint4_asym, Codebook::int4_sym, Codebook::nf4, Codebook::fp4, Codebook::iq4_nl})
     for (bool act_order : {false, true}) {
       const Reference ref = reference_gptq(W, H, cb, 16, act_order);
       for (int block : {1, 7, 16, 128}) {
@@ -209,7 +209,7 @@ TEST(Gptq, OutputErrorBelowRtnOnCorrelatedActivations) {
   const Eigen::MatrixXf W = test::gaussian_matrix(32, 96, 9);
   const Eigen::MatrixXf X = correlated_activations(384, 96, 10);
   const Eigen::MatrixXd H = hessian_of(X);
-  for (Codebook cb : {Codebook::uint4_asym, Codebook::int4_sym, Codebook::nf4, Codebook::fp4})
+  for (Codebook cb : {Codebook::uint4_asym, Codebook::int4_sym, Codebook::nf4, Codebook::fp4, Codebook::iq4_nl})
     for (bool act_order : {false, true}) {
       SCOPED_TRACE(std::string(to_string(cb)) + (act_order ? " act_order" : ""));
       const double rtn = output_error(W, quantize(W, quant(cb, 32)), X).mse;

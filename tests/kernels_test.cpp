@@ -53,6 +53,8 @@ QuantizedMatrix random_matrix(std::size_t rows, std::size_t cols, std::size_t gs
   std::vector<float> s(groups);
   for (auto& v : s) v = scale(rng);
   if (groups > 2) s[1] = 0.0f;  // an all-zero group must not produce NaN
+  if (cb == Codebook::iq4_nl)     // llama.cpp's IQ4_NL fit gives negative d as often as positive
+    for (std::size_t i = 0; i < groups; i += 2) s[i] = -s[i];
   auto scales = nibble::ScaleArray::encode(s, sf);
   nibble::ZeroPoints zeros;
   if (cb == Codebook::uint4_asym) {
@@ -108,7 +110,8 @@ struct Shape {
 // odd per-row groups, groups that are not a multiple of the 32-element block.
 const Shape kShapes[] = {{1, 1, 1},    {3, 7, 7},     {9, 30, 6},    {13, 67, 2},   {17, 130, 64},
                          {8, 256, 128}, {11, 257, 32}, {5, 300, 100}, {21, 96, 96}, {7, 200, 16}};
-const Codebook kCodebooks[] = {Codebook::int4_sym, Codebook::uint4_asym, Codebook::nf4, Codebook::fp4};
+const Codebook kCodebooks[] = {Codebook::int4_sym, Codebook::uint4_asym, Codebook::nf4, Codebook::fp4,
+                               Codebook::iq4_nl};
 const ScaleFormat kScaleFormats[] = {ScaleFormat::f32, ScaleFormat::f16, ScaleFormat::bf16, ScaleFormat::dq8};
 
 std::string label(const Shape& s, Codebook cb, ScaleFormat sf) {
@@ -181,6 +184,8 @@ TEST(ScalarReference, FastMatchesDocumentedInt8Rules) {
       const PackedMatrix W(q);
       const auto x = random_activations(s.cols, 8);
       const auto Y = run(Isa::scalar, W, x, 1, ActivationMode::fast);
+      // int8 weights: NF4/FP4 values scaled by 127 (scale · 1/127), iq4_nl values as they
+      // are (integers), int4/uint4 the code with the offset subtracted below.
       const bool table = cb == Codebook::nf4 || cb == Codebook::fp4;
       const auto& values = nibble::codebook_values(cb);
       for (std::size_t r = 0; r < s.rows; ++r) {
@@ -197,7 +202,8 @@ TEST(ScalarReference, FastMatchesDocumentedInt8Rules) {
             for (std::size_t c = c0; c < c1; ++c) {
               const double qx = std::round(static_cast<double>(x[c] * (127.0f / amax)));
               const std::uint8_t u = q.code(r, c);
-              const double w8 = table ? std::round(127.0 * values[u]) : static_cast<double>(u);
+              const double w8 = table ? std::round(127.0 * values[u])
+                                      : cb == Codebook::iq4_nl ? static_cast<double>(values[u]) : static_cast<double>(u);
               const double off = cb == Codebook::int4_sym ? 8 : (cb == Codebook::uint4_asym ? q.zero(r, g) : 0);
               block += (w8 - off) * qx;
             }
@@ -291,7 +297,8 @@ TEST(SimdPaths, ExtremeCodesAndActivationsDoNotOverflow) {
         const auto ref = run(Isa::scalar, W, x, 1, ActivationMode::fast);
         // Independent value: every block has q = ±127 and d = 1/127, so y = Σ_c w8(code)·sign·k.
         const bool table = cb == Codebook::nf4 || cb == Codebook::fp4;
-        const double w8 = table ? std::round(127.0 * nibble::codebook_values(cb)[code]) : code;
+        const double w8 = table || cb == Codebook::iq4_nl ? std::round((table ? 127.0 : 1.0) * nibble::codebook_values(cb)[code])
+                                                           : code;
         const double off = cb == Codebook::int4_sym ? 8 : 0;
         const double want = cols * (w8 - off) * sign * (table ? 1.0 / 127 : 1.0);
         for (Isa isa : isas) {

@@ -81,6 +81,7 @@ TEST(NibbleFile, EveryFormatRoundTripsExactly) {
   tensors["asym.f16.ragged"] = make(Codebook::uint4_asym, 16, ScaleFormat::f16, 3, 41, 2);
   tensors["nf4.dq8"] = make(Codebook::nf4, 64, ScaleFormat::dq8, 40, 512, 3);  // 320 groups: two absmax2 blocks
   tensors["fp4.bf16.row"] = make(Codebook::fp4, kPerRow, ScaleFormat::bf16, 4, 33, 4);
+  tensors["iq4_nl.f16"] = make(Codebook::iq4_nl, 32, ScaleFormat::f16, 5, 96, 5);
   std::vector<float> zf = {0.5f, 1.25f, -3.0f, 7.5f};
   tensors["asym.floatzero"] = QuantizedMatrix(2, 8, 4, Codebook::uint4_asym, std::vector<std::uint8_t>(8, 0x1F),
                                               ScaleArray::encode({1, 2, 3, 4}, ScaleFormat::f32),

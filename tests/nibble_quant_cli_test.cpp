@@ -1,6 +1,8 @@
 // nibble-quant end to end: a small checkpoint is quantized to every format, the outputs
 // are read back with nibble's readers and compared with the library called directly,
 // and bad invocations fail with a message instead of writing garbage.
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -21,7 +23,9 @@ using namespace nibble;
 
 namespace {
 
-const std::string kDir = ::testing::TempDir();
+// Per process: ctest runs each test of this file in its own process, in parallel, and
+// one process rewriting an input another has memory-mapped would pull it from under it.
+const std::string kDir = ::testing::TempDir() + "nibble_cli_" + std::to_string(::getpid()) + "_";
 const std::string kInput = kDir + "nibble_cli_in.safetensors";
 const std::string kCalib = kDir + "nibble_cli_calib.safetensors";
 
@@ -31,7 +35,7 @@ RowMatrixXf weight(Eigen::Index rows, Eigen::Index cols, std::uint32_t seed) {
 
 // Runs nibble-quant with `args`, returns its exit code; output goes to `log`.
 int run(const std::string& args, std::string* log = nullptr) {
-  const std::string log_path = kDir + "nibble_cli.log";
+  const std::string log_path = kDir + "run.log";
   const std::string cmd = std::string(NIBBLE_QUANT_PATH) + " " + args + " >" + log_path + " 2>&1";
   const int status = std::system(cmd.c_str());
   if (log) {
@@ -40,6 +44,7 @@ int run(const std::string& args, std::string* log = nullptr) {
     ss << in.rdbuf();
     *log = ss.str();
   }
+  std::remove(log_path.c_str());
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
@@ -61,6 +66,10 @@ class CliTest : public ::testing::Test {
       c.add_floats("in_features." + std::to_string(in), {96, static_cast<std::uint64_t>(in)}, X.data(), X.size());
     }
     c.finish();
+  }
+  static void TearDownTestSuite() {
+    std::remove(kInput.c_str());
+    std::remove(kCalib.c_str());
   }
 };
 
@@ -97,6 +106,36 @@ TEST_F(CliTest, GgufQ4_0IsTheReferenceQuantizationAndOddShapesStayFloat) {
   EXPECT_EQ(r.info("model.layers.0.odd.weight").type, 0u);  // 40 columns: kept as F32, and said so
   EXPECT_NE(log.find("divisible by 32"), std::string::npos) << log;
   EXPECT_EQ(r.metadata().at("general.file_type"), "2");
+  std::remove(out.c_str());
+}
+
+TEST_F(CliTest, GgufIq4NlWithLlamaCppFitOrGptq) {
+  const std::string out = kDir + "cli_iq4.gguf";
+  std::string log;
+  ASSERT_EQ(run(kInput + " " + out + " --format gguf-iq4_nl", &log), 0) << log;
+  {
+    const auto r = io::GgufReader::open(out);
+    EXPECT_EQ(r.metadata().at("general.file_type"), "25");
+    const QuantizedMatrix got = r.load_quantized("model.layers.0.attn.q_proj.weight");
+    EXPECT_EQ(got.codebook(), Codebook::iq4_nl);
+    EXPECT_EQ(io::to_gguf_blocks(io::GgmlType::IQ4_NL, got),
+              io::to_gguf_blocks(io::GgmlType::IQ4_NL, io::quantize_iq4_nl(weight(16, 64, 1))));
+  }
+  // GPTQ on the IQ4_NL grid: the file holds exactly what the library computes.
+  ASSERT_EQ(run(kInput + " " + out + " --format gguf-iq4_nl --method gptq --calib " + kCalib, &log), 0) << log;
+  const RowMatrixXf W = weight(32, 128, 2), X = test::gaussian_matrix(96, 128, 10 + 128);
+  HessianAccumulator acc(128);
+  acc.add(X);
+  GptqConfig g;
+  g.quant.group_size = 32;
+  g.quant.codebook = Codebook::iq4_nl;
+  g.quant.scale_format = ScaleFormat::f16;
+  const QuantizedMatrix expected = gptq_quantize(W, acc.hessian(), g).matrix;
+  const QuantizedMatrix got = io::GgufReader::open(out).load_quantized("model.layers.0.mlp.up_proj.weight");
+  EXPECT_EQ(got.codes(), expected.codes());
+  EXPECT_EQ(got.scales().raw16(), expected.scales().raw16());
+  EXPECT_EQ(run(kInput + " " + out + " --format gguf-iq4_nl --asym", &log), 2);
+  EXPECT_EQ(run(kInput + " " + out + " --format gguf-iq4_nl --method nf4", &log), 2);
   std::remove(out.c_str());
 }
 

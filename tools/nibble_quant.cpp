@@ -45,7 +45,8 @@ options:
                  .gguf -> gguf-q4_0; a .safetensors OUT needs --format)
                    nibble       nibble's own container (any method, any group)
                    gguf-q4_0    GGUF Q4_0, llama.cpp's reference rounding (group 32)
-                   gguf-iq4_nl  GGUF IQ4_NL, llama.cpp's non-linear 4-bit (group 32)
+                   gguf-iq4_nl  GGUF IQ4_NL, llama.cpp's non-linear 4-bit table (group 32);
+                                --method rtn is llama.cpp's own fit, clip/gptq fit to the table
                    gptq         GPTQ checkpoint (qweight/qzeros/scales/g_idx, gptq_v2 zeros)
                    gptq-v1      same with v1 zeros (zero - 1; cannot store zero point 0)
                    awq          AutoAWQ GEMM checkpoint (out_features % 8 == 0)
@@ -162,7 +163,9 @@ Options parse(int argc, char** argv) {
     usage_error("--method awq needs --format nibble: its per-channel input scales have no place in " + o.format +
                 " without folding them into the previous layer (not done by this tool)");
   if (o.double_quant && o.method != "nf4" && o.method != "fp4") usage_error("--double-quant applies to --method nf4 or fp4");
-  if (o.format == "gguf-iq4_nl" && o.method != "rtn") usage_error("gguf-iq4_nl uses llama.cpp's own IQ4_NL fit; drop --method");
+  if (o.format == "gguf-iq4_nl" && o.method != "rtn" && o.method != "clip" && o.method != "gptq" && o.method != "awq")
+    usage_error("gguf-iq4_nl stores llama.cpp's non-linear table: use --method rtn (llama.cpp's own fit), clip, gptq or awq");
+  if (o.format == "gguf-iq4_nl" && o.asym) usage_error("gguf-iq4_nl has no zero points: drop --asym");
   if (o.format == "gguf-q4_0" && (o.method == "nf4" || o.method == "fp4" || o.method == "hqq" || o.asym))
     usage_error("gguf-q4_0 stores symmetric int4: use --method rtn, clip or gptq");
   if (o.format == "bnb-nf4" && o.method != "nf4" && o.method != "fp4") usage_error("bnb-nf4 needs --method nf4 or fp4");
@@ -306,6 +309,7 @@ int main(int argc, char** argv) {
     }
     if (o.method == "clip") qc.clip.enabled = true;
     if (o.format == "gguf-q4_0") qc.sym_scale = SymScale::full_range;  // Q4_0's d = extreme / −8
+    if (o.format == "gguf-iq4_nl") qc.codebook = Codebook::iq4_nl;
 
     const bool to_nibble = o.format == "nibble", to_gguf = o.format.rfind("gguf", 0) == 0;
     std::unique_ptr<io::NibbleFileWriter> nw;
@@ -337,7 +341,7 @@ int main(int argc, char** argv) {
       bool done = false;
       if (quantize_it[i]) {
         const RowMatrixXf W = in.matrix(t.name);
-        const std::size_t R = static_cast<std::size_t>(W.rows()), C = static_cast<std::size_t>(W.cols());
+        const std::size_t C = static_cast<std::size_t>(W.cols());
         // A group longer than the row becomes one group per row (small layers in tiny models).
         QuantConfig qc_t = qc;
         if (!to_gguf && o.group != kPerRow && static_cast<std::size_t>(o.group) > C) {
@@ -347,57 +351,50 @@ int main(int argc, char** argv) {
         std::vector<float> awq_scale;
         try {
           Eigen::MatrixXf deq;
-          if (o.format == "gguf-iq4_nl") {
-            gw->add_iq4_nl(t.name, W);
-            std::vector<std::uint8_t> blocks(R * C / 32 * 18);
-            for (std::size_t r = 0; r < R; ++r)
-              io::quantize_row_iq4_nl(W.row(static_cast<Eigen::Index>(r)).data(), C, blocks.data() + r * C / 32 * 18);
-            RowMatrixXf d(W.rows(), W.cols());
-            io::dequantize_ggml(static_cast<std::uint32_t>(io::GgmlType::IQ4_NL), blocks.data(), R * C, d.data());
-            deq = d;
+          QuantizedMatrix q;
+          if (o.format == "gguf-q4_0" && o.method == "rtn") {
+            q = io::quantize_q4_0(W);  // byte-identical to llama.cpp's reference
+          } else if (o.format == "gguf-iq4_nl" && o.method == "rtn") {
+            q = io::quantize_iq4_nl(W);  // llama.cpp's own least-squares fit
+          } else if (o.method == "hqq") {
+            detail::require(to_nibble, "hqq stores float zero points; only --format nibble can hold them");
+            HqqConfig hc;
+            hc.quant = qc_t;
+            hc.quant.codebook = Codebook::uint4_asym;
+            hc.zero_format = ScaleFormat::f16;
+            q = hqq_quantize(W, hc);
+          } else if (o.method == "awq") {
+            AwqConfig ac;
+            ac.quant = qc_t;
+            AwqResult res = awq_quantize({W}, calibration_for(*calib, t.name, C), ac);
+            q = std::move(res.matrices[0]);
+            awq_scale = std::vector<float>(res.scales.data(), res.scales.data() + res.scales.size());
+          } else if (o.method == "gptq") {
+            HessianAccumulator acc(C, o.threads);
+            acc.add(calibration_for(*calib, t.name, C));
+            GptqConfig gc;
+            gc.quant = qc_t;
+            gc.threads = o.threads;
+            q = gptq_quantize(W, acc.hessian(), gc).matrix;
           } else {
-            QuantizedMatrix q;
-            if (o.format == "gguf-q4_0" && o.method == "rtn") {
-              q = io::quantize_q4_0(W);  // byte-identical to llama.cpp's reference
-            } else if (o.method == "hqq") {
-              detail::require(to_nibble, "hqq stores float zero points; only --format nibble can hold them");
-              HqqConfig hc;
-              hc.quant = qc_t;
-              hc.quant.codebook = Codebook::uint4_asym;
-              hc.zero_format = ScaleFormat::f16;
-              q = hqq_quantize(W, hc);
-            } else if (o.method == "awq") {
-              AwqConfig ac;
-              ac.quant = qc_t;
-              AwqResult res = awq_quantize({W}, calibration_for(*calib, t.name, C), ac);
-              q = std::move(res.matrices[0]);
-              awq_scale = std::vector<float>(res.scales.data(), res.scales.data() + res.scales.size());
-            } else if (o.method == "gptq") {
-              HessianAccumulator acc(C, o.threads);
-              acc.add(calibration_for(*calib, t.name, C));
-              GptqConfig gc;
-              gc.quant = qc_t;
-              gc.threads = o.threads;
-              q = gptq_quantize(W, acc.hessian(), gc).matrix;
-            } else {
-              q = rtn_parallel(W, qc_t, o.threads);
-            }
-            if (awq_scale.empty()) {
-              deq = q.dequantize();
-            } else {  // the effective weight in the original input space: Q·diag(s)⁻¹
-              deq = awq_dequantize(q, Eigen::Map<const Eigen::VectorXf>(awq_scale.data(), static_cast<Eigen::Index>(C)));
-            }
-            const std::string prefix = ends_with(t.name, ".weight") ? t.name.substr(0, t.name.size() - 7) : t.name;
-            if (to_nibble) {
-              nw->add(t.name, q);
-              if (!awq_scale.empty()) nw->add_raw(t.name + ".awq_scale", io::DType::F32, {C}, awq_scale.data(), 4 * C);
-            }
-            else if (o.format == "gguf-q4_0") gw->add_q4_0(t.name, q);
-            else if (o.format == "gptq") io::write_gptq(*sw, prefix, q, io::GptqFormat::v2);
-            else if (o.format == "gptq-v1") io::write_gptq(*sw, prefix, q, io::GptqFormat::v1);
-            else if (o.format == "awq") io::write_awq(*sw, prefix, q);
-            else io::write_bnb(*sw, t.name, q, t.dtype == io::DType::F32 ? "float32" : t.dtype == io::DType::F16 ? "float16" : "bfloat16");
+            q = rtn_parallel(W, qc_t, o.threads);
           }
+          if (awq_scale.empty()) {
+            deq = q.dequantize();
+          } else {  // the effective weight in the original input space: Q·diag(s)⁻¹
+            deq = awq_dequantize(q, Eigen::Map<const Eigen::VectorXf>(awq_scale.data(), static_cast<Eigen::Index>(C)));
+          }
+          const std::string prefix = ends_with(t.name, ".weight") ? t.name.substr(0, t.name.size() - 7) : t.name;
+          if (to_nibble) {
+            nw->add(t.name, q);
+            if (!awq_scale.empty()) nw->add_raw(t.name + ".awq_scale", io::DType::F32, {C}, awq_scale.data(), 4 * C);
+          }
+          else if (o.format == "gguf-q4_0") gw->add_q4_0(t.name, q);
+          else if (o.format == "gguf-iq4_nl") gw->add_iq4_nl(t.name, q);
+          else if (o.format == "gptq") io::write_gptq(*sw, prefix, q, io::GptqFormat::v2);
+          else if (o.format == "gptq-v1") io::write_gptq(*sw, prefix, q, io::GptqFormat::v1);
+          else if (o.format == "awq") io::write_awq(*sw, prefix, q);
+          else io::write_bnb(*sw, t.name, q, t.dtype == io::DType::F32 ? "float32" : t.dtype == io::DType::F16 ? "float16" : "bfloat16");
           row.quantized = true;
           row.sqnr = compare(W, deq).sqnr_db;
           done = true;

@@ -12,6 +12,9 @@
 //   nf4         bitsandbytes NormalFloat4, scale = group absmax.
 //   fp4         bitsandbytes' own 4-bit float (sign bit 3, 3-bit magnitude LUT),
 //               scale = group absmax. Not OCP E2M1.
+//   iq4_nl      llama.cpp's non-linear table of 16 integers in [−127, 113] (GGUF
+//               IQ4_NL), so scale is the block's d; d may be negative (llama.cpp's
+//               fit maps the group's signed extreme to −127).
 #pragma once
 
 #include <array>
@@ -23,7 +26,7 @@
 
 namespace nibble {
 
-enum class Codebook : std::uint8_t { int4_sym = 0, uint4_asym = 1, nf4 = 2, fp4 = 3 };
+enum class Codebook : std::uint8_t { int4_sym = 0, uint4_asym = 1, nf4 = 2, fp4 = 3, iq4_nl = 4 };
 
 inline const char* to_string(Codebook c) {
   switch (c) {
@@ -31,6 +34,7 @@ inline const char* to_string(Codebook c) {
     case Codebook::uint4_asym: return "uint4_asym";
     case Codebook::nf4: return "nf4";
     case Codebook::fp4: return "fp4";
+    case Codebook::iq4_nl: return "iq4_nl";
   }
   return "unknown";
 }
@@ -40,10 +44,11 @@ inline Codebook codebook_from_string(const std::string& s) {
   if (s == "uint4_asym") return Codebook::uint4_asym;
   if (s == "nf4") return Codebook::nf4;
   if (s == "fp4") return Codebook::fp4;
-  detail::throw_error("unknown codebook '", s, "' (expected int4_sym, uint4_asym, nf4 or fp4)");
+  if (s == "iq4_nl") return Codebook::iq4_nl;
+  detail::throw_error("unknown codebook '", s, "' (expected int4_sym, uint4_asym, nf4, fp4 or iq4_nl)");
 }
 
-inline bool is_valid_codebook(std::uint8_t c) { return c <= 3; }
+inline bool is_valid_codebook(std::uint8_t c) { return c <= 4; }
 
 // bitsandbytes get_4bit_type("nf4"), bit-for-bit (reference/algorithms.md §1.1).
 inline constexpr std::array<float, 16> kNF4Values = {
@@ -58,6 +63,10 @@ inline constexpr std::array<float, 16> kFP4Values = {
     0.0f, 0.005208333333f, 0.66666667f, 1.0f, 0.33333333f, 0.5f, 0.16666667f, 0.25f,
     -0.0f, -0.005208333333f, -0.66666667f, -1.0f, -0.33333333f, -0.5f, -0.16666667f, -0.25f};
 
+// llama.cpp kvalues_iq4nl (ggml-common.h), the table of GGUF's IQ4_NL blocks.
+inline constexpr std::array<float, 16> kIQ4NLValues = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                                       1,    13,   25,  38,  53,  69,  89,  113};
+
 inline constexpr std::array<float, 16> kInt4SymValues = {-8, -7, -6, -5, -4, -3, -2, -1,
                                                          0,  1,  2,  3,  4,  5,  6,  7};
 inline constexpr std::array<float, 16> kUInt4Values = {0, 1, 2,  3,  4,  5,  6,  7,
@@ -69,6 +78,7 @@ inline const std::array<float, 16>& codebook_values(Codebook c) {
     case Codebook::uint4_asym: return kUInt4Values;
     case Codebook::nf4: return kNF4Values;
     case Codebook::fp4: return kFP4Values;
+    case Codebook::iq4_nl: return kIQ4NLValues;
   }
   detail::throw_error("invalid codebook value ", static_cast<int>(c));
 }
@@ -100,6 +110,20 @@ inline std::uint8_t nearest_fp4(float xn) {
   for (float t : kThresholds) rank += (a > t) ? 1 : 0;
   const std::uint8_t sign = (xn < 0.0f) ? 0b1000 : 0;
   return static_cast<std::uint8_t>(sign | kCodeByRank[rank]);
+}
+
+// Index of the kIQ4NLValues entry nearest to x (in table units, x = w / d), as
+// llama.cpp's best_index_int8: a value exactly between two entries takes the upper.
+inline std::uint8_t nearest_iq4_nl(float x) {
+  if (!(x > kIQ4NLValues[0])) return 0;  // also NaN, which callers have rejected before
+  if (x >= kIQ4NLValues[15]) return 15;
+  int lo = 0, hi = 15;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    if (x < kIQ4NLValues[mid]) hi = mid;
+    else lo = mid;
+  }
+  return static_cast<std::uint8_t>(x - kIQ4NLValues[hi - 1] < kIQ4NLValues[hi] - x ? hi - 1 : hi);
 }
 
 // Round half to even, as torch.round and ggml's nearest_int do.

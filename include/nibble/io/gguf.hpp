@@ -50,8 +50,6 @@ inline GgmlTypeSize ggml_type_size(std::uint32_t type) {
   return type < sizeof(table) / sizeof(table[0]) ? table[type] : GgmlTypeSize{0, 0};
 }
 
-inline constexpr std::int8_t kIQ4NLValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
-                                                 1,    13,   25,  38,  53,  69,  89,  113};
 inline constexpr std::size_t kGgufBlock = 32;
 
 // ---- Q4_0 ---------------------------------------------------------------------------
@@ -87,38 +85,48 @@ inline void quantize_row_q4_0_ref(const float* x, std::size_t n, std::uint8_t* o
   }
 }
 
-// Q4_0 quantization of a whole matrix (rows = out, cols = in), as llama-quantize does
-// without an importance matrix, returned as a QuantizedMatrix (int4_sym, groups of 32,
-// f16 scales) that to_q4_0_blocks turns back into the identical bytes.
-template <class Derived>
-QuantizedMatrix quantize_q4_0(const Eigen::MatrixBase<Derived>& W) {
-  const RowMatrixXf Wf = to_checked_float(W, NonFinitePolicy::reject, "weight matrix");
-  const std::size_t rows = static_cast<std::size_t>(Wf.rows()), cols = static_cast<std::size_t>(Wf.cols());
-  detail::require(cols % kGgufBlock == 0, "Q4_0 needs in_features (cols) divisible by 32, got ", cols);
-  std::vector<std::uint8_t> blocks(cols / kGgufBlock * 18);
+// Both 4-bit block types nibble stores map onto a QuantizedMatrix with groups of 32
+// and f16 scales: Q4_0 as int4_sym (w = d·(code − 8)), IQ4_NL as iq4_nl (w = d·table[code]).
+inline Codebook gguf_block_codebook(GgmlType type) {
+  detail::require(type == GgmlType::Q4_0 || type == GgmlType::IQ4_NL, "GGUF: ggml type ",
+                  static_cast<std::uint32_t>(type), " is not a 4-bit block type nibble stores (Q4_0, IQ4_NL)");
+  return type == GgmlType::Q4_0 ? Codebook::int4_sym : Codebook::iq4_nl;
+}
+inline const char* gguf_type_name(GgmlType type) { return type == GgmlType::Q4_0 ? "Q4_0" : "IQ4_NL"; }
+
+// GGUF 4-bit blocks (rows × cols/32 blocks of 18 bytes) → QuantizedMatrix, losslessly.
+inline QuantizedMatrix from_gguf_blocks(GgmlType type, std::size_t rows, std::size_t cols, ByteView bytes) {
+  const Codebook cb = gguf_block_codebook(type);
+  const char* tn = gguf_type_name(type);
+  detail::require(cols % kGgufBlock == 0 && rows > 0 && cols > 0 && rows <= (1ull << 40) / cols, tn, ": shape ", rows,
+                  " x ", cols, " is invalid (expected non-empty, in_features a multiple of 32)");
+  const std::size_t nb = cols / kGgufBlock;
+  detail::require(bytes.size == rows * nb * 18, tn, ": ", rows, " x ", cols, " needs ", rows * nb * 18,
+                  " bytes, got ", bytes.size);
   std::vector<std::uint8_t> codes(rows * cols / 2);
-  std::vector<std::uint16_t> scales(rows * cols / kGgufBlock);
-  for (std::size_t r = 0; r < rows; ++r) {
-    quantize_row_q4_0_ref(Wf.row(static_cast<Eigen::Index>(r)).data(), cols, blocks.data());
-    for (std::size_t b = 0; b < cols / kGgufBlock; ++b) {
-      const std::uint8_t* blk = blocks.data() + b * 18;
-      scales[r * (cols / kGgufBlock) + b] = load_u16(blk);
+  std::vector<std::uint16_t> scales(rows * nb);
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t b = 0; b < nb; ++b) {
+      const std::uint8_t* blk = bytes.data + (r * nb + b) * 18;
+      scales[r * nb + b] = load_u16(blk);
       for (std::size_t j = 0; j < 16; ++j) {
         set_nibble(codes.data() + r * cols / 2, b * kGgufBlock + j, blk[2 + j] & 0x0F);
         set_nibble(codes.data() + r * cols / 2, b * kGgufBlock + j + 16, blk[2 + j] >> 4);
       }
     }
-  }
-  return QuantizedMatrix(rows, cols, kGgufBlock, Codebook::int4_sym, std::move(codes),
+  // from_raw16 validates: a block whose d is Inf/NaN is rejected with its index.
+  return QuantizedMatrix(rows, cols, kGgufBlock, cb, std::move(codes),
                          ScaleArray::from_raw16(std::move(scales), ScaleFormat::f16));
 }
 
-// QuantizedMatrix (int4_sym, group 32) → Q4_0 blocks, row after row. Scales that are not
-// already fp16 are rounded to fp16 (the only scale type Q4_0 has).
-inline std::vector<std::uint8_t> to_q4_0_blocks(const QuantizedMatrix& m) {
-  detail::require(m.codebook() == Codebook::int4_sym, "Q4_0 needs the int4_sym codebook, got ", to_string(m.codebook()));
-  detail::require(m.group_size() == kGgufBlock && m.cols() % kGgufBlock == 0,
-                  "Q4_0 needs groups of exactly 32 and in_features divisible by 32 (got group ", m.group_size(),
+// QuantizedMatrix (group 32, the type's codebook) → GGUF blocks, row after row. Scales
+// that are not already fp16 are rounded to fp16 (the only scale type these blocks have).
+inline std::vector<std::uint8_t> to_gguf_blocks(GgmlType type, const QuantizedMatrix& m) {
+  const Codebook cb = gguf_block_codebook(type);
+  const char* tn = gguf_type_name(type);
+  detail::require(m.codebook() == cb, tn, " needs the ", to_string(cb), " codebook, got ", to_string(m.codebook()));
+  detail::require(m.group_size() == kGgufBlock && m.cols() % kGgufBlock == 0, tn,
+                  " needs groups of exactly 32 and in_features divisible by 32 (got group ", m.group_size(),
                   ", in_features ", m.cols(), ")");
   const std::size_t nb = m.cols() / kGgufBlock;
   std::vector<std::uint8_t> out(m.rows() * nb * 18);
@@ -134,41 +142,32 @@ inline std::vector<std::uint8_t> to_q4_0_blocks(const QuantizedMatrix& m) {
   return out;
 }
 
+inline std::vector<std::uint8_t> to_q4_0_blocks(const QuantizedMatrix& m) { return to_gguf_blocks(GgmlType::Q4_0, m); }
 inline QuantizedMatrix from_q4_0_blocks(std::size_t rows, std::size_t cols, ByteView bytes) {
-  detail::require(cols % kGgufBlock == 0 && rows > 0 && cols > 0 && rows <= (1ull << 40) / cols, "Q4_0: shape ", rows,
-                  " x ", cols, " is invalid (expected non-empty, in_features a multiple of 32)");
-  const std::size_t nb = cols / kGgufBlock;
-  detail::require(bytes.size == rows * nb * 18, "Q4_0: ", rows, " x ", cols, " needs ", rows * nb * 18,
-                  " bytes, got ", bytes.size);
-  std::vector<std::uint8_t> codes(rows * cols / 2);
-  std::vector<std::uint16_t> scales(rows * nb);
+  return from_gguf_blocks(GgmlType::Q4_0, rows, cols, bytes);
+}
+
+// Quantizes every row of W with a llama.cpp row quantizer into GGUF blocks and returns
+// them as a QuantizedMatrix, which to_gguf_blocks turns back into the identical bytes.
+template <class Derived, class RowQuantizer>
+QuantizedMatrix quantize_gguf_rows(GgmlType type, const Eigen::MatrixBase<Derived>& W, RowQuantizer quantize_row) {
+  const RowMatrixXf Wf = to_checked_float(W, NonFinitePolicy::reject, "weight matrix");
+  const std::size_t rows = static_cast<std::size_t>(Wf.rows()), cols = static_cast<std::size_t>(Wf.cols());
+  detail::require(cols % kGgufBlock == 0, gguf_type_name(type), " needs in_features (cols) divisible by 32, got ", cols);
+  std::vector<std::uint8_t> blocks(rows * cols / kGgufBlock * 18);
   for (std::size_t r = 0; r < rows; ++r)
-    for (std::size_t b = 0; b < nb; ++b) {
-      const std::uint8_t* blk = bytes.data + (r * nb + b) * 18;
-      scales[r * nb + b] = load_u16(blk);
-      for (std::size_t j = 0; j < 16; ++j) {
-        set_nibble(codes.data() + r * cols / 2, b * kGgufBlock + j, blk[2 + j] & 0x0F);
-        set_nibble(codes.data() + r * cols / 2, b * kGgufBlock + j + 16, blk[2 + j] >> 4);
-      }
-    }
-  return QuantizedMatrix(rows, cols, kGgufBlock, Codebook::int4_sym, std::move(codes),
-                         ScaleArray::from_raw16(std::move(scales), ScaleFormat::f16));
+    quantize_row(Wf.row(static_cast<Eigen::Index>(r)).data(), cols, blocks.data() + r * cols / kGgufBlock * 18);
+  return from_gguf_blocks(type, rows, cols, {blocks.data(), blocks.size()});
+}
+
+// Q4_0 quantization of a whole matrix (rows = out, cols = in), as llama-quantize does
+// without an importance matrix: int4_sym, groups of 32, f16 scales.
+template <class Derived>
+QuantizedMatrix quantize_q4_0(const Eigen::MatrixBase<Derived>& W) {
+  return quantize_gguf_rows(GgmlType::Q4_0, W, quantize_row_q4_0_ref);
 }
 
 // ---- IQ4_NL -------------------------------------------------------------------------
-
-// Nearest table entry; a tie goes to the upper index (ggml best_index_int8).
-inline int iq4nl_best_index(float x) {
-  if (x <= kIQ4NLValues[0]) return 0;
-  if (x >= kIQ4NLValues[15]) return 15;
-  int lo = 0, hi = 15;
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) / 2;
-    if (x < kIQ4NLValues[mid]) hi = mid;
-    else lo = mid;
-  }
-  return x - kIQ4NLValues[hi - 1] < kIQ4NLValues[hi] - x ? hi - 1 : hi;
-}
 
 // One row of IQ4_NL blocks, following llama.cpp quantize_row_iq4_nl_impl (ntry = 7,
 // no importance matrix): weights x², start from d = max/127, least-squares refit of d
@@ -193,7 +192,7 @@ inline void quantize_row_iq4_nl(const float* x, std::size_t n, std::uint8_t* out
       auto fit = [&](float id, float& sumqx, float& sumq2) {
         sumqx = sumq2 = 0.0f;
         for (std::size_t j = 0; j < kGgufBlock; ++j) {
-          const float q = kIQ4NLValues[iq4nl_best_index(id * xb[j])];
+          const float q = kIQ4NLValues[nearest_iq4_nl(id * xb[j])];
           sumqx += weight[j] * q * xb[j];
           sumq2 += weight[j] * q * q;
         }
@@ -214,8 +213,15 @@ inline void quantize_row_iq4_nl(const float* x, std::size_t n, std::uint8_t* out
     std::memcpy(blk, &dh, 2);
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     for (std::size_t j = 0; j < 16; ++j)
-      blk[2 + j] = static_cast<std::uint8_t>(iq4nl_best_index(id * xb[j]) | (iq4nl_best_index(id * xb[j + 16]) << 4));
+      blk[2 + j] = static_cast<std::uint8_t>(nearest_iq4_nl(id * xb[j]) | (nearest_iq4_nl(id * xb[j + 16]) << 4));
   }
+}
+
+// IQ4_NL quantization of a whole matrix as llama-quantize does without an importance
+// matrix: iq4_nl codebook, groups of 32, f16 scales (d may be negative).
+template <class Derived>
+QuantizedMatrix quantize_iq4_nl(const Eigen::MatrixBase<Derived>& W) {
+  return quantize_gguf_rows(GgmlType::IQ4_NL, W, quantize_row_iq4_nl);
 }
 
 // ---- block decoding -----------------------------------------------------------------
@@ -320,18 +326,18 @@ class GgufWriter {
                data, rows * cols * 4);
   }
   void add_q4_0(const std::string& name, const QuantizedMatrix& m) {
-    const auto blocks = to_q4_0_blocks(m);
+    const auto blocks = to_gguf_blocks(GgmlType::Q4_0, m);
     add_tensor(name, static_cast<std::uint32_t>(GgmlType::Q4_0), {m.cols(), m.rows()}, blocks.data(), blocks.size());
   }
+  // IQ4_NL from a QuantizedMatrix (iq4_nl codebook, group 32), e.g. one GPTQ made.
+  void add_iq4_nl(const std::string& name, const QuantizedMatrix& m) {
+    const auto blocks = to_gguf_blocks(GgmlType::IQ4_NL, m);
+    add_tensor(name, static_cast<std::uint32_t>(GgmlType::IQ4_NL), {m.cols(), m.rows()}, blocks.data(), blocks.size());
+  }
+  // IQ4_NL with llama.cpp's own fit.
   template <class Derived>
   void add_iq4_nl(const std::string& name, const Eigen::MatrixBase<Derived>& W) {
-    const RowMatrixXf Wf = to_checked_float(W, NonFinitePolicy::reject, "weight matrix");
-    const std::size_t rows = static_cast<std::size_t>(Wf.rows()), cols = static_cast<std::size_t>(Wf.cols());
-    detail::require(cols % kGgufBlock == 0, "IQ4_NL needs in_features (cols) divisible by 32, got ", cols);
-    std::vector<std::uint8_t> blocks(rows * cols / kGgufBlock * 18);
-    for (std::size_t r = 0; r < rows; ++r)
-      quantize_row_iq4_nl(Wf.row(static_cast<Eigen::Index>(r)).data(), cols, blocks.data() + r * cols / kGgufBlock * 18);
-    add_tensor(name, static_cast<std::uint32_t>(GgmlType::IQ4_NL), {cols, rows}, blocks.data(), blocks.size());
+    add_iq4_nl(name, quantize_iq4_nl(W));
   }
 
   // Tensor bytes added so far, alignment padding included.
@@ -412,12 +418,21 @@ class GgufReader {
     return m;
   }
 
-  // A Q4_0 tensor as a QuantizedMatrix (int4_sym, group 32, f16 scales), losslessly.
-  QuantizedMatrix load_q4_0(const std::string& name) const {
+  // A 2-D Q4_0 or IQ4_NL tensor as a QuantizedMatrix (int4_sym or iq4_nl, group 32,
+  // f16 scales), losslessly, ready for the kernels.
+  QuantizedMatrix load_quantized(const std::string& name) const {
     const GgufTensorInfo& t = info(name);
-    detail::require(t.type == static_cast<std::uint32_t>(GgmlType::Q4_0) && t.ne.size() == 2, "GGUF: tensor '",
-                    name, "' is not a 2-D Q4_0 tensor (type ", t.type, ")");
-    return from_q4_0_blocks(static_cast<std::size_t>(t.ne[1]), static_cast<std::size_t>(t.ne[0]), bytes(t));
+    const bool four_bit = t.type == static_cast<std::uint32_t>(GgmlType::Q4_0) ||
+                          t.type == static_cast<std::uint32_t>(GgmlType::IQ4_NL);
+    detail::require(four_bit && t.ne.size() == 2, "GGUF: tensor '", name,
+                    "' is not a 2-D Q4_0 or IQ4_NL tensor (type ", t.type, ", ", t.ne.size(), " dims)");
+    return from_gguf_blocks(static_cast<GgmlType>(t.type), static_cast<std::size_t>(t.ne[1]),
+                            static_cast<std::size_t>(t.ne[0]), bytes(t));
+  }
+  QuantizedMatrix load_q4_0(const std::string& name) const {
+    detail::require(info(name).type == static_cast<std::uint32_t>(GgmlType::Q4_0), "GGUF: tensor '", name,
+                    "' is not Q4_0 (type ", info(name).type, ")");
+    return load_quantized(name);
   }
 
  private:

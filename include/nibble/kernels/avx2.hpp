@@ -12,13 +12,14 @@
 //
 // fast:  maddubs(u8 code, s8 q) gives 16-bit pair sums; for int4/uint4 they stay
 //        16-bit through two hadd levels (|sum| <= 30480), then madd(1) widens; for
-//        nf4/fp4 (pshufb to int8, and the sign trick maddubs(|w|, sign(q, w)), since
-//        maddubs wants an unsigned first operand) madd(1) widens at once and a
-//        32-bit hadd tree follows. The result is one vector of 8 exact row sums per
+//        table codebooks nf4/fp4/iq4_nl (pshufb to int8 with |w| <= 127, then the
+//        sign trick maddubs(|w|, sign(q, w)), since maddubs wants an unsigned first
+//        operand; pairs stay <= 2·127·127) madd(1) widens at once and a 32-bit hadd
+//        tree follows. The result is one vector of 8 exact row sums per
 //        block, and the float steps then run with one row per lane in the scalar
 //        reference's order, so results equal it bit for bit.
 // exact: one row at a time; nibbles widen to int32, then to float by cvtdq2ps or,
-//        for nf4/fp4, by two 8-entry permutes and a blend on bit 3; FMA with x.
+//        for table codebooks, by two 8-entry permutes and a blend on bit 3; FMA with x.
 #pragma once
 
 #include <immintrin.h>
@@ -112,7 +113,7 @@ NIBBLE_TARGET_AVX2 inline void transpose8(__m256* m) {
 
 // One row's two blocks (A in the low lane, B in the high lane; 32 code bytes at
 // `row`) times the activations qe (even elements) and qo (odd elements): int4/uint4
-// give 16-bit pair sums (at most 2·2·15·127), nf4/fp4 32-bit ones.
+// give 16-bit pair sums (at most 2·2·15·127), table codebooks 32-bit ones.
 template <bool kTable>
 NIBBLE_TARGET_AVX2 inline __m256i pair_dot(const std::uint8_t* row, __m256i qe, __m256i qo, __m256i table) {
   const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row));
@@ -298,7 +299,7 @@ template <bool kTable>
 NIBBLE_TARGET_AVX2 inline void fast_rows(const PackedMatrix& W, const PreparedActivations& p, float* Y,
                                          std::size_t r0, std::size_t r1) {
   const std::size_t G = W.groups_per_row(), rows = W.rows();
-  const float k = kTable ? 1.0f / 127.0f : 1.0f;
+  const float k = W.int8_factor();
   std::vector<float> sv(8 * G), nov(8 * G);
   alignas(32) float out[8 * 4];
   // r0 is a multiple of 8 (threads split whole tiles).

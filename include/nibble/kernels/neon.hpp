@@ -5,7 +5,7 @@
 //
 // One row at a time. Codes: a block's 16 bytes split into high nibbles (even
 // elements) and low nibbles (odd elements), matching the de-interleaved
-// activations. nf4/fp4 decode through vqtbl1q: in fast mode to int8 directly, in
+// activations. Table codebooks (nf4/fp4/iq4_nl) decode through vqtbl1q: in fast mode to int8 directly, in
 // exact mode as four byte planes of the float table, zipped back into floats.
 // fast: the block's int32 sum is exact, and the float steps are the scalar
 // reference's, in its order, so results are bit-identical to it.
@@ -48,7 +48,7 @@ inline void gemm_fast(const PackedMatrix& W, const PreparedActivations& p, float
   const std::size_t G = W.groups_per_row(), rows = W.rows(), nb = W.block_count();
   const bool table_cb = W.table_codebook();
   const int8x16_t table = vld1q_s8(W.int8_base_values().data());
-  const float k = table_cb ? 1.0f / 127.0f : 1.0f;
+  const float k = W.int8_factor();
   const uint8x16_t mask = vdupq_n_u8(0x0F);
   for (std::size_t r = r0; r < r1; ++r) {
     for (std::size_t b = 0; b < p.batch; ++b) {

@@ -23,7 +23,7 @@
 //
 // Per group the kernels use w = s·(base[code] − offset), where base/offset are
 //   int4_sym    base = code, offset = 8        uint4_asym  base = code, offset = zero
-//   nf4 / fp4   base = table[code], offset 0
+//   nf4 / fp4 / iq4_nl   base = table[code], offset 0
 // which equals the container's w = scale·(value[code] − zero).
 #pragma once
 
@@ -46,19 +46,26 @@ inline constexpr std::size_t kActivationBlock = 32;
 
 namespace detail {
 
-// Fast mode stores NF4/FP4 values as int8 = round(127·value) (ties away from 0);
-// the kernels multiply the group scale by 1/127 to compensate.
+// Codebooks whose values are not the code itself: the kernels look them up in a table.
+inline bool is_table_codebook(Codebook c) { return c == Codebook::nf4 || c == Codebook::fp4 || c == Codebook::iq4_nl; }
+
+// Fast mode's int8 value of each code and the factor the group scale is multiplied by
+// to compensate: NF4/FP4 values in [−1, 1] become round(127·value) (ties away from 0)
+// with factor 1/127; iq4_nl values are integers already (exact, factor 1); int4/uint4
+// use the code itself (the offset is applied separately).
 inline std::array<std::int8_t, 16> int8_table(Codebook c) {
   std::array<std::int8_t, 16> t{};
   const auto& v = codebook_values(c);
   for (int i = 0; i < 16; ++i) {
     if (c == Codebook::nf4 || c == Codebook::fp4) t[i] = static_cast<std::int8_t>(std::lround(127.0 * v[i]));
+    else if (c == Codebook::iq4_nl) t[i] = static_cast<std::int8_t>(v[i]);
     else t[i] = static_cast<std::int8_t>(i);
   }
   return t;
 }
-
-inline bool is_table_codebook(Codebook c) { return c == Codebook::nf4 || c == Codebook::fp4; }
+inline float int8_table_factor(Codebook c) {
+  return c == Codebook::nf4 || c == Codebook::fp4 ? 1.0f / 127.0f : 1.0f;
+}
 
 struct BlockSpan {
   std::uint32_t byte_begin;  // first code byte within a row
@@ -151,6 +158,8 @@ class PackedMatrix {
   const std::array<float, 16>& base_values() const { return base_; }
   const std::array<std::int8_t, 16>& int8_base_values() const { return int8_base_; }
   bool table_codebook() const { return detail::is_table_codebook(codebook_); }
+  // Fast mode multiplies group scales by this (see int8_table).
+  float int8_factor() const { return detail::int8_table_factor(codebook_); }
 
   // Scale of group i = r·G + g, decoded the same way on every path. Double
   // quantization uses an explicit fma so no compiler contraction choice can make

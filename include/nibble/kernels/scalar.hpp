@@ -8,7 +8,7 @@
 //            i_b = Σ base8[code]·q               (exact int32)
 //            t_b = fma(−offset_g, Σq_b, i_b)
 //            a_g = fma(d_b, t_b, a_g)            over the group's blocks, in order
-//            y_r = fma(s_g·k, a_g, y_r)          over groups, in order; k = 1, or 1/127 for nf4/fp4
+//            y_r = fma(s_g·k, a_g, y_r)          over groups, in order; k = 1, or 1/127 for nf4/fp4 (int8_table_factor)
 //        SIMD paths reproduce this bit for bit.
 #pragma once
 
@@ -55,7 +55,7 @@ inline void gemm_fast(const PackedMatrix& W, const PreparedActivations& p, float
                       std::size_t row_end) {
   const std::size_t G = W.groups_per_row(), rows = W.rows(), nb = W.block_count();
   const auto& base8 = W.int8_base_values();
-  const float k = W.table_codebook() ? 1.0f / 127.0f : 1.0f;
+  const float k = W.int8_factor();
   for (std::size_t r = row_begin; r < row_end; ++r) {
     for (std::size_t b = 0; b < p.batch; ++b) {
       float y = 0.0f;

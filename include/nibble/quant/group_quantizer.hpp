@@ -30,6 +30,9 @@ struct GroupParams {
 //   uint4_asym GPTQ/AWQ min-max: the range is widened to contain 0, scale = (max − min)/15,
 //              zero = round(−min/scale); an all-zero group gets scale 0 (decodes to 0).
 //   nf4, fp4   scale = max|w| (bitsandbytes absmax)
+//   iq4_nl     scale = w_extreme / −127: the signed extreme maps to the table's −127
+//              (llama.cpp's starting point; its least-squares refinement lives in
+//              io/gguf.hpp, the clip search and GPTQ work from this rule)
 inline GroupParams fit_group(const float* w, std::size_t n, Codebook codebook,
                              SymScale sym_scale = SymScale::absmax_over_7, float shrink = 1.0f) {
   float lo = 0.0f, hi = 0.0f, amax = 0.0f, extreme = 0.0f;
@@ -57,6 +60,7 @@ inline GroupParams fit_group(const float* w, std::size_t n, Codebook codebook,
     }
     case Codebook::nf4:
     case Codebook::fp4: p.scale = shrink * amax; break;
+    case Codebook::iq4_nl: p.scale = shrink * extreme / -127.0f; break;
   }
   return p;
 }
@@ -79,6 +83,8 @@ inline std::uint8_t encode_value(float w, const GroupParams& p, Codebook codeboo
       const float xn = p.scale != 0.0f ? w * (1.0f / p.scale) : 0.0f;
       return codebook == Codebook::nf4 ? nearest_nf4(xn) : nearest_fp4(xn);
     }
+    case Codebook::iq4_nl:  // as llama.cpp: multiply by the reciprocal; a zero scale gives code 8 (value 1 · 0)
+      return nearest_iq4_nl(p.scale != 0.0f ? (1.0f / p.scale) * w : 0.0f);
   }
   return 0;
 }
