@@ -49,6 +49,8 @@ enum class Method {
   gptq_mixed,          // gptq_act_clip_dq with half-size groups for w1 and w3 (~4.58 bits at g32)
   awq_gptq,            // AWQ scales folded upstream, then GPTQ uint4 act-order on the scaled layers
   awq_gptq_clip_dq,    // AWQ scales + GPTQ act-order + clip search, double-quantized scales
+  iq4_nl_clip,         // llama.cpp's IQ4_NL table, extreme/−127 scale + MSE clip search
+  gptq_iq4_nl_act_clip,  // GPTQ onto the IQ4_NL table, act-order + clip
 };
 
 struct MethodInfo {
@@ -83,6 +85,8 @@ inline const std::vector<MethodInfo>& all_methods() {
       {Method::gptq_mixed, "gptq-mixed", "GPTQ uint4 act+clip+DQ, w1/w3 g/2", true, false},
       {Method::awq_gptq, "awq-gptq", "AWQ scales + GPTQ uint4 act-order", true, false},
       {Method::awq_gptq_clip_dq, "awq-gptq-clip-dq", "AWQ + GPTQ act + clip, DQ scales", true, false},
+      {Method::iq4_nl_clip, "iq4nl-clip", "RTN IQ4_NL + MSE clip", false, false},
+      {Method::gptq_iq4_nl_act_clip, "gptq-iq4nl-act-clip", "GPTQ IQ4_NL + act-order + clip", true, false},
   };
   return methods;
 }
@@ -211,6 +215,11 @@ inline QuantConfig rtn_config(Method m, int group_size, ScaleFormat int_scales) 
       c.scale_format = ScaleFormat::dq8;
       break;
     case Method::awq_gptq: c.codebook = Codebook::uint4_asym; break;
+    case Method::iq4_nl_clip:
+    case Method::gptq_iq4_nl_act_clip:
+      c.codebook = Codebook::iq4_nl;
+      c.clip.enabled = true;
+      break;
   }
   return c;
 }
@@ -320,7 +329,8 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
     case Method::rtn_uint4_clip:
     case Method::nf4:
     case Method::nf4_dq:
-    case Method::fp4: {
+    case Method::fp4:
+    case Method::iq4_nl_clip: {
       for (int l = 0; l < L; ++l)
         for (std::size_t k = 0; k < linear_slots().size(); ++k) {
           const QuantConfig c = rtn_config(options.method, options.group_size_for(linear_slots()[k].name),
@@ -339,7 +349,8 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
     case Method::gptq_nf4_act_clip:
     case Method::gptq_nf4_act_dq:
     case Method::gptq_int4_act_clip_dq:
-    case Method::gptq_mixed: {
+    case Method::gptq_mixed:
+    case Method::gptq_iq4_nl_act_clip: {
       detail::require(!calibration.empty(), method_info(options.method).name, " needs calibration sequences");
       GptqConfig g;
       g.quant = rtn_config(options.method, options.group_size, options.int_scale_format);
