@@ -1,8 +1,6 @@
 // nibble-quant end to end: a small checkpoint is quantized to every format, the outputs
 // are read back with nibble's readers and compared with the library called directly,
 // and bad invocations fail with a message instead of writing garbage.
-#include <unistd.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -17,36 +15,22 @@
 #include <nibble/quant/hessian.hpp>
 #include <nibble/quant/rtn.hpp>
 
+#include "cli_util.hpp"
 #include "test_util.hpp"
 
 using namespace nibble;
 
 namespace {
 
-// Per process: ctest runs each test of this file in its own process, in parallel, and
-// one process rewriting an input another has memory-mapped would pull it from under it.
-const std::string kDir = ::testing::TempDir() + "nibble_cli_" + std::to_string(::getpid()) + "_";
-const std::string kInput = kDir + "nibble_cli_in.safetensors";
-const std::string kCalib = kDir + "nibble_cli_calib.safetensors";
+const std::string kDir = test::cli_dir();
+const std::string kInput = kDir + "in.safetensors";
+const std::string kCalib = kDir + "calib.safetensors";
 
 RowMatrixXf weight(Eigen::Index rows, Eigen::Index cols, std::uint32_t seed) {
   return test::gaussian_matrix(rows, cols, seed, 0.02f);
 }
 
-// Runs nibble-quant with `args`, returns its exit code; output goes to `log`.
-int run(const std::string& args, std::string* log = nullptr) {
-  const std::string log_path = kDir + "run.log";
-  const std::string cmd = std::string(NIBBLE_QUANT_PATH) + " " + args + " >" + log_path + " 2>&1";
-  const int status = std::system(cmd.c_str());
-  if (log) {
-    std::ifstream in(log_path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    *log = ss.str();
-  }
-  std::remove(log_path.c_str());
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
+int run(const std::string& args, std::string* log = nullptr) { return test::run_cli(args, log); }
 
 class CliTest : public ::testing::Test {
  protected:
@@ -208,6 +192,15 @@ TEST_F(CliTest, CalibratedMethodsMatchTheLibrary) {
   ASSERT_EQ(s.size(), 128u);
   for (int i = 0; i < 128; ++i) EXPECT_EQ(s[i], res.scales[i]);
   EXPECT_EQ(r.load("model.layers.0.mlp.up_proj.weight").codes(), res.matrices[0].codes());
-  EXPECT_EQ(run(kInput + " " + kDir + "x.gguf --method awq --calib " + kCalib, &log), 2);
+  // Outside llama-style layers a format without a place for s gets the clip search only.
+  const std::string gguf = kDir + "awq.gguf";
+  ASSERT_EQ(run(kInput + " " + gguf + " --method awq --calib " + kCalib, &log), 0) << log;
+  EXPECT_NE(log.find("no foldable producer, clip search only"), std::string::npos) << log;
+  AwqConfig clip_only = a;
+  clip_only.quant.sym_scale = SymScale::full_range;  // Q4_0's scale rule
+  clip_only.grid = 1;
+  EXPECT_EQ(io::GgufReader::open(gguf).load_q4_0("model.layers.0.mlp.up_proj.weight").codes(),
+            awq_quantize({W}, X, clip_only).matrices[0].codes());
+  std::remove(gguf.c_str());
   std::remove(out.c_str());
 }

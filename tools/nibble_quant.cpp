@@ -13,7 +13,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <string>
 #include <thread>
@@ -26,6 +28,8 @@
 #include <nibble/quant/gptq.hpp>
 #include <nibble/quant/hessian.hpp>
 #include <nibble/quant/hqq.hpp>
+
+#include "awq_folding.hpp"
 
 namespace {
 
@@ -57,10 +61,12 @@ options:
                    nf4    NormalFloat4 (QLoRA); fp4: bitsandbytes' FP4
                    hqq    half-quadratic zero-point optimization, float zeros (nibble format only)
                    gptq   GPTQ with calibration activations (needs --calib)
-                   awq    activation-aware scaling + clip search (needs --calib; nibble format
-                          only): stores Q(W*diag(s)) and, as "<name>.awq_scale" (F32 [in]),
-                          the per-input-channel s; a runtime must divide its input by s
-                          (y = Q * (x / s)) or fold 1/s into the op that produces x
+                   awq    activation-aware scaling + clip search (needs --calib). In llama-style
+                          layers (model.layers.N.self_attn.*_proj, mlp.*_proj, input_layernorm,
+                          post_attention_layernorm) the scales are folded into the norms and
+                          into v_proj / up_proj rows, so any format holds the result. Elsewhere:
+                          --format nibble stores "<name>.awq_scale" (F32 [in], divide the input
+                          by it); other formats get the clip search only
   --group G      group size along in_features: 32, 64, 128 (default), ... or "row"
                  (gguf formats always use 32; bnb-nf4 defaults to 64)
   --asym         uint4 with a zero point per group (default for gptq/awq formats)
@@ -159,9 +165,6 @@ Options parse(int argc, char** argv) {
   if (calibrated && o.calib.empty())
     usage_error("--method " + o.method + " needs calibration activations: --calib FILE (see --help for the tensor naming)");
   if (!calibrated && !o.calib.empty()) usage_error("--calib is only used by --method gptq and awq");
-  if (o.method == "awq" && o.format != "nibble")
-    usage_error("--method awq needs --format nibble: its per-channel input scales have no place in " + o.format +
-                " without folding them into the previous layer (not done by this tool)");
   if (o.double_quant && o.method != "nf4" && o.method != "fp4") usage_error("--double-quant applies to --method nf4 or fp4");
   if (o.format == "gguf-iq4_nl" && o.method != "rtn" && o.method != "clip" && o.method != "gptq" && o.method != "awq")
     usage_error("gguf-iq4_nl stores llama.cpp's non-linear table: use --method rtn (llama.cpp's own fit), clip, gptq or awq");
@@ -234,6 +237,22 @@ class Progress {
   Clock::time_point start_;
 };
 
+// Float values as bytes of a float dtype (F32, F16 or BF16, round to nearest even).
+std::vector<std::uint8_t> encode_floats(const std::vector<float>& v, io::DType dtype) {
+  std::vector<std::uint8_t> out(v.size() * io::dtype_size(dtype));
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    if (dtype == io::DType::F32) {
+      std::memcpy(out.data() + 4 * i, &v[i], 4);
+    } else {
+      detail::require(dtype != io::DType::F16 || std::fabs(v[i]) < 65520.0f, "value ", v[i],
+                      " (after folding AWQ scales) overflows F16");
+      const std::uint16_t h = dtype == io::DType::F16 ? float_to_half(v[i]) : float_to_bf16(v[i]);
+      std::memcpy(out.data() + 2 * i, &h, 2);
+    }
+  }
+  return out;
+}
+
 bool calibrated_method(const Options& o) { return o.method == "gptq" || o.method == "awq"; }
 
 bool is_float(io::DType t) { return t == io::DType::F32 || t == io::DType::F16 || t == io::DType::BF16; }
@@ -298,6 +317,46 @@ int main(int argc, char** argv) {
       if (quantize_it[i]) total_weights += t.elements();
     }
 
+    // AWQ folding: the llama-style layers (prefix "model.layers.N.") whose scales fold,
+    // and how many of each layer's tensors are still to be written (a folded layer is
+    // computed when its first tensor comes up and dropped after its last).
+    std::map<std::string, std::vector<nibble_quant::AwqFoldGroup>> fold_groups;
+    std::map<std::string, std::size_t> fold_pending;
+    std::map<std::string, nibble_quant::AwqFoldedLayer> folded;
+    std::map<std::string, std::size_t> index_of;
+    const std::regex layer_re(R"(^(model\.layers\.[0-9]+\.))");
+    auto layer_prefix = [&](const std::string& name) {
+      std::smatch m;
+      return std::regex_search(name, m, layer_re) ? m[1].str() : std::string();
+    };
+    if (o.method == "awq") {
+      for (std::size_t i = 0; i < in.tensors().size(); ++i) {
+        index_of[in.tensors()[i].name] = i;
+        const std::string p = layer_prefix(in.tensors()[i].name);
+        if (p.empty()) continue;
+        if (!fold_groups.count(p)) fold_groups[p] = nibble_quant::awq_fold_groups(in, p);
+        ++fold_pending[p];
+      }
+      // Gemma's norms scale by (1 + gain), so dividing the gain by s would be wrong; its
+      // tensor names are llama's, so the checkpoint's config.json (if beside it) decides.
+      const std::string config_path = o.in.substr(0, o.in.find_last_of('/') + 1) + "config.json";
+      std::ifstream config_file(config_path);
+      if (config_file) {
+        const nlohmann::json config = nlohmann::json::parse(config_file, nullptr, /*allow_exceptions=*/false);
+        const bool typed = config.is_object() && config.contains("model_type") && config["model_type"].is_string();
+        const std::string type = typed ? config["model_type"].get<std::string>() : std::string();
+        if (type.rfind("gemma", 0) == 0) {
+          std::fprintf(stderr, "awq: %s says model_type %s: its norms are not folded (clip search only)\n",
+                       config_path.c_str(), type.c_str());
+          for (auto& [p, g] : fold_groups) g.clear();
+        }
+      }
+      std::size_t foldable = 0;
+      for (const auto& [p, g] : fold_groups) foldable += !g.empty();
+      std::fprintf(stderr, "awq: scales fold into norms / v_proj / up_proj in %zu of %zu layers\n", foldable,
+                   fold_groups.size());
+    }
+
     // Codebook and scale storage for the chosen method / format.
     QuantConfig qc;
     qc.group_size = o.group;
@@ -339,6 +398,21 @@ int main(int argc, char** argv) {
       const auto t0 = Clock::now();
       const std::uint64_t out_before = output_bytes();
       bool done = false;
+      // AWQ: this tensor's layer, folded (computed on its first tensor).
+      nibble_quant::AwqFoldedLayer* layer = nullptr;
+      const std::string prefix_of_layer = o.method == "awq" ? layer_prefix(t.name) : std::string();
+      if (!prefix_of_layer.empty() && !fold_groups[prefix_of_layer].empty()) {
+        auto it = folded.find(prefix_of_layer);
+        if (it == folded.end()) {
+          auto quantized = [&](const std::string& name) { return quantize_it[index_of.at(name)]; };
+          auto inputs = [&](const std::string& name, std::size_t cols) { return calibration_for(*calib, name, cols); };
+          AwqConfig ac;
+          ac.quant = qc;
+          it = folded.emplace(prefix_of_layer, nibble_quant::awq_fold_layer(in, fold_groups[prefix_of_layer], ac,
+                                                                           quantized, inputs)).first;
+        }
+        layer = &it->second;
+      }
       if (quantize_it[i]) {
         const RowMatrixXf W = in.matrix(t.name);
         const std::size_t C = static_cast<std::size_t>(W.cols());
@@ -352,7 +426,9 @@ int main(int argc, char** argv) {
         try {
           Eigen::MatrixXf deq;
           QuantizedMatrix q;
-          if (o.format == "gguf-q4_0" && o.method == "rtn") {
+          if (layer && layer->quantized.count(t.name)) {
+            q = std::move(layer->quantized.at(t.name));  // Q(W·diag(s)), s folded upstream
+          } else if (o.format == "gguf-q4_0" && o.method == "rtn") {
             q = io::quantize_q4_0(W);  // byte-identical to llama.cpp's reference
           } else if (o.format == "gguf-iq4_nl" && o.method == "rtn") {
             q = io::quantize_iq4_nl(W);  // llama.cpp's own least-squares fit
@@ -364,11 +440,17 @@ int main(int argc, char** argv) {
             hc.zero_format = ScaleFormat::f16;
             q = hqq_quantize(W, hc);
           } else if (o.method == "awq") {
+            // No foldable producer: nibble files keep s beside the weight; other formats
+            // cannot, so only the clip search runs (s ≡ 1).
             AwqConfig ac;
             ac.quant = qc_t;
+            if (!to_nibble) {
+              ac.grid = 1;
+              row.note += std::string(row.note.empty() ? "" : "; ") + "awq: no foldable producer, clip search only";
+            }
             AwqResult res = awq_quantize({W}, calibration_for(*calib, t.name, C), ac);
             q = std::move(res.matrices[0]);
-            awq_scale = std::vector<float>(res.scales.data(), res.scales.data() + res.scales.size());
+            if (to_nibble) awq_scale = std::vector<float>(res.scales.data(), res.scales.data() + res.scales.size());
           } else if (o.method == "gptq") {
             HessianAccumulator acc(C, o.threads);
             acc.add(calibration_for(*calib, t.name, C));
@@ -396,7 +478,7 @@ int main(int argc, char** argv) {
           else if (o.format == "awq") io::write_awq(*sw, prefix, q);
           else io::write_bnb(*sw, t.name, q, t.dtype == io::DType::F32 ? "float32" : t.dtype == io::DType::F16 ? "float16" : "bfloat16");
           row.quantized = true;
-          row.sqnr = compare(W, deq).sqnr_db;
+          row.sqnr = layer && layer->sqnr_db.count(t.name) ? layer->sqnr_db.at(t.name) : compare(W, deq).sqnr_db;
           done = true;
         } catch (const Error& e) {
           // A shape the format cannot hold: keep this tensor in float and say why.
@@ -406,8 +488,14 @@ int main(int argc, char** argv) {
           if (calibrated_method(o) && row.note.find("calibration") != std::string::npos) throw;
         }
       }
-      if (!done) {  // copy unchanged
-        const io::ByteView b = in.bytes(t);
+      if (!done) {  // copy unchanged, or as AWQ folding changed it (in the tensor's dtype)
+        io::ByteView b = in.bytes(t);
+        std::vector<std::uint8_t> changed;
+        if (layer && layer->replaced.count(t.name)) {
+          changed = encode_floats(layer->replaced.at(t.name), t.dtype);
+          b = io::ByteView{changed.data(), changed.size()};
+          row.note += std::string(row.note.empty() ? "" : "; ") + "awq scales folded in";
+        }
         if (to_nibble) {
           if (is_float(t.dtype)) nw->add_raw(t.name, t.dtype, t.shape, b.data, b.size);
           else row.note = "dropped: nibble files hold float tensors only (dtype " + std::string(io::to_string(t.dtype)) + ")";
@@ -424,6 +512,7 @@ int main(int argc, char** argv) {
         }
       }
       in.release(t);
+      if (layer && --fold_pending[prefix_of_layer] == 0) folded.erase(prefix_of_layer);
       row.after = output_bytes() - out_before;
       written += row.after;
       row.bits = row.weights ? 8.0 * static_cast<double>(row.after) / static_cast<double>(row.weights) : 0.0;
@@ -448,7 +537,8 @@ int main(int argc, char** argv) {
       nw->set_metadata("nibble.group_size", o.group == kPerRow ? "row" : std::to_string(o.group));
       nw->set_metadata("nibble.source", o.in);
       if (o.method == "awq")
-        nw->set_metadata("nibble.awq_scales", "each <name>.awq_scale holds s; the weight is Q(W*diag(s)): divide inputs by s");
+        nw->set_metadata("nibble.awq_scales", "folded into the norms and v_proj/up_proj rows of llama-style layers; "
+                                              "where <name>.awq_scale exists the weight is Q(W*diag(s)): divide inputs by s");
       nw->finish();
     } else if (gw) {
       gw->finish();
