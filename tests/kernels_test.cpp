@@ -108,8 +108,11 @@ struct Shape {
 
 // K not a multiple of 32/64/group size, N not a multiple of the 8-row tile, tiny and
 // odd per-row groups, groups that are not a multiple of the 32-element block.
+// {40, 208, 16}: 520 groups, so eight consecutive groups of a row straddle a 256-group
+// block of double-quantized scales.
 const Shape kShapes[] = {{1, 1, 1},    {3, 7, 7},     {9, 30, 6},    {13, 67, 2},   {17, 130, 64},
-                         {8, 256, 128}, {11, 257, 32}, {5, 300, 100}, {21, 96, 96}, {7, 200, 16}};
+                         {8, 256, 128}, {11, 257, 32}, {5, 300, 100}, {21, 96, 96}, {7, 200, 16},
+                         {40, 208, 16}};
 const Codebook kCodebooks[] = {Codebook::int4_sym, Codebook::uint4_asym, Codebook::nf4, Codebook::fp4,
                                Codebook::iq4_nl};
 const ScaleFormat kScaleFormats[] = {ScaleFormat::f32, ScaleFormat::f16, ScaleFormat::bf16, ScaleFormat::dq8};

@@ -132,6 +132,39 @@ NIBBLE_TARGET_AVX2 inline float scale_at(const PackedMatrix& W, std::size_t i) {
   return W.scale(i);
 }
 
+// Scales of groups at .. at + 7 (f32, f16 or dq8), bit-identical to PackedMatrix::scale:
+// F16C conversion is exact, and double quantization is one fused multiply-add of the
+// map value and block absmax, as std::fma there.
+NIBBLE_TARGET_AVX2 inline __m256 decode8_scales(const PackedMatrix& W, std::size_t at) {
+  const ScaleArray& s = W.scales();
+  switch (W.scale_format()) {
+    case ScaleFormat::f32: return _mm256_loadu_ps(s.f32_values().data() + at);
+    case ScaleFormat::f16:
+      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s.raw16().data() + at)));
+    case ScaleFormat::dq8: {
+      // Gathers are slow on this AMD core (measured no faster than scalar decoding), so the
+      // eight map values are plain loads, and the block absmax is one broadcast unless the
+      // eight groups straddle a 256-group block.
+      const std::uint8_t* c = s.dq_codes().data() + at;
+      const float* map = dynamic_map().data();
+      const __m256 values = _mm256_setr_ps(map[c[0]], map[c[1]], map[c[2]], map[c[3]], map[c[4]], map[c[5]],
+                                           map[c[6]], map[c[7]]);
+      const float* a2 = s.dq_absmax2().data();
+      __m256 absmax2;
+      if (at / kDoubleQuantBlock == (at + 7) / kDoubleQuantBlock) {
+        absmax2 = _mm256_set1_ps(a2[at / kDoubleQuantBlock]);
+      } else {
+        alignas(32) float tmp[8];
+        for (std::size_t j = 0; j < 8; ++j) tmp[j] = a2[(at + j) / kDoubleQuantBlock];
+        absmax2 = _mm256_load_ps(tmp);
+      }
+      return _mm256_fmadd_ps(values, absmax2, _mm256_set1_ps(s.dq_offset()));
+    }
+    case ScaleFormat::bf16: break;
+  }
+  detail::throw_error("decode8_scales: unsupported scale format");
+}
+
 // Rows of tile t; batch rows [b0, b0 + NB).
 // sv / nov: per group, the 8 rows' scale·k and −offset.
 template <bool kTable, int NB>
@@ -306,21 +339,16 @@ NIBBLE_TARGET_AVX2 inline void fast_rows(const PackedMatrix& W, const PreparedAc
   for (std::size_t r = r0; r < r1; r += 8) {
     const std::size_t nr = std::min<std::size_t>(8, r1 - r), t = r / kTileRows;
     std::size_t g_done = 0;  // groups whose scales are already in sv
-    if (W.scale_format() == ScaleFormat::f16 || W.scale_format() == ScaleFormat::f32) {
-      // 8 groups × 8 rows at a time: convert each row's 8 scales (exactly, so the same
-      // values as half_to_float), multiply by k, and transpose into sv[8g + i].
+    if (W.scale_format() != ScaleFormat::bf16) {
+      // 8 groups × 8 rows at a time: decode each row's 8 scales with the same operations
+      // as PackedMatrix::decode_scales (so the same values), multiply by k, and transpose
+      // into sv[8g + i].
       std::size_t first[8];
       for (std::size_t i = 0; i < 8; ++i) first[i] = (r + std::min(i, nr - 1)) * G;  // padding rows reuse the last row
       const __m256 kv = _mm256_set1_ps(k);
       for (; g_done + 8 <= G; g_done += 8) {
         __m256 m[8];
-        for (std::size_t i = 0; i < 8; ++i) {
-          const std::size_t at = first[i] + g_done;
-          m[i] = W.scale_format() == ScaleFormat::f16
-                     ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W.scales().raw16().data() + at)))
-                     : _mm256_loadu_ps(W.scales().f32_values().data() + at);
-          m[i] = _mm256_mul_ps(m[i], kv);
-        }
+        for (std::size_t i = 0; i < 8; ++i) m[i] = _mm256_mul_ps(decode8_scales(W, first[i] + g_done), kv);
         transpose8(m);
         for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(sv.data() + 8 * (g_done + j), m[j]);
       }
