@@ -239,7 +239,8 @@ void register_all(bool quick) {
                                         {Codebook::int4_sym, ScaleFormat::dq8},
                                         {Codebook::uint4_asym, ScaleFormat::f16},
                                         {Codebook::nf4, ScaleFormat::f16},
-                                        {Codebook::fp4, ScaleFormat::f16}};
+                                        {Codebook::fp4, ScaleFormat::f16},
+                                        {Codebook::iq4_nl, ScaleFormat::f16}};
   struct Shape {
     std::size_t rows, cols;
   };
