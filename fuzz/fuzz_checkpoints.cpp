@@ -28,8 +28,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     for (const auto& t : r.tensors()) {
       if (ends_with(t.name, ".qweight")) {
         const std::string prefix = t.name.substr(0, t.name.size() - 8);
-        attempt([&] { read_gptq(r, prefix, GptqFormat::v1).dequantize(); });
-        attempt([&] { read_gptq(r, prefix, GptqFormat::v2).dequantize(); });
+        attempt([&] { read_gptq_layer(r, prefix, GptqFormat::v1).matrix.dequantize(); });
+        attempt([&] { read_gptq_layer(r, prefix, GptqFormat::v2).matrix.dequantize(); });
         attempt([&] { read_awq(r, prefix).dequantize(); });
       }
       for (const char* q : {".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4"})

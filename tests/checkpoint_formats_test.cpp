@@ -11,6 +11,8 @@
 #include <nibble/io/awq_checkpoint.hpp>
 #include <nibble/io/bnb_checkpoint.hpp>
 #include <nibble/io/gptq_checkpoint.hpp>
+#include <nibble/kernels/gemv.hpp>
+#include <nibble/quant/gptq.hpp>
 #include <nibble/quant/rtn.hpp>
 
 #include "test_util.hpp"
@@ -106,6 +108,58 @@ TEST(GptqCheckpoint, RejectsWhatItCannotRepresent) {
   std::remove((temp_path("rej.safetensors") + ".part").c_str());
 }
 
+// Act-order checkpoints (desc_act, permuted groups): written from a GPTQ result with an
+// input order, read back as the same matrix and order; the g_idx is what AutoGPTQ
+// writes, g_idx[input_order[j]] = j / group_size.
+TEST(GptqCheckpoint, ActOrderRoundTripsWithItsInputOrder) {
+  const Eigen::MatrixXf W = test::gaussian_matrix(16, 64, 11);
+  Eigen::MatrixXf X = test::gaussian_matrix(200, 64, 12);
+  for (Eigen::Index c = 0; c < 64; c += 5) X.col(c) *= 3.0f;
+  const Eigen::MatrixXd H = 2.0 / 200 * (X.cast<double>().transpose() * X.cast<double>());
+  GptqConfig g;
+  g.quant.codebook = Codebook::uint4_asym;
+  g.quant.group_size = 16;
+  g.quant.scale_format = ScaleFormat::f16;
+  g.act_order = g.permuted_groups = true;
+  const GptqResult res = gptq_quantize(W, H, g);
+  ASSERT_FALSE(res.input_order.empty());
+  const auto r = write_and_open("desc_act.safetensors", [&](SafetensorsWriter& w) {
+    io::write_gptq(w, "l", res.matrix, io::GptqFormat::v2, res.input_order);
+  });
+  const auto g_idx = r.values<std::int32_t>("l.g_idx", io::DType::I32);
+  for (std::size_t j = 0; j < 64; ++j) EXPECT_EQ(g_idx[res.input_order[j]], static_cast<std::int32_t>(j / 16));
+  // The file keeps each column's group, not the order inside a group (which does not
+  // matter): the reader lists a group's columns in ascending input order. Scales and
+  // zeros come back as they were, and the weight the layer stands for is identical.
+  const io::GptqLayer back = io::read_gptq_layer(r, "l", io::GptqFormat::v2);
+  for (std::size_t j = 0; j < 64; ++j) {
+    EXPECT_EQ(g_idx[back.input_order[j]], static_cast<std::int32_t>(j / 16));
+    if (j % 16 != 0) {
+      EXPECT_LT(back.input_order[j - 1], back.input_order[j]);
+    }
+  }
+  EXPECT_EQ(back.matrix.scales().raw16(), res.matrix.scales().raw16());
+  EXPECT_EQ(back.matrix.decoded_zeros(), res.matrix.decoded_zeros());
+  EXPECT_TRUE(gptq_dequantize(back.matrix, back.input_order).isApprox(gptq_dequantize(res), 0.0f));
+  // A plain read refuses, and names the function that can read it.
+  expect_error_containing([&] { io::read_gptq(r, "l", io::GptqFormat::v2); }, "read_gptq_layer");
+  // The kernels run it with the input gathered into that order.
+  const Eigen::VectorXf x = test::gaussian_matrix(64, 1, 13);
+  Eigen::VectorXf xp(64);
+  for (Eigen::Index j = 0; j < 64; ++j) xp[j] = x[back.input_order[static_cast<std::size_t>(j)]];
+  Eigen::VectorXf y(16);
+  gemv(PackedMatrix(back.matrix), xp.data(), y.data(), GemvOptions{ActivationMode::exact, 1});
+  const Eigen::VectorXf want = gptq_dequantize(res) * x;
+  EXPECT_LT((y - want).cwiseAbs().maxCoeff(), 1e-4f * want.cwiseAbs().maxCoeff());
+  expect_error_containing(
+      [&] {
+        SafetensorsWriter w(temp_path("bad.safetensors"));
+        io::write_gptq(w, "x", res.matrix, io::GptqFormat::v2, std::vector<std::uint32_t>(64, 0));
+      },
+      "not a permutation");
+  std::remove((temp_path("bad.safetensors") + ".part").c_str());
+}
+
 TEST(GptqCheckpoint, RejectsActOrderGIdxAndShapeLies) {
   const QuantizedMatrix m = make(Codebook::uint4_asym, 16, ScaleFormat::f16, 8, 32, 5);
   std::vector<std::int32_t> g_idx(32);
@@ -118,12 +172,23 @@ TEST(GptqCheckpoint, RejectsActOrderGIdxAndShapeLies) {
     w.add("act.qzeros", io::DType::I32, {2, 1}, qzeros.data(), 8);
     w.add("act.scales", io::DType::F16, {2, 8}, scales.data(), 32);
     w.add("act.g_idx", io::DType::I32, {32}, g_idx.data(), 128);
+    std::vector<std::int32_t> uneven(32, 1);
+    for (int i = 0; i < 10; ++i) uneven[i] = 0;  // groups of 10 and 22 columns: the last is longer
+    w.add("uneven.qweight", io::DType::I32, {4, 8}, qweight.data(), 128);
+    w.add("uneven.qzeros", io::DType::I32, {2, 1}, qzeros.data(), 8);
+    w.add("uneven.scales", io::DType::F16, {2, 8}, scales.data(), 32);
+    w.add("uneven.g_idx", io::DType::I32, {32}, uneven.data(), 128);
     w.add("lie.qweight", io::DType::I32, {4, 8}, qweight.data(), 128);
     w.add("lie.qzeros", io::DType::I32, {1, 2}, qzeros.data(), 8);
     w.add("lie.scales", io::DType::F16, {2, 8}, scales.data(), 32);
   });
   EXPECT_NO_THROW(io::read_gptq(r, "ok", io::GptqFormat::v2));
   expect_error_containing([&] { io::read_gptq(r, "act", io::GptqFormat::v2); }, "act-order");
+  // read_gptq_layer reads it: even columns form group 0, odd ones group 1.
+  const io::GptqLayer act = io::read_gptq_layer(r, "act", io::GptqFormat::v2);
+  for (std::uint32_t j = 0; j < 32; ++j) EXPECT_EQ(act.input_order[j], j < 16 ? 2 * j : 2 * (j - 16) + 1);
+  EXPECT_EQ(act.matrix.group_size(), 16u);
+  expect_error_containing([&] { io::read_gptq_layer(r, "uneven", io::GptqFormat::v2); }, "groups must have equal sizes");
   expect_error_containing([&] { io::read_gptq(r, "lie", io::GptqFormat::v2); }, "lie.qzeros' has shape [1 x 2]");
   expect_error_containing([&] { io::read_gptq(r, "missing", io::GptqFormat::v2); }, "no tensor named");
 }

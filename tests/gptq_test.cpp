@@ -71,9 +71,10 @@ struct Reference {
 
 // Straightforward unblocked GPTQ, written independently of the library's loop: full
 // inverse by LU, every column's update applied at once to all later columns, groups
-// fitted on the fully updated weights (dynamic) or on the original W (act_order).
+// fitted on the fully updated weights (dynamic, every gs processed columns) or on the
+// original W (act_order, unless permuted_groups).
 Reference reference_gptq(const Eigen::MatrixXf& W0, const Eigen::MatrixXd& H0, Codebook cb, int gs, bool act_order,
-                         double damp = 0.01) {
+                         double damp = 0.01, bool permuted_groups = false) {
   const Eigen::Index rows = W0.rows(), n = W0.cols();
   std::vector<Eigen::Index> perm(static_cast<std::size_t>(n));
   std::iota(perm.begin(), perm.end(), 0);
@@ -95,7 +96,7 @@ Reference reference_gptq(const Eigen::MatrixXf& W0, const Eigen::MatrixXd& H0, C
   for (Eigen::Index i = 0; i < n; ++i) {
     const Eigen::Index col = perm[static_cast<std::size_t>(i)];
     for (Eigen::Index r = 0; r < rows; ++r) {
-      if (act_order) {  // static groups: original W, original column order
+      if (act_order && !permuted_groups) {  // static groups: original W, original column order
         const Eigen::Index g0 = (col / gs) * gs, len = std::min<Eigen::Index>(gs, n - g0);
         std::vector<float> v(static_cast<std::size_t>(len));
         for (Eigen::Index j = 0; j < len; ++j) v[static_cast<std::size_t>(j)] = W0(r, g0 + j);
@@ -153,6 +154,37 @@ TEST(Gptq, MatchesUnblockedReferenceForEveryBlockSize) {
         EXPECT_NEAR(g.report.loss, ref.loss, 1e-9 * ref.loss);
       }
     }
+}
+
+// AutoGPTQ's desc_act without static groups: groups of 16 consecutive columns in the
+// descending-diag(H) order, fitted on updated weights; the matrix holds the columns in
+// that order and input_order maps them back.
+TEST(Gptq, PermutedGroupsMatchUnblockedReference) {
+  const Eigen::MatrixXf W = test::gaussian_matrix(12, 72, 2);  // 72 = 4·16 + 8: ragged group
+  const Eigen::MatrixXf X = correlated_activations(400, 72, 3);
+  const Eigen::MatrixXd H = hessian_of(X);
+  for (Codebook cb : {Codebook::uint4_asym, Codebook::nf4}) {
+    SCOPED_TRACE(to_string(cb));
+    const Reference ref = reference_gptq(W, H, cb, 16, true, 0.01, true);
+    GptqConfig c = gptq(quant(cb, 16), 7, true);
+    c.permuted_groups = true;
+    const GptqResult g = gptq_quantize(W, H, c);
+    ASSERT_EQ(g.input_order.size(), 72u);
+    std::vector<std::uint32_t> sorted = g.input_order;
+    std::sort(sorted.begin(), sorted.end());
+    for (std::uint32_t i = 0; i < 72; ++i) ASSERT_EQ(sorted[i], i);  // a permutation
+    for (std::size_t j = 1; j < 72; ++j)                             // by descending diag H
+      EXPECT_GE(H(g.input_order[j - 1], g.input_order[j - 1]), H(g.input_order[j], g.input_order[j]));
+    const Eigen::MatrixXf deq = gptq_dequantize(g);
+    EXPECT_LT((deq - ref.dequantized).cwiseAbs().maxCoeff(), 1e-6f);
+    for (Eigen::Index r = 0; r < 12; ++r)
+      for (std::size_t j = 0; j < 72; ++j)
+        EXPECT_EQ(g.matrix.code(static_cast<std::size_t>(r), j), ref.codes[static_cast<std::size_t>(r) * 72 + g.input_order[j]]);
+    EXPECT_NEAR(g.report.loss, ref.loss, 1e-9 * ref.loss);
+    // Better than RTN on the layer output.
+    const Eigen::MatrixXf rtn = quantize(W, quant(cb, 16)).dequantize();
+    EXPECT_LT((X * (W - deq).transpose()).squaredNorm(), (X * (W - rtn).transpose()).squaredNorm());
+  }
 }
 
 // loss = ½ Σ e² equals ½ tr(ΔW·H_damped·ΔWᵀ) for the stored matrix — which only holds

@@ -181,6 +181,22 @@ TEST_F(CliTest, CalibratedMethodsMatchTheLibrary) {
   const QuantizedMatrix expected = gptq_quantize(W, acc.hessian(), g).matrix;
   EXPECT_EQ(io::NibbleFileReader::open(out).load("model.layers.0.mlp.up_proj.weight").codes(), expected.codes());
 
+  // --act-order into a GPTQ checkpoint: groups follow the processing order (desc_act).
+  const std::string act = kDir + "cli_act.safetensors";
+  ASSERT_EQ(run(kInput + " " + act + " --format gptq --method gptq --act-order --group 32 --calib " + kCalib, &log), 0)
+      << log;
+  g.act_order = g.permuted_groups = true;
+  g.quant.codebook = Codebook::uint4_asym;
+  const GptqResult act_expected = gptq_quantize(W, acc.hessian(), g);
+  const auto ra = io::SafetensorsReader::open(act);
+  const io::GptqLayer layer = io::read_gptq_layer(ra, "model.layers.0.mlp.up_proj", io::GptqFormat::v2);
+  EXPECT_FALSE(layer.input_order.empty());
+  EXPECT_TRUE(gptq_dequantize(layer.matrix, layer.input_order).isApprox(gptq_dequantize(act_expected), 0.0f));
+  EXPECT_NE(ra.metadata().at("quantization_config").find("\"desc_act\": true"), std::string::npos);
+  std::remove(act.c_str());
+  std::remove((act + ".quantization_config.json").c_str());
+  EXPECT_EQ(run(kInput + " " + act + " --act-order", &log), 2);  // only with --method gptq
+
   ASSERT_EQ(run(kInput + " " + out + " --method awq --group 32 --calib " + kCalib, &log), 0) << log;
   const auto r = io::NibbleFileReader::open(out);
   AwqConfig a;

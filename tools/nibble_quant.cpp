@@ -72,6 +72,10 @@ options:
   --asym         uint4 with a zero point per group (default for gptq/awq formats)
   --sym          int4 symmetric (default otherwise)
   --double-quant nf4/fp4 only: 8-bit quantized scales (QLoRA double quantization)
+  --act-order    gptq only: quantize columns by descending activation energy. With
+                 --format gptq / gptq-v1 the groups follow that order and g_idx records
+                 it (AutoGPTQ desc_act=True); other formats keep contiguous groups
+                 (static groups, no g_idx needed)
   --calib FILE   calibration activations for --method gptq/awq: a safetensors file with a
                  tokens x in_features matrix per weight, named like the weight
                  (e.g. "model.layers.0.mlp.up_proj.weight"), or shared by every weight
@@ -89,7 +93,7 @@ gguf-q4_0) are kept in float and reported; nothing is dropped silently.
 struct Options {
   std::string in, out, format, method = "rtn", calib;
   int group = 128;
-  bool group_given = false, asym = false, sym = false, double_quant = false, default_skip = true;
+  bool group_given = false, asym = false, sym = false, double_quant = false, default_skip = true, act_order = false;
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   std::vector<std::string> skip;
 };
@@ -131,6 +135,7 @@ Options parse(int argc, char** argv) {
     } else if (a == "--asym") o.asym = true;
     else if (a == "--sym") o.sym = true;
     else if (a == "--double-quant") o.double_quant = true;
+    else if (a == "--act-order") o.act_order = true;
     else if (a == "--calib") o.calib = value();
     else if (a == "--threads") {
       o.threads = std::atoi(value().c_str());
@@ -166,6 +171,7 @@ Options parse(int argc, char** argv) {
     usage_error("--method " + o.method + " needs calibration activations: --calib FILE (see --help for the tensor naming)");
   if (!calibrated && !o.calib.empty()) usage_error("--calib is only used by --method gptq and awq");
   if (o.double_quant && o.method != "nf4" && o.method != "fp4") usage_error("--double-quant applies to --method nf4 or fp4");
+  if (o.act_order && o.method != "gptq") usage_error("--act-order applies to --method gptq");
   if (o.format == "gguf-iq4_nl" && o.method != "rtn" && o.method != "clip" && o.method != "gptq" && o.method != "awq")
     usage_error("gguf-iq4_nl stores llama.cpp's non-linear table: use --method rtn (llama.cpp's own fit), clip, gptq or awq");
   if (o.format == "gguf-iq4_nl" && o.asym) usage_error("gguf-iq4_nl has no zero points: drop --asym");
@@ -371,6 +377,7 @@ int main(int argc, char** argv) {
     if (o.format == "gguf-iq4_nl") qc.codebook = Codebook::iq4_nl;
 
     const bool to_nibble = o.format == "nibble", to_gguf = o.format.rfind("gguf", 0) == 0;
+    const bool gptq_format = o.format == "gptq" || o.format == "gptq-v1";
     std::unique_ptr<io::NibbleFileWriter> nw;
     std::unique_ptr<io::GgufWriter> gw;
     std::unique_ptr<io::SafetensorsWriter> sw;
@@ -423,6 +430,7 @@ int main(int argc, char** argv) {
           row.note = "group = row (" + std::to_string(C) + ")";
         }
         std::vector<float> awq_scale;
+        std::vector<std::uint32_t> input_order;  // GPTQ act-order with permuted groups
         try {
           Eigen::MatrixXf deq;
           QuantizedMatrix q;
@@ -457,12 +465,16 @@ int main(int argc, char** argv) {
             GptqConfig gc;
             gc.quant = qc_t;
             gc.threads = o.threads;
-            q = gptq_quantize(W, acc.hessian(), gc).matrix;
+            gc.act_order = o.act_order;
+            gc.permuted_groups = o.act_order && gptq_format;  // only GPTQ checkpoints have a g_idx
+            GptqResult res = gptq_quantize(W, acc.hessian(), gc);
+            q = std::move(res.matrix);
+            input_order = std::move(res.input_order);
           } else {
             q = rtn_parallel(W, qc_t, o.threads);
           }
           if (awq_scale.empty()) {
-            deq = q.dequantize();
+            deq = gptq_dequantize(q, input_order);
           } else {  // the effective weight in the original input space: Q·diag(s)⁻¹
             deq = awq_dequantize(q, Eigen::Map<const Eigen::VectorXf>(awq_scale.data(), static_cast<Eigen::Index>(C)));
           }
@@ -473,8 +485,8 @@ int main(int argc, char** argv) {
           }
           else if (o.format == "gguf-q4_0") gw->add_q4_0(t.name, q);
           else if (o.format == "gguf-iq4_nl") gw->add_iq4_nl(t.name, q);
-          else if (o.format == "gptq") io::write_gptq(*sw, prefix, q, io::GptqFormat::v2);
-          else if (o.format == "gptq-v1") io::write_gptq(*sw, prefix, q, io::GptqFormat::v1);
+          else if (o.format == "gptq") io::write_gptq(*sw, prefix, q, io::GptqFormat::v2, input_order);
+          else if (o.format == "gptq-v1") io::write_gptq(*sw, prefix, q, io::GptqFormat::v1, input_order);
           else if (o.format == "awq") io::write_awq(*sw, prefix, q);
           else io::write_bnb(*sw, t.name, q, t.dtype == io::DType::F32 ? "float32" : t.dtype == io::DType::F16 ? "float16" : "bfloat16");
           row.quantized = true;
@@ -529,7 +541,7 @@ int main(int argc, char** argv) {
     std::string config;
     if (o.format == "gptq" || o.format == "gptq-v1")
       config = io::gptq_quantize_config(o.group == kPerRow ? -1 : o.group, !o.asym,
-                                        o.format == "gptq" ? io::GptqFormat::v2 : io::GptqFormat::v1);
+                                        o.format == "gptq" ? io::GptqFormat::v2 : io::GptqFormat::v1, o.act_order);
     else if (o.format == "awq") config = io::awq_quantization_config(o.group);
     else if (o.format == "bnb-nf4") config = io::bnb_quantization_config(o.method == "nf4", o.double_quant);
     if (nw) {

@@ -58,11 +58,14 @@ def main(d):
     shifts = np.arange(8, dtype=np.uint32) * 4
     for fname, v1 in (("gptq_v1.safetensors", True), ("gptq_v2.safetensors", False)):
         f = load_file(f"{d}/{fname}")
-        for layer in ("model.layers.0.mlp.up_proj", "model.layers.0.self_attn.q_proj"):
+        for layer in ("model.layers.0.mlp.up_proj", "model.layers.0.self_attn.q_proj",
+                      "model.layers.0.self_attn.k_proj"):  # k_proj: act-order g_idx
             qweight = f[layer + ".qweight"].view(np.uint32)  # [in/8, out]
             qzeros = f[layer + ".qzeros"].view(np.uint32)    # [G, out/8]
             scales = f[layer + ".scales"].astype(np.float32) # [G, out]
             g_idx = f[layer + ".g_idx"]                      # [in]
+            if layer.endswith("k_proj"):
+                check(f"{fname} {layer} g_idx is an act-order layout", bool(np.any(np.diff(g_idx) < 0)))
             q = ((qweight[:, None, :] >> shifts[None, :, None]) & 15).reshape(-1, qweight.shape[1])  # [in, out]
             z = ((qzeros[:, :, None] >> shifts[None, None, :]) & 15).reshape(qzeros.shape[0], -1)   # [G, out]
             if v1:

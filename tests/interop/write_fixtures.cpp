@@ -12,6 +12,7 @@
 #include <nibble/io/bnb_checkpoint.hpp>
 #include <nibble/io/gguf.hpp>
 #include <nibble/io/gptq_checkpoint.hpp>
+#include <nibble/quant/gptq.hpp>
 #include <nibble/quant/rtn.hpp>
 
 #include "../test_util.hpp"
@@ -76,9 +77,21 @@ int main(int argc, char** argv) {
       w.set_metadata("quantize_config", io::gptq_quantize_config(32, false, format));
       io::write_gptq(w, "model.layers.0.mlp.up_proj", qa, format);
       io::write_gptq(w, "model.layers.0.self_attn.q_proj", qb, format);
+      // An act-order layer (desc_act, permuted groups) whose g_idx is not i / group_size.
+      const Eigen::MatrixXf C = test::gaussian_matrix(8, 64, 9);
+      Eigen::MatrixXf X = test::gaussian_matrix(128, 64, 10);
+      for (Eigen::Index c = 0; c < 64; c += 3) X.col(c) *= 3.0f;
+      GptqConfig g;
+      g.quant.codebook = Codebook::uint4_asym;
+      g.quant.group_size = 16;
+      g.quant.scale_format = ScaleFormat::f16;
+      g.act_order = g.permuted_groups = true;
+      const GptqResult qc = gptq_quantize(C, 2.0 / 128 * (X.cast<double>().transpose() * X.cast<double>()), g);
+      io::write_gptq(w, "model.layers.0.self_attn.k_proj", qc.matrix, format, qc.input_order);
       w.finish();
       expected.add(file, "model.layers.0.mlp.up_proj", A, qa.dequantize());
       expected.add(file, "model.layers.0.self_attn.q_proj", B, qb.dequantize());
+      expected.add(file, "model.layers.0.self_attn.k_proj", C, gptq_dequantize(qc));
     }
     {
       const Eigen::MatrixXf A = test::gaussian_matrix(24, 256, 6, 0.1f);

@@ -18,9 +18,13 @@
 //     current block (their pending block update is applied first). The reference reads
 //     stale values there when group_size < block_size. Result: any block_size gives the
 //     same math as the unblocked algorithm.
-//   - act_order always uses static groups (parameters fitted on the original W in
+//   - act_order uses static groups by default (parameters fitted on the original W in
 //     original column order, before any update), so a stored group is a contiguous
-//     column range and inference needs no g_idx.
+//     column range and inference needs no g_idx. permuted_groups instead forms groups
+//     along the processing order, from updated weights (AutoGPTQ's desc_act without
+//     static_groups, whose checkpoints carry a non-monotonic g_idx): the returned
+//     matrix then holds the columns in processing order and input_order says which
+//     input each column reads, y = Q · x[input_order].
 //   - Group parameters come from fit_group / fit_group_mse (the library's RTN rules):
 //     uint4_asym is GPTQ's min/max widened to contain 0; int4_sym, NF4 and FP4 work
 //     the same way, and the error fed back is always the dequantized value.
@@ -66,7 +70,8 @@ struct GptqConfig {
   double damp = 0.01;                 // fraction of mean(diag H) added to the diagonal
   int block_size = 128;               // lazy-batch width (any value >= 1 gives the same math)
   bool act_order = false;             // descending diag H order; implies static groups
-  bool static_groups = false;         // group params from the original W (always on with act_order)
+  bool static_groups = false;         // group params from the original W (on with act_order ...)
+  bool permuted_groups = false;       // ... unless this: act_order groups along the processing order
   int max_damp_retries = 10;          // on Cholesky failure: damp doubles (at least 0.01) per retry
   bool allow_rtn_fallback = false;    // after the retries: RTN instead of nibble::Error
   int threads = 1;
@@ -87,7 +92,22 @@ struct GptqReport {
 struct GptqResult {
   QuantizedMatrix matrix;
   GptqReport report;
+  // Empty, or (permuted_groups) column j of matrix belongs to input column input_order[j].
+  std::vector<std::uint32_t> input_order;
 };
+
+// The weight a matrix with an input order stands for, in the original input order
+// (column j of m becomes column input_order[j]; an empty order is the identity).
+inline Eigen::MatrixXf gptq_dequantize(const QuantizedMatrix& m, const std::vector<std::uint32_t>& input_order) {
+  const Eigen::MatrixXf q = m.dequantize();
+  if (input_order.empty()) return q;
+  detail::require(input_order.size() == m.cols(), "gptq_dequantize: input_order has ", input_order.size(),
+                  " entries for ", m.cols(), " columns");
+  Eigen::MatrixXf w(q.rows(), q.cols());
+  for (Eigen::Index j = 0; j < q.cols(); ++j) w.col(input_order[static_cast<std::size_t>(j)]) = q.col(j);
+  return w;
+}
+inline Eigen::MatrixXf gptq_dequantize(const GptqResult& r) { return gptq_dequantize(r.matrix, r.input_order); }
 
 using RowMatrixXd = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
@@ -293,6 +313,27 @@ GptqResult gptq_quantize(const Eigen::MatrixBase<Derived>& W_in, const Eigen::Ma
     detail::require(cfg.quant.clip.step > 0.0f && cfg.quant.clip.min_shrink > 0.0f && cfg.quant.clip.min_shrink <= 1.0f,
                     "clip search needs 0 < min_shrink <= 1 and step > 0");
 
+  if (cfg.act_order && cfg.permuted_groups) {
+    // Dynamic groups in processing order are plain GPTQ on the permuted problem.
+    std::vector<std::uint32_t> order(cols);
+    std::iota(order.begin(), order.end(), 0u);
+    auto diag = [&](std::uint32_t c) { return H_in(c, c) == 0.0 ? 1.0 : H_in(c, c); };  // dead inputs count as 1
+    std::stable_sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) { return diag(a) > diag(b); });
+    RowMatrixXf Wp(W.rows(), W.cols());
+    Eigen::MatrixXd Hp(n, n);
+    const Eigen::MatrixXd H_full = H_in.selfadjointView<Eigen::Lower>();
+    for (Eigen::Index j = 0; j < n; ++j) {
+      Wp.col(j) = W.col(order[static_cast<std::size_t>(j)]);
+      for (Eigen::Index i = 0; i < n; ++i) Hp(i, j) = H_full(order[static_cast<std::size_t>(i)], order[static_cast<std::size_t>(j)]);
+    }
+    GptqConfig plain = cfg;
+    plain.act_order = plain.permuted_groups = plain.static_groups = false;
+    GptqResult result = gptq_quantize(Wp, Hp, plain);
+    if (!result.report.fell_back_to_rtn) result.input_order = std::move(order);
+    else result.matrix = quantize(W, cfg.quant);  // RTN needs no order
+    return result;
+  }
+
   detail::GptqPlan plan;
   plan.rows = rows;
   plan.cols = cols;
@@ -355,7 +396,7 @@ GptqResult gptq_quantize(const Eigen::MatrixBase<Derived>& W_in, const Eigen::Ma
     report.fell_back_to_rtn = true;
     report.damp_used = rel;
     report.loss = 0.5 * (delta * H_full).cwiseProduct(delta).sum();
-    return {std::move(q), report};
+    return {std::move(q), report, {}};
   }
   report.damp_used = rel;
 
@@ -394,7 +435,7 @@ GptqResult gptq_quantize(const Eigen::MatrixBase<Derived>& W_in, const Eigen::Ma
   }
   return {QuantizedMatrix(rows, cols, plan.group_size, plan.codebook, std::move(packed), std::move(stored),
                           std::move(zeros)),
-          report};
+          report, {}};
 }
 
 }  // namespace nibble
