@@ -32,6 +32,20 @@ RowMatrixXf weight(Eigen::Index rows, Eigen::Index cols, std::uint32_t seed) {
 
 int run(const std::string& args, std::string* log = nullptr) { return test::run_cli(args, log); }
 
+// What the library's GPTQ makes of up_proj (32 x 128) with its calibration tensor
+// "in_features.128", group 32, f16 scales: the reference for the CLI's gptq output.
+GptqResult library_gptq_up_proj(Codebook codebook, bool act_order = false, bool permuted_groups = false) {
+  HessianAccumulator acc(128);
+  acc.add(test::gaussian_matrix(96, 128, 10 + 128));
+  GptqConfig g;
+  g.quant.group_size = 32;
+  g.quant.codebook = codebook;
+  g.quant.scale_format = ScaleFormat::f16;
+  g.act_order = act_order;
+  g.permuted_groups = permuted_groups;
+  return gptq_quantize(weight(32, 128, 2), acc.hessian(), g);
+}
+
 class CliTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -107,14 +121,7 @@ TEST_F(CliTest, GgufIq4NlWithLlamaCppFitOrGptq) {
   }
   // GPTQ on the IQ4_NL grid: the file holds exactly what the library computes.
   ASSERT_EQ(run(kInput + " " + out + " --format gguf-iq4_nl --method gptq --calib " + kCalib, &log), 0) << log;
-  const RowMatrixXf W = weight(32, 128, 2), X = test::gaussian_matrix(96, 128, 10 + 128);
-  HessianAccumulator acc(128);
-  acc.add(X);
-  GptqConfig g;
-  g.quant.group_size = 32;
-  g.quant.codebook = Codebook::iq4_nl;
-  g.quant.scale_format = ScaleFormat::f16;
-  const QuantizedMatrix expected = gptq_quantize(W, acc.hessian(), g).matrix;
+  const QuantizedMatrix expected = library_gptq_up_proj(Codebook::iq4_nl).matrix;
   const QuantizedMatrix got = io::GgufReader::open(out).load_quantized("model.layers.0.mlp.up_proj.weight");
   EXPECT_EQ(got.codes(), expected.codes());
   EXPECT_EQ(got.scales().raw16(), expected.scales().raw16());
@@ -172,22 +179,14 @@ TEST_F(CliTest, CalibratedMethodsMatchTheLibrary) {
   std::string log;
   const std::string out = kDir + "cli_gptq.nibble";
   ASSERT_EQ(run(kInput + " " + out + " --method gptq --group 32 --threads 2 --calib " + kCalib, &log), 0) << log;
-  const RowMatrixXf W = weight(32, 128, 2), X = test::gaussian_matrix(96, 128, 10 + 128);
-  HessianAccumulator acc(128);
-  acc.add(X);
-  GptqConfig g;
-  g.quant.group_size = 32;
-  g.quant.scale_format = ScaleFormat::f16;
-  const QuantizedMatrix expected = gptq_quantize(W, acc.hessian(), g).matrix;
+  const QuantizedMatrix expected = library_gptq_up_proj(Codebook::int4_sym).matrix;
   EXPECT_EQ(io::NibbleFileReader::open(out).load("model.layers.0.mlp.up_proj.weight").codes(), expected.codes());
 
   // --act-order into a GPTQ checkpoint: groups follow the processing order (desc_act).
   const std::string act = kDir + "cli_act.safetensors";
   ASSERT_EQ(run(kInput + " " + act + " --format gptq --method gptq --act-order --group 32 --calib " + kCalib, &log), 0)
       << log;
-  g.act_order = g.permuted_groups = true;
-  g.quant.codebook = Codebook::uint4_asym;
-  const GptqResult act_expected = gptq_quantize(W, acc.hessian(), g);
+  const GptqResult act_expected = library_gptq_up_proj(Codebook::uint4_asym, true, true);
   const auto ra = io::SafetensorsReader::open(act);
   const io::GptqLayer layer = io::read_gptq_layer(ra, "model.layers.0.mlp.up_proj", io::GptqFormat::v2);
   EXPECT_FALSE(layer.input_order.empty());
@@ -199,6 +198,7 @@ TEST_F(CliTest, CalibratedMethodsMatchTheLibrary) {
 
   ASSERT_EQ(run(kInput + " " + out + " --method awq --group 32 --calib " + kCalib, &log), 0) << log;
   const auto r = io::NibbleFileReader::open(out);
+  const RowMatrixXf W = weight(32, 128, 2), X = test::gaussian_matrix(96, 128, 10 + 128);
   AwqConfig a;
   a.quant.group_size = 32;
   a.quant.codebook = Codebook::int4_sym;
