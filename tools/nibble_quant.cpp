@@ -434,7 +434,8 @@ int main(int argc, char** argv) {
         try {
           Eigen::MatrixXf deq;
           QuantizedMatrix q;
-          if (layer && layer->quantized.count(t.name)) {
+          const bool from_fold = layer && layer->quantized.count(t.name);  // its SQNR is known already
+          if (from_fold) {
             q = std::move(layer->quantized.at(t.name));  // Q(W·diag(s)), s folded upstream
           } else if (o.format == "gguf-q4_0" && o.method == "rtn") {
             q = io::quantize_q4_0(W);  // byte-identical to llama.cpp's reference
@@ -473,11 +474,11 @@ int main(int argc, char** argv) {
           } else {
             q = rtn_parallel(W, qc_t, o.threads);
           }
-          if (awq_scale.empty()) {
-            deq = gptq_dequantize(q, input_order);
-          } else {  // the effective weight in the original input space: Q·diag(s)⁻¹
-            deq = awq_dequantize(q, Eigen::Map<const Eigen::VectorXf>(awq_scale.data(), static_cast<Eigen::Index>(C)));
-          }
+          // The effective weight in the original input space (AWQ: Q·diag(s)⁻¹), for the SQNR.
+          if (!from_fold)
+            deq = awq_scale.empty() ? gptq_dequantize(q, input_order)
+                                    : awq_dequantize(q, Eigen::Map<const Eigen::VectorXf>(
+                                                            awq_scale.data(), static_cast<Eigen::Index>(C)));
           const std::string prefix = ends_with(t.name, ".weight") ? t.name.substr(0, t.name.size() - 7) : t.name;
           if (to_nibble) {
             nw->add(t.name, q);
@@ -490,7 +491,7 @@ int main(int argc, char** argv) {
           else if (o.format == "awq") io::write_awq(*sw, prefix, q);
           else io::write_bnb(*sw, t.name, q, t.dtype == io::DType::F32 ? "float32" : t.dtype == io::DType::F16 ? "float16" : "bfloat16");
           row.quantized = true;
-          row.sqnr = layer && layer->sqnr_db.count(t.name) ? layer->sqnr_db.at(t.name) : compare(W, deq).sqnr_db;
+          row.sqnr = from_fold ? layer->sqnr_db.at(t.name) : compare(W, deq).sqnr_db;
           done = true;
         } catch (const Error& e) {
           // A shape the format cannot hold: keep this tensor in float and say why.
