@@ -141,10 +141,14 @@ AwqFoldedLayer awq_fold_layer(const nibble::io::SafetensorsReader& in, const std
     // 2. Fold 1/s into the producer of the input.
     if (g.fold_into_rows) {
       linears.at(g.fold_into).row_s = s;  // the producer is itself a linear of this layer
-      const std::string bias = g.fold_into.substr(0, g.fold_into.size() - 7) + ".bias";
-      if (in.contains(bias)) vectors[bias] = in.floats(bias);
-      if (vectors.count(bias))
-        for (std::size_t i = 0; i < vectors[bias].size(); ++i) vectors[bias][i] /= s[static_cast<Eigen::Index>(i)];
+      const std::string bias = g.fold_into.substr(0, g.fold_into.size() - 7) + ".bias";  // "<linear>.weight"
+      if (in.contains(bias)) {
+        std::vector<float> b = in.floats(bias);
+        nibble::detail::require(b.size() == static_cast<std::size_t>(s.size()), "AWQ fold: '", bias, "' has ", b.size(),
+                                " entries, expected ", s.size());
+        for (std::size_t i = 0; i < b.size(); ++i) b[i] /= s[static_cast<Eigen::Index>(i)];
+        vectors[bias] = std::move(b);
+      }
     } else {
       std::vector<float> gain = in.floats(g.fold_into);
       Eigen::Map<Eigen::VectorXf> gv(gain.data(), static_cast<Eigen::Index>(gain.size()));
