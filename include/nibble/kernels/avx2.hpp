@@ -165,6 +165,29 @@ NIBBLE_TARGET_AVX2 inline __m256 decode8_scales(const PackedMatrix& W, std::size
   detail::throw_error("decode8_scales: unsupported scale format");
 }
 
+// −zero of groups at .. at + 7 for uint4 zero points, the values
+// PackedMatrix::decode_negated_offsets gives. Group a's zero is the nibble at a in the
+// canonical order (high nibble of byte a/2 when a is even): with p = (at & 1) + k, lane
+// k takes bits 8·(p/2) + (p even ? 4 : 0) of the bytes from at/2 on.
+NIBBLE_TARGET_AVX2 inline __m256 negated_zeros8(const PackedMatrix& W, std::size_t at) {
+  const std::vector<std::uint8_t>& packed = W.zeros().packed;
+  std::uint8_t bytes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::memcpy(bytes, packed.data() + at / 2, std::min<std::size_t>(8, packed.size() - at / 2));
+  std::int32_t lo, hi;  // bytes 0-3 and 4-7
+  std::memcpy(&lo, bytes, 4);
+  std::memcpy(&hi, bytes + 4, 4);
+  __m256i v, shift;
+  if (at % 2 == 0) {
+    v = _mm256_set1_epi32(lo);
+    shift = _mm256_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24);
+  } else {  // the eighth nibble is the high half of byte 4
+    v = _mm256_setr_epi32(lo, lo, lo, lo, lo, lo, lo, hi);
+    shift = _mm256_setr_epi32(0, 12, 8, 20, 16, 28, 24, 4);
+  }
+  const __m256i zeros = _mm256_and_si256(_mm256_srlv_epi32(v, shift), _mm256_set1_epi32(0x0F));
+  return _mm256_xor_ps(_mm256_cvtepi32_ps(zeros), _mm256_set1_ps(-0.0f));  // −z, also −0 for 0 as in the scalar code
+}
+
 // Rows of tile t; batch rows [b0, b0 + NB).
 // sv / nov: per group, the 8 rows' scale·k and −offset.
 template <bool kTable, int NB>
@@ -353,6 +376,17 @@ NIBBLE_TARGET_AVX2 inline void fast_rows(const PackedMatrix& W, const PreparedAc
         for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(sv.data() + 8 * (g_done + j), m[j]);
       }
     }
+    std::size_t nov_done = 0;  // groups whose −offsets are already in nov (uint4 zero points, the same way)
+    if (W.codebook() == Codebook::uint4_asym && W.zeros().format == ZeroFormat::uint4) {
+      std::size_t first[8];
+      for (std::size_t i = 0; i < 8; ++i) first[i] = (r + std::min(i, nr - 1)) * G;
+      for (; nov_done + 8 <= G; nov_done += 8) {
+        __m256 m[8];
+        for (std::size_t i = 0; i < 8; ++i) m[i] = negated_zeros8(W, first[i] + nov_done);
+        transpose8(m);
+        for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(nov.data() + 8 * (nov_done + j), m[j]);
+      }
+    }
     for (std::size_t i = 0; i < 8; ++i) {
       const std::size_t first = (r + std::min(i, nr - 1)) * G;  // padding rows reuse the last row's scales
       if (W.scale_format() == ScaleFormat::f16) {
@@ -362,7 +396,8 @@ NIBBLE_TARGET_AVX2 inline void fast_rows(const PackedMatrix& W, const PreparedAc
         W.decode_scales(first + g_done, G - g_done, k, sv.data() + 8 * g_done + i, 8);
       }
       // Offsets vary by row only for uint4_asym; otherwise the first tile's fill stays.
-      if (W.codebook() == Codebook::uint4_asym || r == r0) W.decode_negated_offsets(first, G, nov.data() + i, 8);
+      if (W.codebook() == Codebook::uint4_asym || r == r0)
+        W.decode_negated_offsets(first + nov_done, G - nov_done, nov.data() + 8 * nov_done + i, 8);
     }
     std::size_t b = 0;
     while (b < p.batch) {

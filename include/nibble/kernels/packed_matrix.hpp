@@ -203,10 +203,14 @@ class PackedMatrix {
     }
   }
 
-  // −offset(i0 + j) → out[j·stride] for j < n.
+  // −offset(i0 + j) → out[j·stride] for j < n (the same values as offset(); the zero
+  // format switch is hoisted out of the loop, which runs once per row and tile).
   void decode_negated_offsets(std::size_t i0, std::size_t n, float* out, std::size_t stride) const {
-    if (codebook_ == Codebook::uint4_asym) {
-      for (std::size_t j = 0; j < n; ++j) out[j * stride] = -offset(i0 + j);
+    if (codebook_ == Codebook::uint4_asym && zeros_.format == ZeroFormat::uint4) {
+      const std::uint8_t* packed = zeros_.packed.data();
+      for (std::size_t j = 0; j < n; ++j) out[j * stride] = -static_cast<float>(get_nibble(packed, i0 + j));
+    } else if (codebook_ == Codebook::uint4_asym) {
+      for (std::size_t j = 0; j < n; ++j) out[j * stride] = -zeros_.values.get(i0 + j);
     } else {
       const float v = -offset(i0);
       for (std::size_t j = 0; j < n; ++j) out[j * stride] = v;
