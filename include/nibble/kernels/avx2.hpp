@@ -126,6 +126,27 @@ NIBBLE_TARGET_AVX2 inline __m256i pair_dot(const std::uint8_t* row, __m256i qe, 
     return _mm256_add_epi16(_mm256_maddubs_epi16(hi, qe), _mm256_maddubs_epi16(lo, qo));
 }
 
+// Activations of two consecutive blocks (slot, slot + 1; de-interleaved, 32 int8 each)
+// for the pair paths: bytes at + 0..15 of block A in the low lane, of block B in the
+// high lane (at 0: even elements, 16: odd elements).
+NIBBLE_TARGET_AVX2 inline __m256i pair_activations(const std::int8_t* qa, std::size_t at) {
+  return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + at))),
+                                 _mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 32 + at)), 1);
+}
+
+// a += d_A·(isum_A − off·Σq_A), then the same for block B, one row per lane, in the
+// scalar reference's order. s0123 / s4567 hold rows 0..3 / 4..7, block A in the low
+// lane and B in the high one.
+NIBBLE_TARGET_AVX2 inline __m256 accumulate_pair(__m256 a, __m256i s0123, __m256i s4567, __m256 neg_off,
+                                                 const PreparedActivations& p, std::size_t slot) {
+  const __m256 isum_a = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x20));
+  const __m256 isum_b = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x31));
+  const __m256 ta = _mm256_fmadd_ps(neg_off, _mm256_broadcast_ss(&p.qsum_f[slot]), isum_a);
+  a = _mm256_fmadd_ps(_mm256_broadcast_ss(&p.d[slot]), ta, a);
+  const __m256 tb = _mm256_fmadd_ps(neg_off, _mm256_broadcast_ss(&p.qsum_f[slot + 1]), isum_b);
+  return _mm256_fmadd_ps(_mm256_broadcast_ss(&p.d[slot + 1]), tb, a);
+}
+
 // Scale of group i as every path decodes it (F16C here; the same value as half_to_float).
 NIBBLE_TARGET_AVX2 inline float scale_at(const PackedMatrix& W, std::size_t i) {
   if (W.scale_format() == ScaleFormat::f16) return _cvtsh_ss(W.scales().raw16()[i]);
@@ -221,12 +242,7 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
         // One activation row: decode and multiply each row at once (few live registers).
         const std::size_t slot = b0 * nb + blk;
         const std::int8_t* qa = p.q.data() + slot * kActivationBlock;
-        const __m256i qe = _mm256_inserti128_si256(
-            _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qa))),
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 32)), 1);
-        const __m256i qo = _mm256_inserti128_si256(
-            _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 16))),
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 48)), 1);
+        const __m256i qe = pair_activations(qa, 0), qo = pair_activations(qa, 16);
         // Rows are paired into hadds as soon as both are done, so fewer vectors are
         // live at once (all eight partial vectors live spilled to the stack).
         const __m256i h01 = _mm256_hadd_epi16(pair_dot<false>(tile_chunk + 0 * kChunkBytes, qe, qo, table),
@@ -241,12 +257,7 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
         const __m256i ones = _mm256_set1_epi16(1);
         const __m256i s0123 = _mm256_madd_epi16(h0123, ones);
         const __m256i s4567 = _mm256_madd_epi16(_mm256_hadd_epi16(h45, h67), ones);
-        const __m256 isum_a = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x20));
-        const __m256 isum_b = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x31));
-        const __m256 ta = _mm256_fmadd_ps(neg_off, _mm256_broadcast_ss(&p.qsum_f[slot]), isum_a);
-        a[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&p.d[slot]), ta, a[0]);
-        const __m256 tb = _mm256_fmadd_ps(neg_off, _mm256_broadcast_ss(&p.qsum_f[slot + 1]), isum_b);
-        a[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&p.d[slot + 1]), tb, a[0]);
+        a[0] = accumulate_pair(a[0], s0123, s4567, neg_off, p, slot);
         continue;
       }
       if constexpr (NB == 1 && kTable) {
@@ -254,12 +265,7 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
         // batched code below) spills registers; row by row measured ~15% faster.
         const std::size_t slot = b0 * nb + blk;
         const std::int8_t* qa = p.q.data() + slot * kActivationBlock;
-        const __m256i qe = _mm256_inserti128_si256(
-            _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qa))),
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 32)), 1);
-        const __m256i qo = _mm256_inserti128_si256(
-            _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 16))),
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 48)), 1);
+        const __m256i qe = pair_activations(qa, 0), qo = pair_activations(qa, 16);
         const __m256i h01 = _mm256_hadd_epi32(pair_dot<true>(tile_chunk + 0 * kChunkBytes, qe, qo, table),
                                               pair_dot<true>(tile_chunk + 1 * kChunkBytes, qe, qo, table));
         const __m256i h23 = _mm256_hadd_epi32(pair_dot<true>(tile_chunk + 2 * kChunkBytes, qe, qo, table),
@@ -270,12 +276,7 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
         const __m256i h67 = _mm256_hadd_epi32(pair_dot<true>(tile_chunk + 6 * kChunkBytes, qe, qo, table),
                                               pair_dot<true>(tile_chunk + 7 * kChunkBytes, qe, qo, table));
         const __m256i s4567 = _mm256_hadd_epi32(h45, h67);
-        const __m256 isum_a = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x20));
-        const __m256 isum_b = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x31));
-        const __m256 ta = _mm256_fmadd_ps(neg_off, _mm256_broadcast_ss(&p.qsum_f[slot]), isum_a);
-        a[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&p.d[slot]), ta, a[0]);
-        const __m256 tb = _mm256_fmadd_ps(neg_off, _mm256_broadcast_ss(&p.qsum_f[slot + 1]), isum_b);
-        a[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&p.d[slot + 1]), tb, a[0]);
+        a[0] = accumulate_pair(a[0], s0123, s4567, neg_off, p, slot);
         continue;
       }
       __m256i hi[8], lo[8];
@@ -291,12 +292,7 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
       for (int j = 0; j < NB; ++j) {
         const std::size_t slot = (b0 + static_cast<std::size_t>(j)) * nb + blk;
         const std::int8_t* qa = p.q.data() + slot * kActivationBlock;  // block B follows at qa + 32
-        const __m256i qe = _mm256_inserti128_si256(
-            _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qa))),
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 32)), 1);
-        const __m256i qo = _mm256_inserti128_si256(
-            _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 16))),
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 48)), 1);
+        const __m256i qe = pair_activations(qa, 0), qo = pair_activations(qa, 16);
         __m256i s0123, s4567;  // per lane (= per block): row sums 0..3 and 4..7
         if constexpr (kTable) {
           __m256i part[8];
@@ -315,12 +311,7 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
           s4567 = _mm256_madd_epi16(
               _mm256_hadd_epi16(_mm256_hadd_epi16(part[4], part[5]), _mm256_hadd_epi16(part[6], part[7])), ones);
         }
-        const __m256 isum_a = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x20));
-        const __m256 isum_b = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x31));
-        const __m256 ta = _mm256_fmadd_ps(neg_off, _mm256_broadcast_ss(&p.qsum_f[slot]), isum_a);
-        a[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(&p.d[slot]), ta, a[j]);
-        const __m256 tb = _mm256_fmadd_ps(neg_off, _mm256_broadcast_ss(&p.qsum_f[slot + 1]), isum_b);
-        a[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(&p.d[slot + 1]), tb, a[j]);
+        a[j] = accumulate_pair(a[j], s0123, s4567, neg_off, p, slot);
       }
     }
     for (; blk < blk_end; ++blk) {
