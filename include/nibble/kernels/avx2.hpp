@@ -126,6 +126,23 @@ NIBBLE_TARGET_AVX2 inline __m256i pair_dot(const std::uint8_t* row, __m256i qe, 
     return _mm256_add_epi16(_mm256_maddubs_epi16(hi, qe), _mm256_maddubs_epi16(lo, qo));
 }
 
+// Exact row sums of four consecutive tile rows (32 code bytes each at `rows`), block A in
+// the low lane and B in the high lane (four rows at a time keep few vectors live).
+// int4/uint4 pair sums stay 16-bit through two hadd levels (at most 4·2·2·15·127 =
+// 30480) and widen at the end; table codebooks' are 32-bit already.
+template <bool kTable>
+NIBBLE_TARGET_AVX2 inline __m256i four_row_sums(const std::uint8_t* rows, __m256i qe, __m256i qo, __m256i table) {
+  const __m256i d0 = pair_dot<kTable>(rows + 0 * kChunkBytes, qe, qo, table);
+  const __m256i d1 = pair_dot<kTable>(rows + 1 * kChunkBytes, qe, qo, table);
+  const __m256i d2 = pair_dot<kTable>(rows + 2 * kChunkBytes, qe, qo, table);
+  const __m256i d3 = pair_dot<kTable>(rows + 3 * kChunkBytes, qe, qo, table);
+  if constexpr (kTable)
+    return _mm256_hadd_epi32(_mm256_hadd_epi32(d0, d1), _mm256_hadd_epi32(d2, d3));
+  else
+    return _mm256_madd_epi16(_mm256_hadd_epi16(_mm256_hadd_epi16(d0, d1), _mm256_hadd_epi16(d2, d3)),
+                             _mm256_set1_epi16(1));
+}
+
 // Activations of two consecutive blocks (slot, slot + 1; de-interleaved, 32 int8 each)
 // for the pair paths: bytes at + 0..15 of block A in the low lane, of block B in the
 // high lane (at 0: even elements, 16: odd elements).
@@ -238,44 +255,15 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
       const std::uintptr_t ahead = reinterpret_cast<std::uintptr_t>(tile_chunk) + kPrefetchBytes;
       for (std::size_t line = 0; line < kTileRows * kChunkBytes; line += 64)
         _mm_prefetch(reinterpret_cast<const char*>(ahead + line), _MM_HINT_T0);
-      if constexpr (NB == 1 && !kTable) {
-        // One activation row: decode and multiply each row at once (few live registers).
+      if constexpr (NB == 1) {
+        // One activation row: decode and multiply each row at once (few live registers;
+        // for a codebook table, keeping all 16 looked-up vectors live as the batched code
+        // below does spills registers, and row by row measured ~15% faster).
         const std::size_t slot = b0 * nb + blk;
         const std::int8_t* qa = p.q.data() + slot * kActivationBlock;
         const __m256i qe = pair_activations(qa, 0), qo = pair_activations(qa, 16);
-        // Rows are paired into hadds as soon as both are done, so fewer vectors are
-        // live at once (all eight partial vectors live spilled to the stack).
-        const __m256i h01 = _mm256_hadd_epi16(pair_dot<false>(tile_chunk + 0 * kChunkBytes, qe, qo, table),
-                                              pair_dot<false>(tile_chunk + 1 * kChunkBytes, qe, qo, table));
-        const __m256i h23 = _mm256_hadd_epi16(pair_dot<false>(tile_chunk + 2 * kChunkBytes, qe, qo, table),
-                                              pair_dot<false>(tile_chunk + 3 * kChunkBytes, qe, qo, table));
-        const __m256i h0123 = _mm256_hadd_epi16(h01, h23);
-        const __m256i h45 = _mm256_hadd_epi16(pair_dot<false>(tile_chunk + 4 * kChunkBytes, qe, qo, table),
-                                              pair_dot<false>(tile_chunk + 5 * kChunkBytes, qe, qo, table));
-        const __m256i h67 = _mm256_hadd_epi16(pair_dot<false>(tile_chunk + 6 * kChunkBytes, qe, qo, table),
-                                              pair_dot<false>(tile_chunk + 7 * kChunkBytes, qe, qo, table));
-        const __m256i ones = _mm256_set1_epi16(1);
-        const __m256i s0123 = _mm256_madd_epi16(h0123, ones);
-        const __m256i s4567 = _mm256_madd_epi16(_mm256_hadd_epi16(h45, h67), ones);
-        a[0] = accumulate_pair(a[0], s0123, s4567, neg_off, p, slot);
-        continue;
-      }
-      if constexpr (NB == 1 && kTable) {
-        // The same for a codebook table: keeping all 16 looked-up vectors live (the
-        // batched code below) spills registers; row by row measured ~15% faster.
-        const std::size_t slot = b0 * nb + blk;
-        const std::int8_t* qa = p.q.data() + slot * kActivationBlock;
-        const __m256i qe = pair_activations(qa, 0), qo = pair_activations(qa, 16);
-        const __m256i h01 = _mm256_hadd_epi32(pair_dot<true>(tile_chunk + 0 * kChunkBytes, qe, qo, table),
-                                              pair_dot<true>(tile_chunk + 1 * kChunkBytes, qe, qo, table));
-        const __m256i h23 = _mm256_hadd_epi32(pair_dot<true>(tile_chunk + 2 * kChunkBytes, qe, qo, table),
-                                              pair_dot<true>(tile_chunk + 3 * kChunkBytes, qe, qo, table));
-        const __m256i s0123 = _mm256_hadd_epi32(h01, h23);
-        const __m256i h45 = _mm256_hadd_epi32(pair_dot<true>(tile_chunk + 4 * kChunkBytes, qe, qo, table),
-                                              pair_dot<true>(tile_chunk + 5 * kChunkBytes, qe, qo, table));
-        const __m256i h67 = _mm256_hadd_epi32(pair_dot<true>(tile_chunk + 6 * kChunkBytes, qe, qo, table),
-                                              pair_dot<true>(tile_chunk + 7 * kChunkBytes, qe, qo, table));
-        const __m256i s4567 = _mm256_hadd_epi32(h45, h67);
+        const __m256i s0123 = four_row_sums<kTable>(tile_chunk, qe, qo, table);
+        const __m256i s4567 = four_row_sums<kTable>(tile_chunk + 4 * kChunkBytes, qe, qo, table);
         a[0] = accumulate_pair(a[0], s0123, s4567, neg_off, p, slot);
         continue;
       }
