@@ -39,19 +39,21 @@ namespace nibble::detail::avx2 {
 
 inline constexpr std::size_t kPrefetchBytes = 8192;
 
-// The (up to) 16 code bytes of a block for row i of tile t, split into nibbles.
+// The (up to) 16 code bytes of a block for row i of tile t, as stored.
+NIBBLE_TARGET_AVX2 inline __m128i load_code_bytes(const PackedMatrix& W, std::size_t t, std::size_t i,
+                                                  const BlockSpan& span) {
+  const std::size_t k = span.byte_begin;
+  if (k % kChunkBytes <= kChunkBytes - 16)  // inside one chunk: bytes past a short block are multiplied by 0
+    return _mm_loadu_si128(reinterpret_cast<const __m128i*>(W.chunk(t, k / kChunkBytes) + i * kChunkBytes +
+                                                            k % kChunkBytes));
+  alignas(16) std::uint8_t tmp[16];  // straddles two chunks (group sizes that are not a multiple of 32)
+  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(W.bytes16(t * kTileRows + i, k, tmp)));
+}
+
+// The same bytes split into nibbles: even elements in the low lane, odd ones in the high lane.
 NIBBLE_TARGET_AVX2 inline __m256i load_nibbles(const PackedMatrix& W, std::size_t t, std::size_t i,
                                                const BlockSpan& span) {
-  const std::size_t k = span.byte_begin;
-  __m128i bytes;
-  if (k % kChunkBytes <= kChunkBytes - 16) {  // inside one chunk: bytes past a short block are multiplied by 0
-    bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(W.chunk(t, k / kChunkBytes) + i * kChunkBytes +
-                                                             k % kChunkBytes));
-  } else {  // straddles two chunks (group sizes that are not a multiple of 32)
-    alignas(16) std::uint8_t tmp[16];
-    bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(W.bytes16(t * kTileRows + i, k, tmp)));
-  }
-  const __m256i both = _mm256_broadcastsi128_si256(bytes);
+  const __m256i both = _mm256_broadcastsi128_si256(load_code_bytes(W, t, i, span));
   const __m256i shifted = _mm256_srlv_epi32(both, _mm256_setr_epi32(4, 4, 4, 4, 0, 0, 0, 0));
   return _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F));
 }
@@ -151,17 +153,21 @@ NIBBLE_TARGET_AVX2 inline __m256i pair_activations(const std::int8_t* qa, std::s
                                  _mm_loadu_si128(reinterpret_cast<const __m128i*>(qa + 32 + at)), 1);
 }
 
-// a += d_A·(isum_A − off·Σq_A), then the same for block B, one row per lane, in the
-// scalar reference's order. s0123 / s4567 hold rows 0..3 / 4..7, block A in the low
-// lane and B in the high one.
+// a += d·(isum − off·Σq) for one block of activation slot `slot`, one row per lane, in
+// the scalar reference's order.
+NIBBLE_TARGET_AVX2 inline __m256 accumulate_block(__m256 a, __m256 isum, __m256 neg_off, const PreparedActivations& p,
+                                                  std::size_t slot) {
+  const __m256 t = _mm256_fmadd_ps(neg_off, _mm256_broadcast_ss(&p.qsum_f[slot]), isum);
+  return _mm256_fmadd_ps(_mm256_broadcast_ss(&p.d[slot]), t, a);
+}
+
+// The same for two consecutive blocks, A then B. s0123 / s4567 hold rows 0..3 / 4..7,
+// block A in the low lane and B in the high one.
 NIBBLE_TARGET_AVX2 inline __m256 accumulate_pair(__m256 a, __m256i s0123, __m256i s4567, __m256 neg_off,
                                                  const PreparedActivations& p, std::size_t slot) {
-  const __m256 isum_a = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x20));
-  const __m256 isum_b = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x31));
-  const __m256 ta = _mm256_fmadd_ps(neg_off, _mm256_broadcast_ss(&p.qsum_f[slot]), isum_a);
-  a = _mm256_fmadd_ps(_mm256_broadcast_ss(&p.d[slot]), ta, a);
-  const __m256 tb = _mm256_fmadd_ps(neg_off, _mm256_broadcast_ss(&p.qsum_f[slot + 1]), isum_b);
-  return _mm256_fmadd_ps(_mm256_broadcast_ss(&p.d[slot + 1]), tb, a);
+  a = accumulate_block(a, _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x20)), neg_off, p, slot);
+  return accumulate_block(a, _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x31)), neg_off, p,
+                          slot + 1);
 }
 
 // Scale of group i as every path decodes it (F16C here; the same value as half_to_float).
@@ -224,6 +230,77 @@ NIBBLE_TARGET_AVX2 inline __m256 negated_zeros8(const PackedMatrix& W, std::size
   }
   const __m256i zeros = _mm256_and_si256(_mm256_srlv_epi32(v, shift), _mm256_set1_epi32(0x0F));
   return _mm256_xor_ps(_mm256_cvtepi32_ps(zeros), _mm256_set1_ps(-0.0f));  // −z, also −0 for 0 as in the scalar code
+}
+
+// Per group g, the scale·k (sv[8g + i]) and −offset (nov[8g + i]) of rows r + i of a
+// row tile (nr real rows; padding rows reuse the last row's). The same values as
+// PackedMatrix::decode_scales / decode_negated_offsets; offsets vary by row only for
+// uint4_asym, so for the other codebooks only the first tile (first_tile) fills nov.
+NIBBLE_TARGET_AVX2 inline void tile_scales(const PackedMatrix& W, std::size_t r, std::size_t nr, bool first_tile,
+                                           float* sv, float* nov) {
+  const std::size_t G = W.groups_per_row();
+  const float k = W.int8_factor();
+  std::size_t first[8];
+  for (std::size_t i = 0; i < 8; ++i) first[i] = (r + std::min(i, nr - 1)) * G;
+  std::size_t g_done = 0;  // groups whose scales are already in sv
+  if (W.scale_format() != ScaleFormat::bf16) {
+    // 8 groups × 8 rows at a time: decode each row's 8 scales, multiply by k, and
+    // transpose into sv[8g + i].
+    const __m256 kv = _mm256_set1_ps(k);
+    for (; g_done + 8 <= G; g_done += 8) {
+      __m256 m[8];
+      for (std::size_t i = 0; i < 8; ++i) m[i] = _mm256_mul_ps(decode8_scales(W, first[i] + g_done), kv);
+      transpose8(m);
+      for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(sv + 8 * (g_done + j), m[j]);
+    }
+  }
+  std::size_t nov_done = 0;  // groups whose −offsets are already in nov (uint4 zero points, the same way)
+  if (W.codebook() == Codebook::uint4_asym && W.zeros().format == ZeroFormat::uint4) {
+    for (; nov_done + 8 <= G; nov_done += 8) {
+      __m256 m[8];
+      for (std::size_t i = 0; i < 8; ++i) m[i] = negated_zeros8(W, first[i] + nov_done);
+      transpose8(m);
+      for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(nov + 8 * (nov_done + j), m[j]);
+    }
+  }
+  for (std::size_t i = 0; i < 8; ++i) {
+    if (W.scale_format() == ScaleFormat::f16) {
+      const std::uint16_t* h = W.scales().raw16().data() + first[i];
+      for (std::size_t g = g_done; g < G; ++g) sv[8 * g + i] = _cvtsh_ss(h[g]) * k;
+    } else {
+      W.decode_scales(first[i] + g_done, G - g_done, k, sv + 8 * g_done + i, 8);
+    }
+    if (W.codebook() == Codebook::uint4_asym || first_tile)
+      W.decode_negated_offsets(first[i] + nov_done, G - nov_done, nov + 8 * nov_done + i, 8);
+  }
+}
+
+// One block (any length, any position) of tile t for batch rows [b0, b0 + NB): the
+// path for blocks that cannot be paired (short blocks, group sizes that are not a
+// multiple of 64). Each row's 16 code bytes are broadcast to both lanes and split.
+template <bool kTable, int NB>
+NIBBLE_TARGET_AVX2 inline void single_block(const PackedMatrix& W, const PreparedActivations& p, std::size_t t,
+                                            std::size_t blk, __m256i table, __m256 neg_off, __m256* a,
+                                            std::size_t b0) {
+  const BlockSpan span = W.blocks()[blk];
+  __m256i w[8];
+  for (std::size_t i = 0; i < 8; ++i) {
+    w[i] = load_nibbles(W, t, i, span);
+    if constexpr (kTable) w[i] = _mm256_shuffle_epi8(table, w[i]);
+  }
+  for (int j = 0; j < NB; ++j) {
+    const std::size_t slot = (b0 + static_cast<std::size_t>(j)) * p.blocks + blk;
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.q.data() + slot * kActivationBlock));
+    __m256i isum;
+    if constexpr (kTable) {
+      __m256i part[8];
+      for (std::size_t i = 0; i < 8; ++i) part[i] = block_dot<true>(w[i], q);
+      isum = sum_rows(part);
+    } else {
+      isum = sum_rows_small(w, q);
+    }
+    a[j] = accumulate_block(a[j], _mm256_cvtepi32_ps(isum), neg_off, p, slot);
+  }
 }
 
 // Rows of tile t; batch rows [b0, b0 + NB).
@@ -302,99 +379,45 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
         a[j] = accumulate_pair(a[j], s0123, s4567, neg_off, p, slot);
       }
     }
-    for (; blk < blk_end; ++blk) {
-      const BlockSpan span = spans[blk];
-      __m256i w[8];
-      for (std::size_t i = 0; i < 8; ++i) {
-        w[i] = load_nibbles(W, t, i, span);
-        if constexpr (kTable) w[i] = _mm256_shuffle_epi8(table, w[i]);
-      }
-      for (int j = 0; j < NB; ++j) {
-        const std::size_t slot = (b0 + static_cast<std::size_t>(j)) * nb + blk;
-        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.q.data() + slot * kActivationBlock));
-        __m256i isum;
-        if constexpr (kTable) {
-          __m256i part[8];
-          for (std::size_t i = 0; i < 8; ++i) part[i] = block_dot<true>(w[i], q);
-          isum = sum_rows(part);
-        } else {
-          isum = sum_rows_small(w, q);
-        }
-        const __m256 t = _mm256_fmadd_ps(neg_off, _mm256_broadcast_ss(&p.qsum_f[slot]), _mm256_cvtepi32_ps(isum));
-        a[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(&p.d[slot]), t, a[j]);
-      }
-    }
+    for (; blk < blk_end; ++blk) single_block<kTable, NB>(W, p, t, blk, table, neg_off, a, b0);
     const __m256 s = _mm256_loadu_ps(sv + 8 * g);
     for (int j = 0; j < NB; ++j) y[j] = _mm256_fmadd_ps(s, a[j], y[j]);
   }
   for (int j = 0; j < NB; ++j) _mm256_storeu_ps(out + 8 * j, y[j]);
 }
 
-template <bool kTable>
+// A fast-mode tile kernel: tile t, batch rows [b0, b0 + NB), 8·NB results to out.
+using FastTileFn = void (*)(const PackedMatrix& W, const PreparedActivations& p, std::size_t t, const float* sv,
+                            const float* nov, float* out, std::size_t b0);
+
+// Runs rows [r0, r1) (r0 a multiple of 8: threads split whole tiles) tile by tile: the
+// tile's scales, then the batch in steps of 4, 2 and 1 rows (tiles[2], [1], [0]). Shared
+// with the AVX-512 path, which brings its own tile kernels.
 NIBBLE_TARGET_AVX2 inline void fast_rows(const PackedMatrix& W, const PreparedActivations& p, float* Y,
-                                         std::size_t r0, std::size_t r1) {
+                                         std::size_t r0, std::size_t r1, const FastTileFn* tiles) {
   const std::size_t G = W.groups_per_row(), rows = W.rows();
-  const float k = W.int8_factor();
   std::vector<float> sv(8 * G), nov(8 * G);
   alignas(32) float out[8 * 4];
-  // r0 is a multiple of 8 (threads split whole tiles).
   for (std::size_t r = r0; r < r1; r += 8) {
     const std::size_t nr = std::min<std::size_t>(8, r1 - r), t = r / kTileRows;
-    std::size_t g_done = 0;  // groups whose scales are already in sv
-    if (W.scale_format() != ScaleFormat::bf16) {
-      // 8 groups × 8 rows at a time: decode each row's 8 scales with the same operations
-      // as PackedMatrix::decode_scales (so the same values), multiply by k, and transpose
-      // into sv[8g + i].
-      std::size_t first[8];
-      for (std::size_t i = 0; i < 8; ++i) first[i] = (r + std::min(i, nr - 1)) * G;  // padding rows reuse the last row
-      const __m256 kv = _mm256_set1_ps(k);
-      for (; g_done + 8 <= G; g_done += 8) {
-        __m256 m[8];
-        for (std::size_t i = 0; i < 8; ++i) m[i] = _mm256_mul_ps(decode8_scales(W, first[i] + g_done), kv);
-        transpose8(m);
-        for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(sv.data() + 8 * (g_done + j), m[j]);
-      }
-    }
-    std::size_t nov_done = 0;  // groups whose −offsets are already in nov (uint4 zero points, the same way)
-    if (W.codebook() == Codebook::uint4_asym && W.zeros().format == ZeroFormat::uint4) {
-      std::size_t first[8];
-      for (std::size_t i = 0; i < 8; ++i) first[i] = (r + std::min(i, nr - 1)) * G;
-      for (; nov_done + 8 <= G; nov_done += 8) {
-        __m256 m[8];
-        for (std::size_t i = 0; i < 8; ++i) m[i] = negated_zeros8(W, first[i] + nov_done);
-        transpose8(m);
-        for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(nov.data() + 8 * (nov_done + j), m[j]);
-      }
-    }
-    for (std::size_t i = 0; i < 8; ++i) {
-      const std::size_t first = (r + std::min(i, nr - 1)) * G;  // padding rows reuse the last row's scales
-      if (W.scale_format() == ScaleFormat::f16) {
-        const std::uint16_t* h = W.scales().raw16().data() + first;
-        for (std::size_t g = g_done; g < G; ++g) sv[8 * g + i] = _cvtsh_ss(h[g]) * k;
-      } else {
-        W.decode_scales(first + g_done, G - g_done, k, sv.data() + 8 * g_done + i, 8);
-      }
-      // Offsets vary by row only for uint4_asym; otherwise the first tile's fill stays.
-      if (W.codebook() == Codebook::uint4_asym || r == r0)
-        W.decode_negated_offsets(first + nov_done, G - nov_done, nov.data() + 8 * nov_done + i, 8);
-    }
+    tile_scales(W, r, nr, r == r0, sv.data(), nov.data());
     std::size_t b = 0;
     while (b < p.batch) {
-      const std::size_t nb = p.batch - b >= 4 ? 4 : (p.batch - b >= 2 ? 2 : 1);
-      if (nb == 4) fast_tile<kTable, 4>(W, p, t, sv.data(), nov.data(), out, b);
-      else if (nb == 2) fast_tile<kTable, 2>(W, p, t, sv.data(), nov.data(), out, b);
-      else fast_tile<kTable, 1>(W, p, t, sv.data(), nov.data(), out, b);
-      for (std::size_t j = 0; j < nb; ++j)
+      const std::size_t step = p.batch - b >= 4 ? 4 : (p.batch - b >= 2 ? 2 : 1);
+      tiles[step / 2](W, p, t, sv.data(), nov.data(), out, b);
+      for (std::size_t j = 0; j < step; ++j)
         for (std::size_t i = 0; i < nr; ++i) Y[(b + j) * rows + r + i] = out[8 * j + i];
-      b += nb;
+      b += step;
     }
   }
 }
 
+template <bool kTable>
+inline constexpr FastTileFn kFastTiles[3] = {fast_tile<kTable, 1>, fast_tile<kTable, 2>, fast_tile<kTable, 4>};
+
 NIBBLE_TARGET_AVX2 inline void gemm_fast(const PackedMatrix& W, const PreparedActivations& p, float* Y,
                                          std::size_t r0, std::size_t r1) {
-  if (W.table_codebook()) fast_rows<true>(W, p, Y, r0, r1);
-  else fast_rows<false>(W, p, Y, r0, r1);
+  fast_rows(W, p, Y, r0, r1, W.table_codebook() ? kFastTiles<true> : kFastTiles<false>);
 }
 
 // 8 int32 codes → 8 floats of the codebook's base values.
