@@ -9,9 +9,8 @@
 // environment variable NIBBLE_ISA=scalar|avx2|avx512|neon, else the best detected.
 // Asking for a path this CPU or this build cannot run throws nibble::Error.
 //
-// avx512 is a name only in this version: there are no AVX-512 kernels, because
-// no machine we test on can execute them (and qemu 7.2 cannot emulate them).
-// Forcing it always throws, with a message saying why.
+// avx512 needs AVX-512 F, BW and VL (plus what avx2 needs); VNNI is used when
+// present (Ice Lake and later, Zen 4), else its kernels use maddubs like AVX2.
 #pragma once
 
 #include <atomic>
@@ -58,7 +57,7 @@ inline Isa isa_from_string(const std::string& s) {
 // What the CPU (and OS) offers, independent of which kernels this build contains.
 struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;   // with OS support for YMM state
-  bool avx512f = false, avx512bw = false, avx512vnni = false;  // with OS support for ZMM state
+  bool avx512f = false, avx512bw = false, avx512vl = false, avx512vnni = false;  // with OS support for ZMM state
   bool neon = false, neon_dotprod = false;         // neon_dotprod: compiled in (compile-time feature)
 };
 
@@ -90,6 +89,7 @@ inline CpuFeatures detect_cpu_features() {
   f.f16c = f.avx2 && cpu_f16c;
   f.avx512f = zmm_state && ((b7 >> 16) & 1u);
   f.avx512bw = f.avx512f && ((b7 >> 30) & 1u);
+  f.avx512vl = f.avx512f && ((b7 >> 31) & 1u);
   f.avx512vnni = f.avx512f && ((c7 >> 11) & 1u);
 #endif
 #if defined(NIBBLE_HAVE_NEON_KERNELS)
@@ -126,8 +126,13 @@ inline std::string isa_unavailable_reason(Isa isa) {
       return "AVX2 kernels are only built for x86-64 with GCC or Clang";
 #endif
     case Isa::avx512:
-      return std::string("no AVX-512 kernels are shipped in this version (they could not be tested)") +
-             (f.avx512f ? "" : "; this CPU also lacks AVX-512");
+#if defined(NIBBLE_HAVE_AVX2_KERNELS)
+      return (f.avx2 && f.fma && f.f16c && f.avx512f && f.avx512bw && f.avx512vl)
+                 ? ""
+                 : "this CPU (or OS) lacks AVX-512 F+BW+VL";
+#else
+      return "AVX-512 kernels are only built for x86-64 with GCC or Clang";
+#endif
     case Isa::neon:
 #if defined(NIBBLE_HAVE_NEON_KERNELS)
       return "";
@@ -143,6 +148,7 @@ inline bool isa_available(Isa isa) { return isa_unavailable_reason(isa).empty();
 // The best path this build can run on this CPU.
 inline Isa detected_isa() {
   if (isa_available(Isa::neon)) return Isa::neon;
+  if (isa_available(Isa::avx512)) return Isa::avx512;
   if (isa_available(Isa::avx2)) return Isa::avx2;
   return Isa::scalar;
 }

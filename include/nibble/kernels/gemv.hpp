@@ -17,6 +17,7 @@
 #include "threading.hpp"
 #if defined(NIBBLE_HAVE_AVX2_KERNELS)
 #include "avx2.hpp"
+#include "avx512.hpp"
 #endif
 #if defined(NIBBLE_HAVE_NEON_KERNELS)
 #include "neon.hpp"
@@ -43,6 +44,10 @@ inline void run_rows(Isa isa, const PackedMatrix& W, ActivationMode mode, const 
     case Isa::avx2:
       if (mode == ActivationMode::exact) avx2::gemm_exact(W, p, Y, r0, r1);
       else avx2::gemm_fast(W, p, Y, r0, r1);
+      return;
+    case Isa::avx512:
+      if (mode == ActivationMode::exact) avx512::gemm_exact(W, p, Y, r0, r1);
+      else avx512::gemm_fast(W, p, Y, r0, r1, cpu_features().avx512vnni);
       return;
 #endif
 #if defined(NIBBLE_HAVE_NEON_KERNELS)

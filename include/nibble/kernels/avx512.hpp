@@ -1,0 +1,214 @@
+// AVX-512 kernels (F + BW + VL; VNNI's vpdpbusd where the CPU has it), x86-64,
+// GCC/Clang. Like avx2.hpp, every function carries its target attribute, so no
+// -mavx512* flag is needed; only called after cpu.hpp found the features.
+//
+// fast:  the AVX2 path's tile layout and float steps, with four rows' worth of code
+//        bytes per instruction. In a pair step (two full blocks A, B that start a
+//        32-byte chunk) one 64-byte load takes rows 2k and 2k+1 of the tile (32 bytes
+//        each; in each, block A's 16 bytes then B's), so four loads cover the 8 rows.
+//        The activations of A and B are repeated in both 256-bit halves. Integer dot
+//        products are 4 bytes per int32 lane:
+//          VNNI:    vpdpbusd(u8 code, s8 q) straight into 32-bit sums. Table codebooks
+//                   look up w + 128 (unsigned) and subtract 128·Σq of the block after.
+//          no VNNI: maddubs + madd(1), and for table codebooks |w| with q negated
+//                   where w < 0 (AVX-512 has no vpsignb).
+//        Each integer sum is exact, and the float steps then run one row per lane in the
+//        scalar reference's order, so results equal it bit for bit. Blocks that cannot
+//        be paired (short blocks, group sizes that are not a multiple of 64) take the
+//        AVX2 single-block step, and the per-tile scale decoding is the AVX2 one.
+// exact: one row at a time, 16 weights per vector: nibbles widen to int32 and one
+//        vpermps picks each float from the 16 base values (for int4/uint4 they are
+//        0..15), then FMA with x.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "activation.hpp"
+#include "avx2.hpp"
+#include "packed_matrix.hpp"
+
+// The VNNI instructions are only emitted where the code asks for them (kVnni = true);
+// the kVnni = false kernels are tested on a CPU model without VNNI (scripts/bochs).
+#define NIBBLE_TARGET_AVX512 \
+  __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), which -Wmaybe-uninitialized
+// and -Wuninitialized report once they are inlined (GCC bug 105593); the values are never read.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+namespace nibble::detail::avx512 {
+
+// 64 code bytes made ready for the dot product: u is the unsigned operand, and for
+// table codebooks without VNNI, neg marks the bytes whose weight is negative.
+struct Codes {
+  __m512i u;
+  __mmask64 neg;
+};
+
+// table: for kVnni, the 16 values w + 128 (as bytes); otherwise the 16 int8 values w.
+template <bool kTable, bool kVnni>
+NIBBLE_TARGET_AVX512 inline Codes make_codes(__m512i nibbles, __m512i table) {
+  if constexpr (!kTable) {
+    return {nibbles, 0};
+  } else {
+    const __m512i w = _mm512_shuffle_epi8(table, nibbles);
+    if constexpr (kVnni) return {w, 0};
+    else return {_mm512_abs_epi8(w), _mm512_movepi8_mask(w)};
+  }
+}
+
+// acc + Σ of each int32 lane's four products u·q. Without VNNI, maddubs pairs stay
+// within int16: 2·15·127 for int4/uint4 codes, 2·127·127 for |w| of a table.
+template <bool kTable, bool kVnni>
+NIBBLE_TARGET_AVX512 inline __m512i dot(__m512i acc, const Codes& c, __m512i q) {
+  if constexpr (kVnni) {
+    return _mm512_dpbusd_epi32(acc, c.u, q);
+  } else {
+    if constexpr (kTable) q = _mm512_mask_sub_epi8(q, c.neg, _mm512_setzero_si512(), q);
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(c.u, q), _mm512_set1_epi16(1)));
+  }
+}
+
+// acc[k] holds rows 2k, 2k+1 of the tile; its 128-bit lane L the partial sums of
+// row 2k + L/2, block L%2 (4 int32 each). Returns the 16 sums as [block A rows 0..7 |
+// block B rows 0..7].
+NIBBLE_TARGET_AVX512 inline __m512i pair_sums(const __m512i* acc) {
+  const __m512i t01 = _mm512_add_epi32(_mm512_unpacklo_epi32(acc[0], acc[1]), _mm512_unpackhi_epi32(acc[0], acc[1]));
+  const __m512i t23 = _mm512_add_epi32(_mm512_unpacklo_epi32(acc[2], acc[3]), _mm512_unpackhi_epi32(acc[2], acc[3]));
+  // Element 4L + k: the full sum of acc[k]'s lane L.
+  const __m512i s = _mm512_add_epi32(_mm512_unpacklo_epi64(t01, t23), _mm512_unpackhi_epi64(t01, t23));
+  // Row r, block b sits at 4·(2·(r % 2) + b) + r / 2.
+  const __m512i order = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+  return _mm512_permutexvar_epi32(order, s);
+}
+
+// Rows of tile t; batch rows [b0, b0 + NB). sv / nov as in avx2::fast_tile.
+template <bool kTable, bool kVnni, int NB>
+NIBBLE_TARGET_AVX512 inline void fast_tile(const PackedMatrix& W, const PreparedActivations& p, std::size_t t,
+                                           const float* sv, const float* nov, float* out, std::size_t b0) {
+  const std::size_t G = W.groups_per_row(), nb = W.block_count();
+  alignas(16) std::int8_t table_bytes[16];
+  for (int i = 0; i < 16; ++i)  // + 128 wraps to the unsigned byte w + 128
+    table_bytes[i] = static_cast<std::int8_t>(W.int8_base_values()[i] + (kVnni ? 128 : 0));
+  const __m128i table16 = _mm_load_si128(reinterpret_cast<const __m128i*>(table_bytes));
+  const __m512i table = _mm512_broadcast_i32x4(table16);
+  const __m256i table_avx2 =  // the AVX2 single-block step wants the signed values
+      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W.int8_base_values().data())));
+  const BlockSpan* spans = W.blocks();
+  __m256 y[NB];
+  for (int j = 0; j < NB; ++j) y[j] = _mm256_setzero_ps();
+  for (std::size_t g = 0; g < G; ++g) {
+    const __m256 neg_off = _mm256_loadu_ps(nov + 8 * g);
+    __m256 a[NB];
+    for (int j = 0; j < NB; ++j) a[j] = _mm256_setzero_ps();
+    std::size_t blk = W.first_block(g);
+    const std::size_t blk_end = W.first_block(g + 1);
+    for (; blk + 2 <= blk_end && spans[blk + 1].elements == kActivationBlock && spans[blk].byte_begin % kChunkBytes == 0;
+         blk += 2) {
+      const std::uint8_t* tile_chunk = W.chunk(t, spans[blk].byte_begin / kChunkBytes);  // row i at + 32·i
+      const std::uintptr_t ahead = reinterpret_cast<std::uintptr_t>(tile_chunk) + avx2::kPrefetchBytes;
+      for (std::size_t line = 0; line < kTileRows * kChunkBytes; line += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(ahead + line), _MM_HINT_T0);
+      Codes hi[4], lo[4];  // even / odd elements of rows 2k, 2k+1
+      for (int k = 0; k < 4; ++k) {
+        const __m512i v = _mm512_loadu_si512(tile_chunk + 64 * k);
+        hi[k] = make_codes<kTable, kVnni>(_mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0F)), table);
+        lo[k] = make_codes<kTable, kVnni>(_mm512_and_si512(v, _mm512_set1_epi8(0x0F)), table);
+      }
+      for (int j = 0; j < NB; ++j) {
+        const std::size_t slot = (b0 + static_cast<std::size_t>(j)) * nb + blk;
+        const std::int8_t* qa = p.q.data() + slot * kActivationBlock;
+        const __m512i qe = _mm512_broadcast_i64x4(avx2::pair_activations(qa, 0));
+        const __m512i qo = _mm512_broadcast_i64x4(avx2::pair_activations(qa, 16));
+        __m512i acc[4];
+        for (int k = 0; k < 4; ++k)
+          acc[k] = dot<kTable, kVnni>(dot<kTable, kVnni>(_mm512_setzero_si512(), hi[k], qe), lo[k], qo);
+        __m512i sums = pair_sums(acc);
+        if constexpr (kTable && kVnni) {  // remove the + 128 bias: 128·Σq per block
+          const __m512i qsum = _mm512_inserti64x4(_mm512_set1_epi32(p.qsum[slot]), _mm256_set1_epi32(p.qsum[slot + 1]), 1);
+          sums = _mm512_sub_epi32(sums, _mm512_slli_epi32(qsum, 7));
+        }
+        const __m512 f = _mm512_cvtepi32_ps(sums);
+        a[j] = avx2::accumulate_block(a[j], _mm512_castps512_ps256(f), neg_off, p, slot);
+        a[j] = avx2::accumulate_block(a[j], _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)), neg_off, p,
+                                      slot + 1);
+      }
+    }
+    for (; blk < blk_end; ++blk) avx2::single_block<kTable, NB>(W, p, t, blk, table_avx2, neg_off, a, b0);
+    const __m256 s = _mm256_loadu_ps(sv + 8 * g);
+    for (int j = 0; j < NB; ++j) y[j] = _mm256_fmadd_ps(s, a[j], y[j]);
+  }
+  for (int j = 0; j < NB; ++j) _mm256_storeu_ps(out + 8 * j, y[j]);
+}
+
+template <bool kTable, bool kVnni>
+inline constexpr avx2::FastTileFn kFastTiles[3] = {fast_tile<kTable, kVnni, 1>, fast_tile<kTable, kVnni, 2>,
+                                                   fast_tile<kTable, kVnni, 4>};
+
+// vnni: whether to use vpdpbusd (cpu.hpp's avx512vnni).
+NIBBLE_TARGET_AVX512 inline void gemm_fast(const PackedMatrix& W, const PreparedActivations& p, float* Y,
+                                           std::size_t r0, std::size_t r1, bool vnni) {
+  const avx2::FastTileFn* tiles = W.table_codebook() ? (vnni ? kFastTiles<true, true> : kFastTiles<true, false>)
+                                                     : (vnni ? kFastTiles<false, true> : kFastTiles<false, false>);
+  avx2::fast_rows(W, p, Y, r0, r1, tiles);
+}
+
+template <int NB>
+NIBBLE_TARGET_AVX512 inline void exact_row(const PackedMatrix& W, const PreparedActivations& p, float* Y,
+                                           std::size_t r, std::size_t b0) {
+  const std::size_t G = W.groups_per_row(), rows = W.rows(), nb = W.block_count();
+  const __m512 values = _mm512_loadu_ps(W.base_values().data());
+  const std::size_t t = r / kTileRows, ti = r % kTileRows;
+  __m512 y[NB];
+  float correction[NB];
+  for (int j = 0; j < NB; ++j) {
+    y[j] = _mm512_setzero_ps();
+    correction[j] = 0.0f;
+  }
+  for (std::size_t g = 0; g < G; ++g) {
+    __m512 a0[NB], a1[NB];  // even / odd elements
+    for (int j = 0; j < NB; ++j) a0[j] = a1[j] = _mm512_setzero_ps();
+    for (std::size_t blk = W.first_block(g); blk < W.first_block(g + 1); ++blk) {
+      const __m128i bytes = avx2::load_code_bytes(W, t, ti, W.blocks()[blk]);
+      const __m128i even = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(0x0F));
+      const __m128i odd = _mm_and_si128(bytes, _mm_set1_epi8(0x0F));
+      const __m512 ve = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(even), values);
+      const __m512 vo = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(odd), values);
+      for (int j = 0; j < NB; ++j) {
+        const float* x = p.x.data() + ((b0 + static_cast<std::size_t>(j)) * nb + blk) * kActivationBlock;
+        a0[j] = _mm512_fmadd_ps(ve, _mm512_loadu_ps(x), a0[j]);
+        a1[j] = _mm512_fmadd_ps(vo, _mm512_loadu_ps(x + 16), a1[j]);
+      }
+    }
+    const float s = avx2::scale_at(W, r * G + g), off = W.offset(r * G + g);
+    for (int j = 0; j < NB; ++j) {
+      y[j] = _mm512_fmadd_ps(_mm512_add_ps(a0[j], a1[j]), _mm512_set1_ps(s), y[j]);
+      if (off != 0.0f) correction[j] += s * off * p.group_sum[(b0 + static_cast<std::size_t>(j)) * G + g];
+    }
+  }
+  for (int j = 0; j < NB; ++j)
+    Y[(b0 + static_cast<std::size_t>(j)) * rows + r] = _mm512_reduce_add_ps(y[j]) - correction[j];
+}
+
+NIBBLE_TARGET_AVX512 inline void gemm_exact(const PackedMatrix& W, const PreparedActivations& p, float* Y,
+                                            std::size_t r0, std::size_t r1) {
+  for (std::size_t r = r0; r < r1; ++r) {
+    std::size_t b = 0;
+    for (; b + 4 <= p.batch; b += 4) exact_row<4>(W, p, Y, r, b);
+    for (; b + 2 <= p.batch; b += 2) exact_row<2>(W, p, Y, r, b);
+    for (; b < p.batch; ++b) exact_row<1>(W, p, Y, r, b);
+  }
+}
+
+}  // namespace nibble::detail::avx512
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
