@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: every CMake preset (native warnings-as-errors, ASan+UBSan,
 # the scalar fallback under qemu-x86_64 -cpu Nehalem, AArch64 NEON under qemu with
-# and without dotprod), then the two ways a consumer project uses the package.
+# and without dotprod), the AVX-512 kernels under bochs, then the two ways a consumer
+# project uses the package.
 #
 #   scripts/test.sh                 all of it
 #   scripts/test.sh dev asan        only these presets
@@ -23,6 +24,8 @@ for preset in "${presets[@]}"; do
   rm -f "$log"
 done
 if [ $# -eq 0 ]; then
+  echo "=== AVX-512 kernels under bochs (emulated Tiger Lake and Skylake-X) ==="
+  scripts/test-avx512.sh
   echo "=== consumer projects ==="
   scripts/check-consumers.sh
   echo "=== exporters read back by Python gguf / safetensors / numpy ==="
