@@ -278,8 +278,10 @@ NIBBLE_TARGET_AVX2 inline void tile_scales(const PackedMatrix& W, std::size_t r,
 // One block (any length, any position) of tile t for batch rows [b0, b0 + NB): the
 // path for blocks that cannot be paired (short blocks, group sizes that are not a
 // multiple of 64). Each row's 16 code bytes are broadcast to both lanes and split.
+// Always inlined: as a call, the caller's accumulators a[] would live in memory for
+// the whole tile (measured 5% slower at batch 32).
 template <bool kTable, int NB>
-NIBBLE_TARGET_AVX2 inline void single_block(const PackedMatrix& W, const PreparedActivations& p, std::size_t t,
+NIBBLE_TARGET_AVX2 __attribute__((always_inline)) inline void single_block(const PackedMatrix& W, const PreparedActivations& p, std::size_t t,
                                             std::size_t blk, __m256i table, __m256 neg_off, __m256* a,
                                             std::size_t b0) {
   const BlockSpan span = W.blocks()[blk];
@@ -391,10 +393,12 @@ using FastTileFn = void (*)(const PackedMatrix& W, const PreparedActivations& p,
                             const float* nov, float* out, std::size_t b0);
 
 // Runs rows [r0, r1) (r0 a multiple of 8: threads split whole tiles) tile by tile: the
-// tile's scales, then the batch in steps of 4, 2 and 1 rows (tiles[2], [1], [0]). Shared
-// with the AVX-512 path, which brings its own tile kernels.
+// tile's scales, then the batch in steps of 4, 2 and 1 rows (Tile4, Tile2, Tile1).
+// Shared with the AVX-512 path, which brings its own tile kernels. The kernels are
+// template arguments, not a table of pointers: direct calls measured ~4% faster.
+template <FastTileFn Tile1, FastTileFn Tile2, FastTileFn Tile4>
 NIBBLE_TARGET_AVX2 inline void fast_rows(const PackedMatrix& W, const PreparedActivations& p, float* Y,
-                                         std::size_t r0, std::size_t r1, const FastTileFn* tiles) {
+                                         std::size_t r0, std::size_t r1) {
   const std::size_t G = W.groups_per_row(), rows = W.rows();
   std::vector<float> sv(8 * G), nov(8 * G);
   alignas(32) float out[8 * 4];
@@ -403,8 +407,16 @@ NIBBLE_TARGET_AVX2 inline void fast_rows(const PackedMatrix& W, const PreparedAc
     tile_scales(W, r, nr, r == r0, sv.data(), nov.data());
     std::size_t b = 0;
     while (b < p.batch) {
-      const std::size_t step = p.batch - b >= 4 ? 4 : (p.batch - b >= 2 ? 2 : 1);
-      tiles[step / 2](W, p, t, sv.data(), nov.data(), out, b);
+      std::size_t step = 1;
+      if (p.batch - b >= 4) {
+        step = 4;
+        Tile4(W, p, t, sv.data(), nov.data(), out, b);
+      } else if (p.batch - b >= 2) {
+        step = 2;
+        Tile2(W, p, t, sv.data(), nov.data(), out, b);
+      } else {
+        Tile1(W, p, t, sv.data(), nov.data(), out, b);
+      }
       for (std::size_t j = 0; j < step; ++j)
         for (std::size_t i = 0; i < nr; ++i) Y[(b + j) * rows + r + i] = out[8 * j + i];
       b += step;
@@ -412,12 +424,12 @@ NIBBLE_TARGET_AVX2 inline void fast_rows(const PackedMatrix& W, const PreparedAc
   }
 }
 
-template <bool kTable>
-inline constexpr FastTileFn kFastTiles[3] = {fast_tile<kTable, 1>, fast_tile<kTable, 2>, fast_tile<kTable, 4>};
-
 NIBBLE_TARGET_AVX2 inline void gemm_fast(const PackedMatrix& W, const PreparedActivations& p, float* Y,
                                          std::size_t r0, std::size_t r1) {
-  fast_rows(W, p, Y, r0, r1, W.table_codebook() ? kFastTiles<true> : kFastTiles<false>);
+  if (W.table_codebook())
+    fast_rows<fast_tile<true, 1>, fast_tile<true, 2>, fast_tile<true, 4>>(W, p, Y, r0, r1);
+  else
+    fast_rows<fast_tile<false, 1>, fast_tile<false, 2>, fast_tile<false, 4>>(W, p, Y, r0, r1);
 }
 
 // 8 int32 codes → 8 floats of the codebook's base values.

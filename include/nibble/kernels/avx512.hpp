@@ -149,15 +149,22 @@ NIBBLE_TARGET_AVX512 inline void fast_tile(const PackedMatrix& W, const Prepared
 }
 
 template <bool kTable, bool kVnni>
-inline constexpr avx2::FastTileFn kFastTiles[3] = {fast_tile<kTable, kVnni, 1>, fast_tile<kTable, kVnni, 2>,
-                                                   fast_tile<kTable, kVnni, 4>};
+NIBBLE_TARGET_AVX512 inline void fast_rows(const PackedMatrix& W, const PreparedActivations& p, float* Y,
+                                           std::size_t r0, std::size_t r1) {
+  avx2::fast_rows<fast_tile<kTable, kVnni, 1>, fast_tile<kTable, kVnni, 2>, fast_tile<kTable, kVnni, 4>>(W, p, Y, r0,
+                                                                                                     r1);
+}
 
 // vnni: whether to use vpdpbusd (cpu.hpp's avx512vnni).
 NIBBLE_TARGET_AVX512 inline void gemm_fast(const PackedMatrix& W, const PreparedActivations& p, float* Y,
                                            std::size_t r0, std::size_t r1, bool vnni) {
-  const avx2::FastTileFn* tiles = W.table_codebook() ? (vnni ? kFastTiles<true, true> : kFastTiles<true, false>)
-                                                     : (vnni ? kFastTiles<false, true> : kFastTiles<false, false>);
-  avx2::fast_rows(W, p, Y, r0, r1, tiles);
+  if (W.table_codebook()) {
+    if (vnni) fast_rows<true, true>(W, p, Y, r0, r1);
+    else fast_rows<true, false>(W, p, Y, r0, r1);
+  } else {
+    if (vnni) fast_rows<false, true>(W, p, Y, r0, r1);
+    else fast_rows<false, false>(W, p, Y, r0, r1);
+  }
 }
 
 template <int NB>
