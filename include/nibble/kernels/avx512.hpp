@@ -110,12 +110,8 @@ NIBBLE_TARGET_AVX512 inline void fast_tile(const PackedMatrix& W, const Prepared
     for (int j = 0; j < NB; ++j) a[j] = _mm256_setzero_ps();
     std::size_t blk = W.first_block(g);
     const std::size_t blk_end = W.first_block(g + 1);
-    for (; blk + 2 <= blk_end && spans[blk + 1].elements == kActivationBlock && spans[blk].byte_begin % kChunkBytes == 0;
-         blk += 2) {
-      const std::uint8_t* tile_chunk = W.chunk(t, spans[blk].byte_begin / kChunkBytes);  // row i at + 32·i
-      const std::uintptr_t ahead = reinterpret_cast<std::uintptr_t>(tile_chunk) + avx2::kPrefetchBytes;
-      for (std::size_t line = 0; line < kTileRows * kChunkBytes; line += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(ahead + line), _MM_HINT_T0);
+    for (; avx2::is_pair_step(spans, blk, blk_end); blk += 2) {
+      const std::uint8_t* tile_chunk = avx2::pair_chunk(W, t, spans[blk]);  // row i at + 32·i
       Codes hi[4], lo[4];  // even / odd elements of rows 2k, 2k+1
       for (int k = 0; k < 4; ++k) {
         const __m512i v = _mm512_loadu_si512(tile_chunk + 64 * k);
