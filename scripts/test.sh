@@ -2,7 +2,7 @@
 # The whole test suite: every CMake preset (native warnings-as-errors, ASan+UBSan,
 # the scalar fallback under qemu-x86_64 -cpu Nehalem, AArch64 NEON under qemu with
 # and without dotprod), the AVX-512 kernels under bochs, then the two ways a consumer
-# project uses the package.
+# project uses the package and the README's entry points run in any order.
 #
 #   scripts/test.sh                 all of it
 #   scripts/test.sh dev asan        only these presets
@@ -28,6 +28,8 @@ if [ $# -eq 0 ]; then
   scripts/test-avx512.sh
   echo "=== consumer projects ==="
   scripts/check-consumers.sh
+  echo "=== entry points in any order (demo, compare) ==="
+  scripts/test-entry-points.sh
   echo "=== exporters read back by Python gguf / safetensors / numpy ==="
   scripts/test-interop.sh
   echo "=== fuzz every file reader (20 s each) ==="
