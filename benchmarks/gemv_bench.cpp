@@ -51,7 +51,11 @@ float random_float(std::uint64_t& s) {  // uniform in [-1, 1)
 struct Format {
   nibble::Codebook codebook;
   nibble::ScaleFormat scales;
-  std::string name() const { return std::string(nibble::to_string(codebook)) + "_" + nibble::to_string(scales); }
+  std::size_t group_size;
+  std::string name() const {
+    return std::string(nibble::to_string(codebook)) + "_" + nibble::to_string(scales) + "_g" +
+           std::to_string(group_size);
+  }
 };
 
 nibble::QuantizedMatrix random_quantized(std::size_t rows, std::size_t cols, std::size_t gs, Format f,
@@ -125,7 +129,7 @@ void bench_nibble(benchmark::State& st, std::size_t rows, std::size_t cols, std:
   const std::string key = "nibble/" + f.name() + shape_name(rows, cols) + regime(cold);
   DataSet& d = dataset(key);
   if (d.packed.empty()) {
-    const nibble::QuantizedMatrix q = random_quantized(rows, cols, 128, f, 1);
+    const nibble::QuantizedMatrix q = random_quantized(rows, cols, f.group_size, f, 1);
     const std::size_t n = copies_for(q.storage_bytes(), cold);
     for (std::size_t i = 0; i < n; ++i) d.packed.push_back(std::make_unique<nibble::PackedMatrix>(q));
   }
@@ -234,13 +238,23 @@ void register_all(bool quick) {
   using nibble::ActivationMode;
   using nibble::Codebook;
   using nibble::ScaleFormat;
-  const Format main_format{Codebook::int4_sym, ScaleFormat::f16};
-  const std::vector<Format> variants = {{Codebook::int4_sym, ScaleFormat::f32},
-                                        {Codebook::int4_sym, ScaleFormat::dq8},
-                                        {Codebook::uint4_asym, ScaleFormat::f16},
-                                        {Codebook::nf4, ScaleFormat::f16},
-                                        {Codebook::fp4, ScaleFormat::f16},
-                                        {Codebook::iq4_nl, ScaleFormat::f16}};
+  // int4_sym with f16 scales at the group sizes people use: 32 (every GGUF 4-bit
+  // format; 4.5 bits/weight like Q4_0), 64, and 128 (GPTQ/AWQ checkpoints).
+  const std::vector<Format> main_formats = {{Codebook::int4_sym, ScaleFormat::f16, 32},
+                                            {Codebook::int4_sym, ScaleFormat::f16, 64},
+                                            {Codebook::int4_sym, ScaleFormat::f16, 128}};
+  const Format main_format = main_formats.back();
+  // The other codebooks and scale storages, at group size 128 and 32.
+  std::vector<Format> variants;
+  for (std::size_t gs : {std::size_t{128}, std::size_t{32}}) {
+    for (const Format& f : std::vector<Format>{{Codebook::int4_sym, ScaleFormat::f32, gs},
+                                               {Codebook::int4_sym, ScaleFormat::dq8, gs},
+                                               {Codebook::uint4_asym, ScaleFormat::f16, gs},
+                                               {Codebook::nf4, ScaleFormat::f16, gs},
+                                               {Codebook::fp4, ScaleFormat::f16, gs},
+                                               {Codebook::iq4_nl, ScaleFormat::f16, gs}})
+      variants.push_back(f);
+  }
   struct Shape {
     std::size_t rows, cols;
   };
@@ -260,9 +274,10 @@ void register_all(bool quick) {
         const std::string suffix = "/" + sh + "/b1/t" + std::to_string(t) + "/" + regime(cold);
         for (ActivationMode mode : {ActivationMode::fast, ActivationMode::exact}) {
           const std::string m = mode == ActivationMode::fast ? "fast" : "exact";
-          add("nibble/" + main_format.name() + "/" + m + suffix, [=](benchmark::State& st) {
-            bench_nibble(st, s.rows, s.cols, 1, main_format, mode, t, cold);
-          });
+          for (const Format& f : main_formats)
+            add("nibble/" + f.name() + "/" + m + suffix, [=](benchmark::State& st) {
+              bench_nibble(st, s.rows, s.cols, 1, f, mode, t, cold);
+            });
           if (with_variants && !(quick && t == 2))
             for (const Format& f : variants)
               add("nibble/" + f.name() + "/" + m + suffix, [=](benchmark::State& st) {
@@ -283,9 +298,10 @@ void register_all(bool quick) {
       const std::string suffix = "/4096x4096/b" + std::to_string(batch) + "/t" + std::to_string(t) + "/hot";
       for (ActivationMode mode : {ActivationMode::fast, ActivationMode::exact}) {
         const std::string m = mode == ActivationMode::fast ? "fast" : "exact";
-        add("nibble/" + main_format.name() + "/" + m + suffix, [=](benchmark::State& st) {
-          bench_nibble(st, 4096, 4096, batch, main_format, mode, t, false);
-        });
+        for (const Format& f : {main_formats.front(), main_format})
+          add("nibble/" + f.name() + "/" + m + suffix, [=](benchmark::State& st) {
+            bench_nibble(st, 4096, 4096, batch, f, mode, t, false);
+          });
       }
       add("eigen_fp32" + suffix, [=](benchmark::State& st) { bench_eigen(st, 4096, 4096, batch, t, false); });
     }

@@ -161,15 +161,6 @@ NIBBLE_TARGET_AVX2 inline __m256 accumulate_block(__m256 a, __m256 isum, __m256 
   return _mm256_fmadd_ps(_mm256_broadcast_ss(&p.d[slot]), t, a);
 }
 
-// The same for two consecutive blocks, A then B. s0123 / s4567 hold rows 0..3 / 4..7,
-// block A in the low lane and B in the high one.
-NIBBLE_TARGET_AVX2 inline __m256 accumulate_pair(__m256 a, __m256i s0123, __m256i s4567, __m256 neg_off,
-                                                 const PreparedActivations& p, std::size_t slot) {
-  a = accumulate_block(a, _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x20)), neg_off, p, slot);
-  return accumulate_block(a, _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x31)), neg_off, p,
-                          slot + 1);
-}
-
 // Scale of group i as every path decodes it (F16C here; the same value as half_to_float).
 NIBBLE_TARGET_AVX2 inline float scale_at(const PackedMatrix& W, std::size_t i) {
   if (W.scale_format() == ScaleFormat::f16) return _cvtsh_ss(W.scales().raw16()[i]);
@@ -324,6 +315,110 @@ NIBBLE_TARGET_AVX2 inline const std::uint8_t* pair_chunk(const PackedMatrix& W, 
   return tile_chunk;
 }
 
+// Group pairs: with group size 32 (every GGUF 4-bit format) each group is one block,
+// and groups 2k, 2k + 1 lie side by side in one 32-byte chunk, so one pair step serves
+// both, each block keeping its own group's scale and offset. Returns how many such
+// pairs a row starts with (the ragged last group, if any, is not part of one).
+inline std::size_t group_pairs(const PackedMatrix& W) { return W.group_size() == 32 ? W.cols() / 64 : 0; }
+
+// The float steps after a pair step's integer sums for batch row j. Within one group
+// (kTwoGroups = false) both blocks add into the group's a; for a group pair block A
+// closes group g (a = its block, y += s_g·a) and block B group g + 1, which is the
+// scalar reference's order for one-block groups.
+template <bool kTwoGroups>
+NIBBLE_TARGET_AVX2 __attribute__((always_inline)) inline void finish_pair(__m256 isum_a, __m256 isum_b, __m256& a,
+                                                                          __m256& y, __m256 neg_off, const float* sv,
+                                                                          const float* nov, std::size_t g,
+                                                                          const PreparedActivations& p,
+                                                                          std::size_t slot) {
+  if constexpr (!kTwoGroups) {
+    a = accumulate_block(a, isum_a, neg_off, p, slot);
+    a = accumulate_block(a, isum_b, neg_off, p, slot + 1);
+  } else {
+    const __m256 zero = _mm256_setzero_ps();
+    y = _mm256_fmadd_ps(_mm256_loadu_ps(sv + 8 * g),
+                        accumulate_block(zero, isum_a, _mm256_loadu_ps(nov + 8 * g), p, slot), y);
+    y = _mm256_fmadd_ps(_mm256_loadu_ps(sv + 8 * g + 8),
+                        accumulate_block(zero, isum_b, _mm256_loadu_ps(nov + 8 * g + 8), p, slot + 1), y);
+  }
+}
+
+// One pair step: blocks blk (A) and blk + 1 (B) of tile t, for batch rows [b0, b0 + NB);
+// then finish_pair<kTwoGroups> for each batch row (neg_off: within a group, its −offsets).
+template <bool kTable, int NB, bool kTwoGroups>
+NIBBLE_TARGET_AVX2 __attribute__((always_inline)) inline void pair_step(const PackedMatrix& W,
+                                                                        const PreparedActivations& p, std::size_t t,
+                                                                        std::size_t nb, std::size_t blk,
+                                                                        __m256i table, __m256* a,
+                                                                        __m256* y, __m256 neg_off, const float* sv,
+                                                                        const float* nov, std::size_t g,
+                                                                        std::size_t b0) {
+  const std::uint8_t* tile_chunk = pair_chunk(W, t, W.blocks()[blk]);  // row i at + 32·i
+  if constexpr (NB == 1) {
+    // One activation row: decode and multiply each row at once (few live registers;
+    // for a codebook table, keeping all 16 looked-up vectors live as the batched code
+    // below does spills registers, and row by row measured ~15% faster).
+    const std::size_t slot = b0 * nb + blk;
+    const std::int8_t* qa = p.q.data() + slot * kActivationBlock;
+    const __m256i qe = pair_activations(qa, 0), qo = pair_activations(qa, 16);
+    const __m256i s0123 = four_row_sums<kTable>(tile_chunk, qe, qo, table);
+    const __m256i s4567 = four_row_sums<kTable>(tile_chunk + 4 * kChunkBytes, qe, qo, table);
+    finish_pair<kTwoGroups>(_mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x20)),
+                            _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x31)), a[0], y[0], neg_off, sv,
+                            nov, g, p, slot);
+    return;
+  }
+  __m256i hi[8], lo[8];
+  for (std::size_t i = 0; i < 8; ++i) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile_chunk + i * kChunkBytes));
+    lo[i] = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+    hi[i] = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
+    if constexpr (kTable) {
+      lo[i] = _mm256_shuffle_epi8(table, lo[i]);
+      hi[i] = _mm256_shuffle_epi8(table, hi[i]);
+    }
+  }
+  for (int j = 0; j < NB; ++j) {
+    const std::size_t slot = (b0 + static_cast<std::size_t>(j)) * nb + blk;
+    const std::int8_t* qa = p.q.data() + slot * kActivationBlock;  // block B follows at qa + 32
+    const __m256i qe = pair_activations(qa, 0), qo = pair_activations(qa, 16);
+    __m256i s0123, s4567;  // per lane (= per block): row sums 0..3 and 4..7
+    if constexpr (kTable) {
+      __m256i part[8];
+      for (std::size_t i = 0; i < 8; ++i)
+        part[i] = _mm256_add_epi32(block_dot<true>(hi[i], qe), block_dot<true>(lo[i], qo));
+      s0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(part[0], part[1]), _mm256_hadd_epi32(part[2], part[3]));
+      s4567 = _mm256_hadd_epi32(_mm256_hadd_epi32(part[4], part[5]), _mm256_hadd_epi32(part[6], part[7]));
+    } else {
+      // |maddubs| <= 2·15·127; hi + lo and two hadd levels stay below 30480.
+      __m256i part[8];
+      for (std::size_t i = 0; i < 8; ++i)
+        part[i] = _mm256_add_epi16(_mm256_maddubs_epi16(hi[i], qe), _mm256_maddubs_epi16(lo[i], qo));
+      const __m256i ones = _mm256_set1_epi16(1);
+      s0123 = _mm256_madd_epi16(
+          _mm256_hadd_epi16(_mm256_hadd_epi16(part[0], part[1]), _mm256_hadd_epi16(part[2], part[3])), ones);
+      s4567 = _mm256_madd_epi16(
+          _mm256_hadd_epi16(_mm256_hadd_epi16(part[4], part[5]), _mm256_hadd_epi16(part[6], part[7])), ones);
+    }
+    finish_pair<kTwoGroups>(_mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x20)),
+                            _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0123, s4567, 0x31)), a[j], y[j], neg_off, sv,
+                            nov, g, p, slot);
+  }
+}
+
+// Group g of tile t when it is a single block (the leftover of fast_tile_g32): its one
+// block, then y += s_g·a.
+template <bool kTable, int NB>
+NIBBLE_TARGET_AVX2 inline void last_group(const PackedMatrix& W, const PreparedActivations& p, std::size_t t,
+                                          std::size_t g, __m256i table, const float* sv, const float* nov, __m256* y,
+                                          std::size_t b0) {
+  __m256 a[NB];
+  for (int j = 0; j < NB; ++j) a[j] = _mm256_setzero_ps();
+  single_block<kTable, NB>(W, p, t, W.first_block(g), table, _mm256_loadu_ps(nov + 8 * g), a, b0);
+  const __m256 s = _mm256_loadu_ps(sv + 8 * g);
+  for (int j = 0; j < NB; ++j) y[j] = _mm256_fmadd_ps(s, a[j], y[j]);
+}
+
 // Rows of tile t; batch rows [b0, b0 + NB).
 // sv / nov: per group, the 8 rows' scale·k and −offset.
 template <bool kTable, int NB>
@@ -343,59 +438,29 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
     const std::size_t blk_end = W.first_block(g + 1);
     // Two full blocks at a time: one 32-byte load per row holds both blocks' codes
     // (block A in the low lane, B in the high lane).
-    for (; is_pair_step(spans, blk, blk_end); blk += 2) {
-      const std::uint8_t* tile_chunk = pair_chunk(W, t, spans[blk]);  // row i at + 32·i
-      if constexpr (NB == 1) {
-        // One activation row: decode and multiply each row at once (few live registers;
-        // for a codebook table, keeping all 16 looked-up vectors live as the batched code
-        // below does spills registers, and row by row measured ~15% faster).
-        const std::size_t slot = b0 * nb + blk;
-        const std::int8_t* qa = p.q.data() + slot * kActivationBlock;
-        const __m256i qe = pair_activations(qa, 0), qo = pair_activations(qa, 16);
-        const __m256i s0123 = four_row_sums<kTable>(tile_chunk, qe, qo, table);
-        const __m256i s4567 = four_row_sums<kTable>(tile_chunk + 4 * kChunkBytes, qe, qo, table);
-        a[0] = accumulate_pair(a[0], s0123, s4567, neg_off, p, slot);
-        continue;
-      }
-      __m256i hi[8], lo[8];
-      for (std::size_t i = 0; i < 8; ++i) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile_chunk + i * kChunkBytes));
-        lo[i] = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
-        hi[i] = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
-        if constexpr (kTable) {
-          lo[i] = _mm256_shuffle_epi8(table, lo[i]);
-          hi[i] = _mm256_shuffle_epi8(table, hi[i]);
-        }
-      }
-      for (int j = 0; j < NB; ++j) {
-        const std::size_t slot = (b0 + static_cast<std::size_t>(j)) * nb + blk;
-        const std::int8_t* qa = p.q.data() + slot * kActivationBlock;  // block B follows at qa + 32
-        const __m256i qe = pair_activations(qa, 0), qo = pair_activations(qa, 16);
-        __m256i s0123, s4567;  // per lane (= per block): row sums 0..3 and 4..7
-        if constexpr (kTable) {
-          __m256i part[8];
-          for (std::size_t i = 0; i < 8; ++i)
-            part[i] = _mm256_add_epi32(block_dot<true>(hi[i], qe), block_dot<true>(lo[i], qo));
-          s0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(part[0], part[1]), _mm256_hadd_epi32(part[2], part[3]));
-          s4567 = _mm256_hadd_epi32(_mm256_hadd_epi32(part[4], part[5]), _mm256_hadd_epi32(part[6], part[7]));
-        } else {
-          // |maddubs| <= 2·15·127; hi + lo and two hadd levels stay below 30480.
-          __m256i part[8];
-          for (std::size_t i = 0; i < 8; ++i)
-            part[i] = _mm256_add_epi16(_mm256_maddubs_epi16(hi[i], qe), _mm256_maddubs_epi16(lo[i], qo));
-          const __m256i ones = _mm256_set1_epi16(1);
-          s0123 = _mm256_madd_epi16(
-              _mm256_hadd_epi16(_mm256_hadd_epi16(part[0], part[1]), _mm256_hadd_epi16(part[2], part[3])), ones);
-          s4567 = _mm256_madd_epi16(
-              _mm256_hadd_epi16(_mm256_hadd_epi16(part[4], part[5]), _mm256_hadd_epi16(part[6], part[7])), ones);
-        }
-        a[j] = accumulate_pair(a[j], s0123, s4567, neg_off, p, slot);
-      }
-    }
+    for (; is_pair_step(spans, blk, blk_end); blk += 2)
+      pair_step<kTable, NB, false>(W, p, t, nb, blk, table, a, y, neg_off, sv, nov, g, b0);
     for (; blk < blk_end; ++blk) single_block<kTable, NB>(W, p, t, blk, table, neg_off, a, b0);
     const __m256 s = _mm256_loadu_ps(sv + 8 * g);
     for (int j = 0; j < NB; ++j) y[j] = _mm256_fmadd_ps(s, a[j], y[j]);
   }
+  for (int j = 0; j < NB; ++j) _mm256_storeu_ps(out + 8 * j, y[j]);
+}
+
+// fast_tile for group size 32: one pair step per two groups, then the ragged or odd
+// last group (one block) if there is one. A kernel of its own so that the general
+// tile loop above keeps its code generation (sharing one loop cost g128 ~10%).
+template <bool kTable, int NB>
+NIBBLE_TARGET_AVX2 inline void fast_tile_g32(const PackedMatrix& W, const PreparedActivations& p, std::size_t t,
+                                             const float* sv, const float* nov, float* out, std::size_t b0) {
+  const std::size_t G = W.groups_per_row(), pairs = group_pairs(W), nb = W.block_count();
+  const __m256i table =
+      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W.int8_base_values().data())));
+  __m256 y[NB];
+  for (int j = 0; j < NB; ++j) y[j] = _mm256_setzero_ps();
+  for (std::size_t g = 0; g < 2 * pairs; g += 2)
+    pair_step<kTable, NB, true>(W, p, t, nb, W.first_block(g), table, y, y, _mm256_setzero_ps(), sv, nov, g, b0);
+  if (2 * pairs < G) last_group<kTable, NB>(W, p, t, G - 1, table, sv, nov, y, b0);
   for (int j = 0; j < NB; ++j) _mm256_storeu_ps(out + 8 * j, y[j]);
 }
 
@@ -437,8 +502,13 @@ NIBBLE_TARGET_AVX2 inline void fast_rows(const PackedMatrix& W, const PreparedAc
 
 NIBBLE_TARGET_AVX2 inline void gemm_fast(const PackedMatrix& W, const PreparedActivations& p, float* Y,
                                          std::size_t r0, std::size_t r1) {
-  if (W.table_codebook())
+  const bool g32 = group_pairs(W) > 0;
+  if (W.table_codebook() && g32)
+    fast_rows<fast_tile_g32<true, 1>, fast_tile_g32<true, 2>, fast_tile_g32<true, 4>>(W, p, Y, r0, r1);
+  else if (W.table_codebook())
     fast_rows<fast_tile<true, 1>, fast_tile<true, 2>, fast_tile<true, 4>>(W, p, Y, r0, r1);
+  else if (g32)
+    fast_rows<fast_tile_g32<false, 1>, fast_tile_g32<false, 2>, fast_tile_g32<false, 4>>(W, p, Y, r0, r1);
   else
     fast_rows<fast_tile<false, 1>, fast_tile<false, 2>, fast_tile<false, 4>>(W, p, Y, r0, r1);
 }

@@ -89,16 +89,59 @@ NIBBLE_TARGET_AVX512 inline __m512i pair_sums(const __m512i* acc) {
   return _mm512_permutexvar_epi32(order, s);
 }
 
+// The lookup table make_codes expects, in all four 128-bit lanes.
+template <bool kVnni>
+NIBBLE_TARGET_AVX512 inline __m512i codes_table(const PackedMatrix& W) {
+  alignas(16) std::int8_t table_bytes[16];
+  for (int i = 0; i < 16; ++i)  // + 128 wraps to the unsigned byte w + 128
+    table_bytes[i] = static_cast<std::int8_t>(W.int8_base_values()[i] + (kVnni ? 128 : 0));
+  return _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(table_bytes)));
+}
+
+// One pair step (blocks blk = A and blk + 1 = B of tile t) for batch rows [b0, b0 + NB),
+// finished as avx2::finish_pair<kTwoGroups> does: within one group, or for two
+// one-block groups (group size 32).
+template <bool kTable, bool kVnni, int NB, bool kTwoGroups>
+NIBBLE_TARGET_AVX512 __attribute__((always_inline)) inline void pair_step(const PackedMatrix& W,
+                                                                          const PreparedActivations& p, std::size_t t,
+                                                                          std::size_t nb, std::size_t blk,
+                                                                          __m512i table, __m256* a,
+                                                                          __m256* y, __m256 neg_off, const float* sv,
+                                                                          const float* nov, std::size_t g,
+                                                                          std::size_t b0) {
+  const std::uint8_t* tile_chunk = avx2::pair_chunk(W, t, W.blocks()[blk]);  // row i at + 32·i
+  Codes hi[4], lo[4];  // even / odd elements of rows 2k, 2k+1
+  for (int k = 0; k < 4; ++k) {
+    const __m512i v = _mm512_loadu_si512(tile_chunk + 64 * k);
+    hi[k] = make_codes<kTable, kVnni>(_mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0F)), table);
+    lo[k] = make_codes<kTable, kVnni>(_mm512_and_si512(v, _mm512_set1_epi8(0x0F)), table);
+  }
+  for (int j = 0; j < NB; ++j) {
+    const std::size_t slot = (b0 + static_cast<std::size_t>(j)) * nb + blk;
+    const std::int8_t* qa = p.q.data() + slot * kActivationBlock;
+    const __m512i qe = _mm512_broadcast_i64x4(avx2::pair_activations(qa, 0));
+    const __m512i qo = _mm512_broadcast_i64x4(avx2::pair_activations(qa, 16));
+    __m512i acc[4];
+    for (int k = 0; k < 4; ++k)
+      acc[k] = dot<kTable, kVnni>(dot<kTable, kVnni>(_mm512_setzero_si512(), hi[k], qe), lo[k], qo);
+    __m512i sums = pair_sums(acc);
+    if constexpr (kTable && kVnni) {  // remove the + 128 bias: 128·Σq per block
+      const __m512i qsum = _mm512_inserti64x4(_mm512_set1_epi32(p.qsum[slot]), _mm256_set1_epi32(p.qsum[slot + 1]), 1);
+      sums = _mm512_sub_epi32(sums, _mm512_slli_epi32(qsum, 7));
+    }
+    const __m512 f = _mm512_cvtepi32_ps(sums);
+    avx2::finish_pair<kTwoGroups>(_mm512_castps512_ps256(f),
+                                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)), a[j], y[j],
+                                  neg_off, sv, nov, g, p, slot);
+  }
+}
+
 // Rows of tile t; batch rows [b0, b0 + NB). sv / nov as in avx2::fast_tile.
 template <bool kTable, bool kVnni, int NB>
 NIBBLE_TARGET_AVX512 inline void fast_tile(const PackedMatrix& W, const PreparedActivations& p, std::size_t t,
                                            const float* sv, const float* nov, float* out, std::size_t b0) {
   const std::size_t G = W.groups_per_row(), nb = W.block_count();
-  alignas(16) std::int8_t table_bytes[16];
-  for (int i = 0; i < 16; ++i)  // + 128 wraps to the unsigned byte w + 128
-    table_bytes[i] = static_cast<std::int8_t>(W.int8_base_values()[i] + (kVnni ? 128 : 0));
-  const __m128i table16 = _mm_load_si128(reinterpret_cast<const __m128i*>(table_bytes));
-  const __m512i table = _mm512_broadcast_i32x4(table16);
+  const __m512i table = codes_table<kVnni>(W);
   const __m256i table_avx2 =  // the AVX2 single-block step wants the signed values
       _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W.int8_base_values().data())));
   const BlockSpan* spans = W.blocks();
@@ -110,33 +153,8 @@ NIBBLE_TARGET_AVX512 inline void fast_tile(const PackedMatrix& W, const Prepared
     for (int j = 0; j < NB; ++j) a[j] = _mm256_setzero_ps();
     std::size_t blk = W.first_block(g);
     const std::size_t blk_end = W.first_block(g + 1);
-    for (; avx2::is_pair_step(spans, blk, blk_end); blk += 2) {
-      const std::uint8_t* tile_chunk = avx2::pair_chunk(W, t, spans[blk]);  // row i at + 32·i
-      Codes hi[4], lo[4];  // even / odd elements of rows 2k, 2k+1
-      for (int k = 0; k < 4; ++k) {
-        const __m512i v = _mm512_loadu_si512(tile_chunk + 64 * k);
-        hi[k] = make_codes<kTable, kVnni>(_mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0F)), table);
-        lo[k] = make_codes<kTable, kVnni>(_mm512_and_si512(v, _mm512_set1_epi8(0x0F)), table);
-      }
-      for (int j = 0; j < NB; ++j) {
-        const std::size_t slot = (b0 + static_cast<std::size_t>(j)) * nb + blk;
-        const std::int8_t* qa = p.q.data() + slot * kActivationBlock;
-        const __m512i qe = _mm512_broadcast_i64x4(avx2::pair_activations(qa, 0));
-        const __m512i qo = _mm512_broadcast_i64x4(avx2::pair_activations(qa, 16));
-        __m512i acc[4];
-        for (int k = 0; k < 4; ++k)
-          acc[k] = dot<kTable, kVnni>(dot<kTable, kVnni>(_mm512_setzero_si512(), hi[k], qe), lo[k], qo);
-        __m512i sums = pair_sums(acc);
-        if constexpr (kTable && kVnni) {  // remove the + 128 bias: 128·Σq per block
-          const __m512i qsum = _mm512_inserti64x4(_mm512_set1_epi32(p.qsum[slot]), _mm256_set1_epi32(p.qsum[slot + 1]), 1);
-          sums = _mm512_sub_epi32(sums, _mm512_slli_epi32(qsum, 7));
-        }
-        const __m512 f = _mm512_cvtepi32_ps(sums);
-        a[j] = avx2::accumulate_block(a[j], _mm512_castps512_ps256(f), neg_off, p, slot);
-        a[j] = avx2::accumulate_block(a[j], _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)), neg_off, p,
-                                      slot + 1);
-      }
-    }
+    for (; avx2::is_pair_step(spans, blk, blk_end); blk += 2)
+      pair_step<kTable, kVnni, NB, false>(W, p, t, nb, blk, table, a, y, neg_off, sv, nov, g, b0);
     for (; blk < blk_end; ++blk) avx2::single_block<kTable, NB>(W, p, t, blk, table_avx2, neg_off, a, b0);
     const __m256 s = _mm256_loadu_ps(sv + 8 * g);
     for (int j = 0; j < NB; ++j) y[j] = _mm256_fmadd_ps(s, a[j], y[j]);
@@ -144,11 +162,33 @@ NIBBLE_TARGET_AVX512 inline void fast_tile(const PackedMatrix& W, const Prepared
   for (int j = 0; j < NB; ++j) _mm256_storeu_ps(out + 8 * j, y[j]);
 }
 
+// Group size 32: one pair step per two groups, then the leftover group (as avx2::fast_tile_g32).
+template <bool kTable, bool kVnni, int NB>
+NIBBLE_TARGET_AVX512 inline void fast_tile_g32(const PackedMatrix& W, const PreparedActivations& p, std::size_t t,
+                                               const float* sv, const float* nov, float* out, std::size_t b0) {
+  const std::size_t G = W.groups_per_row(), pairs = avx2::group_pairs(W), nb = W.block_count();
+  const __m512i table = codes_table<kVnni>(W);
+  __m256 y[NB];
+  for (int j = 0; j < NB; ++j) y[j] = _mm256_setzero_ps();
+  for (std::size_t g = 0; g < 2 * pairs; g += 2)
+    pair_step<kTable, kVnni, NB, true>(W, p, t, nb, W.first_block(g), table, y, y, _mm256_setzero_ps(), sv, nov, g, b0);
+  if (2 * pairs < G) {
+    const __m256i table_avx2 =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W.int8_base_values().data())));
+    avx2::last_group<kTable, NB>(W, p, t, G - 1, table_avx2, sv, nov, y, b0);
+  }
+  for (int j = 0; j < NB; ++j) _mm256_storeu_ps(out + 8 * j, y[j]);
+}
+
 template <bool kTable, bool kVnni>
 NIBBLE_TARGET_AVX512 inline void fast_rows(const PackedMatrix& W, const PreparedActivations& p, float* Y,
                                            std::size_t r0, std::size_t r1) {
-  avx2::fast_rows<fast_tile<kTable, kVnni, 1>, fast_tile<kTable, kVnni, 2>, fast_tile<kTable, kVnni, 4>>(W, p, Y, r0,
-                                                                                                     r1);
+  if (avx2::group_pairs(W) > 0)
+    avx2::fast_rows<fast_tile_g32<kTable, kVnni, 1>, fast_tile_g32<kTable, kVnni, 2>, fast_tile_g32<kTable, kVnni, 4>>(
+        W, p, Y, r0, r1);
+  else
+    avx2::fast_rows<fast_tile<kTable, kVnni, 1>, fast_tile<kTable, kVnni, 2>, fast_tile<kTable, kVnni, 4>>(W, p, Y, r0,
+                                                                                                       r1);
 }
 
 // vnni: whether to use vpdpbusd (cpu.hpp's avx512vnni).
