@@ -139,4 +139,18 @@ TEST(BnbExact, RejectsWhatBitsandbytesRejects) {
   EXPECT_NO_THROW(nibble::quantize(W, bnb_config(Codebook::fp4, 128, ScaleFormat::dq8)));
 }
 
+TEST(BnbExact, CalibratedMethodsRefuseTheBitsandbytesFit) {
+  const Eigen::MatrixXf W = Eigen::MatrixXf::Random(8, 64);
+  const nibble::RowMatrixXf X = Eigen::MatrixXf::Random(32, 64);
+  nibble::GptqConfig g;
+  g.quant = bnb_config(Codebook::nf4, 32, ScaleFormat::f32);
+  const Eigen::MatrixXd H = (X.cast<double>().transpose() * X.cast<double>()) / 32.0;
+  EXPECT_THROW(nibble::gptq_quantize(W, H, g), nibble::Error);
+  nibble::AwqConfig a;
+  a.quant = bnb_config(Codebook::nf4, 32, ScaleFormat::f32);
+  EXPECT_THROW(nibble::awq_quantize({nibble::RowMatrixXf(W)}, X, a), nibble::Error);
+  g.quant.code_fit = CodeFit::restored;
+  EXPECT_NO_THROW(nibble::gptq_quantize(W, H, g));
+}
+
 }  // namespace
