@@ -169,12 +169,12 @@ Options parse(int argc, char** argv) {
   if (std::find(formats.begin(), formats.end(), o.format) == formats.end()) usage_error("unknown --format " + o.format);
   static const std::vector<std::string> methods = {"rtn", "clip", "nf4", "fp4", "hqq", "gptq", "awq"};
   if (std::find(methods.begin(), methods.end(), o.method) == methods.end()) usage_error("unknown --method " + o.method);
+  if (o.format == "bnb-nf4" && !method_given) o.method = "nf4";
   if (o.format == "bnb-fp4") {  // one writer for both: the method picks the table
     if (method_given && o.method != "fp4") usage_error("bnb-fp4 stores FP4: drop --method or use fp4");
     o.method = "fp4";
     o.format = "bnb-nf4";
   }
-  if (o.format == "bnb-nf4" && !method_given) o.method = "nf4";
   if (o.code_fit.empty()) o.code_fit = o.format == "bnb-nf4" ? "bitsandbytes" : "restored";
   if (o.code_fit == "bitsandbytes" && o.method != "nf4" && o.method != "fp4")
     usage_error("--code-fit bitsandbytes applies to --method nf4 or fp4");
@@ -186,6 +186,9 @@ Options parse(int argc, char** argv) {
     o.group = 32;
   }
   if (o.format == "bnb-nf4" && !o.group_given) o.group = 64;
+  if (o.format == "bnb-nf4" && (o.group <= 0 || !is_bnb_blocksize(static_cast<std::size_t>(o.group))))
+    usage_error("bitsandbytes blocksizes are 32, 64, 128, 256, 512, 1024, 2048 and 4096, got --group " +
+                (o.group == kPerRow ? std::string("row") : std::to_string(o.group)));
   const bool calibrated = o.method == "gptq" || o.method == "awq";
   if (calibrated && o.calib.empty())
     usage_error("--method " + o.method + " needs calibration activations: --calib FILE (see --help for the tensor naming)");
