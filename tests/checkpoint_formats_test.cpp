@@ -256,6 +256,21 @@ TEST(BnbCheckpoint, Nf4WithAndWithoutDoubleQuantRoundTrips) {
   }
 }
 
+TEST(BnbCheckpoint, BitsandbytesExactConfigRoundTrips) {
+  const Eigen::MatrixXf W = test::gaussian_matrix(48, 256, 21, 0.05f);
+  const QuantizedMatrix exact = quantize(W, io::bnb_quant_config(true, 64, true));
+  QuantConfig restored_config = io::bnb_quant_config(true, 64, true);
+  restored_config.code_fit = CodeFit::restored;
+  const QuantizedMatrix restored = quantize(W, restored_config);
+  EXPECT_NE(exact.codes(), restored.codes());  // the two fits differ once scales are compressed
+  const auto r = write_and_open("bnb_exact.safetensors", [&](SafetensorsWriter& w) { io::write_bnb(w, "w", exact); });
+  const QuantizedMatrix back = io::read_bnb(r, "w");
+  EXPECT_EQ(back.codes(), exact.codes());
+  EXPECT_EQ(back.scales().dq_codes(), exact.scales().dq_codes());
+  EXPECT_EQ(back.scales().dq_offset(), exact.scales().dq_offset());
+  EXPECT_THROW(quantize(W, io::bnb_quant_config(false, 48)), Error);
+}
+
 TEST(BnbCheckpoint, Fp4AndRejections) {
   const QuantizedMatrix m = make(Codebook::fp4, 32, ScaleFormat::f16, 4, 64, 9);
   const auto r = write_and_open("fp4.safetensors", [&](SafetensorsWriter& w) { io::write_bnb(w, "w", m); });

@@ -156,6 +156,38 @@ TEST_F(CliTest, CheckpointFormatsReadBack) {
   }
 }
 
+TEST_F(CliTest, BitsandbytesFormatsWriteBitsandbytesBytesByDefault) {
+  std::string log;
+  const std::string exact = kDir + "cli_bnb_exact.safetensors", restored = kDir + "cli_bnb_restored.safetensors",
+                    fp4 = kDir + "cli_bnb_fp4.safetensors";
+  ASSERT_EQ(run(kInput + " " + exact + " --format bnb-nf4 --double-quant --group 32", &log), 0) << log;
+  ASSERT_EQ(run(kInput + " " + restored + " --format bnb-nf4 --double-quant --group 32 --code-fit restored", &log), 0)
+      << log;
+  ASSERT_EQ(run(kInput + " " + fp4 + " --format bnb-fp4", &log), 0) << log;
+  const std::string name = "model.layers.0.mlp.up_proj.weight";
+  const Eigen::MatrixXf W = weight(32, 128, 2);
+  const QuantizedMatrix want = quantize(W, io::bnb_quant_config(true, 32, true));
+  QuantConfig rc = io::bnb_quant_config(true, 32, true);
+  rc.code_fit = CodeFit::restored;
+  const auto re = io::SafetensorsReader::open(exact), rr = io::SafetensorsReader::open(restored),
+             rf = io::SafetensorsReader::open(fp4);
+  EXPECT_EQ(io::read_bnb(re, name).codes(), want.codes());
+  EXPECT_EQ(io::read_bnb(re, name).scales().dq_codes(), want.scales().dq_codes());
+  EXPECT_EQ(io::read_bnb(rr, name).codes(), quantize(W, rc).codes());
+  EXPECT_NE(io::read_bnb(rr, name).codes(), want.codes());
+  EXPECT_EQ(io::read_bnb(rf, name).codebook(), Codebook::fp4);
+  EXPECT_EQ(io::read_bnb(rf, name).codes(), quantize(W, io::bnb_quant_config(false, 64)).codes());
+  EXPECT_EQ(run(kInput + " " + fp4 + " --format bnb-fp4 --method nf4", &log), 2);
+  EXPECT_EQ(run(kInput + " " + fp4 + " --format bnb-nf4 --code-fit nearest", &log), 2);
+  EXPECT_EQ(run(kInput + " " + fp4 + " --format bnb-nf4 --group 48", &log), 2) << log;  // bitsandbytes' blocksizes
+  EXPECT_NE(log.find("blocksizes are 32"), std::string::npos) << log;
+  EXPECT_EQ(run(kInput + " " + fp4 + " --method rtn --code-fit bitsandbytes --format nibble", &log), 2);
+  for (const auto& p : {exact, restored, fp4}) {
+    std::remove(p.c_str());
+    std::remove((p + ".quantization_config.json").c_str());
+  }
+}
+
 TEST_F(CliTest, BadInvocationsFailClearly) {
   std::string log;
   EXPECT_EQ(run("--help", &log), 0);

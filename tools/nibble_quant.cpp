@@ -54,7 +54,9 @@ options:
                    gptq         GPTQ checkpoint (qweight/qzeros/scales/g_idx, gptq_v2 zeros)
                    gptq-v1      same with v1 zeros (zero - 1; cannot store zero point 0)
                    awq          AutoAWQ GEMM checkpoint (out_features % 8 == 0)
-                   bnb-nf4      bitsandbytes NF4 state dict (blocksize 32..4096)
+                   bnb-nf4      bitsandbytes NF4 state dict (blocksize 32..4096, in_features % blocksize == 0);
+                                the bytes bitsandbytes' quantize_4bit writes (see --code-fit)
+                   bnb-fp4      the same with bitsandbytes' FP4 (bnb-nf4 --method fp4)
   --method M     how weights are rounded (default: rtn; nf4 for bnb-nf4)
                    rtn    round to nearest, per-group absmax (or min/max with --asym)
                    clip   rtn plus a per-group search for the clipping range with least error
@@ -72,6 +74,10 @@ options:
   --asym         uint4 with a zero point per group (default for gptq/awq formats)
   --sym          int4 symmetric (default otherwise)
   --double-quant nf4/fp4 only: 8-bit quantized scales (QLoRA double quantization)
+  --code-fit F   nf4/fp4 only: bitsandbytes (default for bnb-nf4/bnb-fp4): codes, absmax and
+                 scale codes exactly as bitsandbytes 0.50.2's quantize_4bit; restored (default
+                 otherwise): codes against the double-quantized scales as decoded, slightly
+                 more accurate but not what bitsandbytes writes
   --act-order    gptq only: quantize columns by descending activation energy. With
                  --format gptq / gptq-v1 the groups follow that order and g_idx records
                  it (AutoGPTQ desc_act=True); other formats keep contiguous groups
@@ -94,6 +100,7 @@ struct Options {
   std::string in, out, format, method = "rtn", calib;
   int group = 128;
   bool group_given = false, asym = false, sym = false, double_quant = false, default_skip = true, act_order = false;
+  std::string code_fit;  // "", "bitsandbytes" or "restored"
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   std::vector<std::string> skip;
 };
@@ -135,6 +142,11 @@ Options parse(int argc, char** argv) {
     } else if (a == "--asym") o.asym = true;
     else if (a == "--sym") o.sym = true;
     else if (a == "--double-quant") o.double_quant = true;
+    else if (a == "--code-fit") {
+      o.code_fit = value();
+      if (o.code_fit != "bitsandbytes" && o.code_fit != "restored")
+        usage_error("--code-fit must be bitsandbytes or restored, got '" + o.code_fit + "'");
+    }
     else if (a == "--act-order") o.act_order = true;
     else if (a == "--calib") o.calib = value();
     else if (a == "--threads") {
@@ -151,13 +163,21 @@ Options parse(int argc, char** argv) {
   if (o.format.empty()) {
     if (ends_with(o.out, ".nibble")) o.format = "nibble";
     else if (ends_with(o.out, ".gguf")) o.format = "gguf-q4_0";
-    else usage_error("cannot tell the format from '" + o.out + "': pass --format (nibble, gguf-q4_0, gguf-iq4_nl, gptq, gptq-v1, awq, bnb-nf4)");
+    else usage_error("cannot tell the format from '" + o.out + "': pass --format (nibble, gguf-q4_0, gguf-iq4_nl, gptq, gptq-v1, awq, bnb-nf4, bnb-fp4)");
   }
-  static const std::vector<std::string> formats = {"nibble", "gguf-q4_0", "gguf-iq4_nl", "gptq", "gptq-v1", "awq", "bnb-nf4"};
+  static const std::vector<std::string> formats = {"nibble", "gguf-q4_0", "gguf-iq4_nl", "gptq", "gptq-v1", "awq", "bnb-nf4", "bnb-fp4"};
   if (std::find(formats.begin(), formats.end(), o.format) == formats.end()) usage_error("unknown --format " + o.format);
   static const std::vector<std::string> methods = {"rtn", "clip", "nf4", "fp4", "hqq", "gptq", "awq"};
   if (std::find(methods.begin(), methods.end(), o.method) == methods.end()) usage_error("unknown --method " + o.method);
   if (o.format == "bnb-nf4" && !method_given) o.method = "nf4";
+  if (o.format == "bnb-fp4") {  // one writer for both: the method picks the table
+    if (method_given && o.method != "fp4") usage_error("bnb-fp4 stores FP4: drop --method or use fp4");
+    o.method = "fp4";
+    o.format = "bnb-nf4";
+  }
+  if (o.code_fit.empty()) o.code_fit = o.format == "bnb-nf4" ? "bitsandbytes" : "restored";
+  if (o.code_fit == "bitsandbytes" && o.method != "nf4" && o.method != "fp4")
+    usage_error("--code-fit bitsandbytes applies to --method nf4 or fp4");
   if (o.asym && o.sym) usage_error("--asym and --sym exclude each other");
   const bool ckpt = o.format == "gptq" || o.format == "gptq-v1" || o.format == "awq";
   if (ckpt && !o.sym) o.asym = true;
@@ -166,6 +186,9 @@ Options parse(int argc, char** argv) {
     o.group = 32;
   }
   if (o.format == "bnb-nf4" && !o.group_given) o.group = 64;
+  if (o.format == "bnb-nf4" && (o.group <= 0 || !is_bnb_blocksize(static_cast<std::size_t>(o.group))))
+    usage_error("bitsandbytes blocksizes are 32, 64, 128, 256, 512, 1024, 2048 and 4096, got --group " +
+                (o.group == kPerRow ? std::string("row") : std::to_string(o.group)));
   const bool calibrated = o.method == "gptq" || o.method == "awq";
   if (calibrated && o.calib.empty())
     usage_error("--method " + o.method + " needs calibration activations: --calib FILE (see --help for the tensor naming)");
@@ -266,7 +289,8 @@ bool is_float(io::DType t) { return t == io::DType::F32 || t == io::DType::F16 |
 // Round-to-nearest family with group fitting spread over threads (rows are independent;
 // the result is the same for any thread count because every group is fitted alike).
 QuantizedMatrix rtn_parallel(const RowMatrixXf& W, const QuantConfig& config, int threads) {
-  if (config.scale_format == ScaleFormat::dq8 || threads == 1) return quantize(W, config);
+  if (config.scale_format == ScaleFormat::dq8 || config.code_fit == CodeFit::bitsandbytes || threads == 1)
+    return quantize(W, config);
   const std::size_t rows = static_cast<std::size_t>(W.rows()), cols = static_cast<std::size_t>(W.cols());
   const std::size_t gs = effective_group_size(config.group_size, cols), G = (cols + gs - 1) / gs;
   std::vector<GroupParams> params(rows * G);
@@ -371,6 +395,7 @@ int main(int argc, char** argv) {
     if (o.method == "nf4" || o.method == "fp4") {
       qc.codebook = o.method == "nf4" ? Codebook::nf4 : Codebook::fp4;
       qc.scale_format = o.double_quant ? ScaleFormat::dq8 : ScaleFormat::f32;
+      qc.code_fit = o.code_fit == "bitsandbytes" ? CodeFit::bitsandbytes : CodeFit::restored;
     }
     if (o.method == "clip") qc.clip.enabled = true;
     if (o.format == "gguf-q4_0") qc.sym_scale = SymScale::full_range;  // Q4_0's d = extreme / −8

@@ -14,6 +14,10 @@
 //   nested_absmax[b / 256] + nested_offset — the same rule as nibble's ScaleFormat::dq8.
 // Blocks run over the flat index, so a matrix maps to nibble's row groups only when
 // in % blocksize == 0; blocksize must be a power of two in [32, 4096].
+// write_bnb stores the QuantizedMatrix it is given. For the bytes bitsandbytes'
+// quantize_4bit would write, quantize with bnb_quant_config() (CodeFit::bitsandbytes,
+// what nibble-quant --format bnb-nf4 / bnb-fp4 does by default); a matrix fitted with
+// CodeFit::restored loads in bitsandbytes just as well, with slightly different codes.
 #pragma once
 
 #include <cmath>
@@ -26,9 +30,21 @@
 
 #include "../format/dynamic_map.hpp"
 #include "../format/quantized_matrix.hpp"
+#include "../quant/rtn.hpp"
 #include "safetensors.hpp"
 
 namespace nibble::io {
+
+// The QuantConfig whose result is byte for byte bitsandbytes' quantize_4bit(W, blocksize,
+// compress_statistics = double_quant, quant_type = nf4 ? "nf4" : "fp4").
+inline QuantConfig bnb_quant_config(bool nf4, int blocksize = 64, bool double_quant = false) {
+  QuantConfig c;
+  c.codebook = nf4 ? Codebook::nf4 : Codebook::fp4;
+  c.group_size = blocksize;
+  c.scale_format = double_quant ? ScaleFormat::dq8 : ScaleFormat::f32;
+  c.code_fit = CodeFit::bitsandbytes;
+  return c;
+}
 
 inline void write_bnb(SafetensorsWriter& out, const std::string& name, const QuantizedMatrix& m,
                       const std::string& original_dtype = "float32") {

@@ -50,6 +50,7 @@ enum class Method {
   awq_gptq,            // AWQ scales folded upstream, then GPTQ uint4 act-order on the scaled layers
   awq_gptq_clip_dq,    // AWQ scales + GPTQ act-order + clip search, double-quantized scales
   iq4_nl_clip,         // llama.cpp's IQ4_NL table, extreme/−127 scale + MSE clip search
+  nf4_dq_bnb,          // nf4_dq with CodeFit::bitsandbytes: the bytes bitsandbytes writes
   gptq_iq4_nl_act_clip,  // GPTQ onto the IQ4_NL table, act-order + clip
 };
 
@@ -86,6 +87,7 @@ inline const std::vector<MethodInfo>& all_methods() {
       {Method::awq_gptq, "awq-gptq", "AWQ scales + GPTQ uint4 act-order", true, false},
       {Method::awq_gptq_clip_dq, "awq-gptq-clip-dq", "AWQ + GPTQ act + clip, DQ scales", true, false},
       {Method::iq4_nl_clip, "iq4nl-clip", "RTN IQ4_NL + MSE clip", false, false},
+      {Method::nf4_dq_bnb, "nf4-dq-bnb", "NF4 + DQ, bitsandbytes-exact codes", false, false},
       {Method::gptq_iq4_nl_act_clip, "gptq-iq4nl-act-clip", "GPTQ IQ4_NL + act-order + clip", true, false},
   };
   return methods;
@@ -186,6 +188,11 @@ inline QuantConfig rtn_config(Method m, int group_size, ScaleFormat int_scales) 
     case Method::rtn_uint4_clip: c.codebook = Codebook::uint4_asym; c.clip.enabled = true; break;
     case Method::nf4: c.codebook = Codebook::nf4; c.scale_format = ScaleFormat::f32; break;
     case Method::nf4_dq: c.codebook = Codebook::nf4; c.scale_format = ScaleFormat::dq8; break;
+    case Method::nf4_dq_bnb:
+      c.codebook = Codebook::nf4;
+      c.scale_format = ScaleFormat::dq8;
+      c.code_fit = CodeFit::bitsandbytes;
+      break;
     case Method::fp4: c.codebook = Codebook::fp4; c.scale_format = ScaleFormat::f32; break;
     case Method::gptq:
     case Method::gptq_act:
@@ -329,6 +336,7 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
     case Method::rtn_uint4_clip:
     case Method::nf4:
     case Method::nf4_dq:
+    case Method::nf4_dq_bnb:
     case Method::fp4:
     case Method::iq4_nl_clip: {
       for (int l = 0; l < L; ++l)

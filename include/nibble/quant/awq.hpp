@@ -189,6 +189,8 @@ inline AwqResult awq_quantize(const std::vector<RowMatrixXf>& weights, const Row
     outputs += static_cast<std::size_t>(weights[i].rows());
   }
   detail::require(X.rows() > 0, "AWQ: no calibration tokens (X has 0 rows)");
+  detail::require(cfg.quant.code_fit == CodeFit::restored, "AWQ: CodeFit::bitsandbytes is bitsandbytes' round-to-",
+                  "nearest rule (quantize()); AWQ scales and clips the weights first, use CodeFit::restored");
   detail::require(X.cols() == in, "AWQ: activations have ", X.cols(), " columns, expected in_features = ", in);
   detail::awq_check_finite(X, "AWQ activations");
   detail::require(cfg.grid >= 1, "AWQ: grid is ", cfg.grid, " (expected >= 1, default 20)");

@@ -307,6 +307,8 @@ GptqResult gptq_quantize(const Eigen::MatrixBase<Derived>& W_in, const Eigen::Ma
   detail::require(std::isfinite(cfg.damp) && cfg.damp >= 0.0, "GPTQ: damp is ", cfg.damp,
                   " (expected a finite value >= 0, typically 0.01)");
   detail::require(cfg.block_size >= 1, "GPTQ: block_size is ", cfg.block_size, " (expected >= 1, typically 128)");
+  detail::require(cfg.quant.code_fit == CodeFit::restored, "GPTQ: CodeFit::bitsandbytes is bitsandbytes' round-to-",
+                  "nearest rule (quantize()); GPTQ chooses its own codes, use CodeFit::restored");
   detail::require(cfg.threads >= 1, "GPTQ: threads is ", cfg.threads, " (expected >= 1)");
   detail::require(cfg.max_damp_retries >= 0, "GPTQ: max_damp_retries is negative");
   if (cfg.quant.clip.enabled)

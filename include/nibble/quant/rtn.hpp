@@ -10,6 +10,7 @@
 
 #include "../core/error.hpp"
 #include "../format/quantized_matrix.hpp"
+#include "bnb_exact.hpp"
 #include "group_quantizer.hpp"
 
 namespace nibble {
@@ -30,6 +31,14 @@ struct QuantConfig {
   SymScale sym_scale = SymScale::absmax_over_7;  // int4_sym only
   ClipSearch clip;                               // MSE-optimal clipping per group
   NonFinitePolicy non_finite = NonFinitePolicy::reject;
+  // nf4 / fp4: restored (default) codes weights against the scales as decoded and picks
+  // the nearest scale codes; bitsandbytes reproduces bitsandbytes' quantize_4bit byte for
+  // byte (codes from the exact absmax, float32 mean; see quant/bnb_exact.hpp). The latter
+  // needs a blocksize bitsandbytes accepts (32…4096, powers of two), f32 or dq8 scales and
+  // no clip search. Its blocks are nibble's row groups: equal to bitsandbytes' flat blocks
+  // when cols % group_size == 0 or rows == 1; otherwise each row's short last group follows
+  // bitsandbytes' rule for a final partial block.
+  CodeFit code_fit = CodeFit::restored;
 };
 
 using RowMatrixXf = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -91,6 +100,25 @@ inline QuantizedMatrix encode_matrix(const RowMatrixXf& W, std::size_t group_siz
                          zeros.empty() ? ZeroPoints::none() : ZeroPoints::uint4(zeros));
 }
 
+// CodeFit::bitsandbytes: codes and absmax per row group as bitsandbytes' quantize_4bit.
+inline QuantizedMatrix quantize_bnb_exact(const RowMatrixXf& W, std::size_t gs, Codebook codebook,
+                                          ScaleFormat scale_format) {
+  const std::size_t rows = static_cast<std::size_t>(W.rows()), cols = static_cast<std::size_t>(W.cols());
+  const std::size_t G = (cols + gs - 1) / gs;
+  std::vector<float> absmax(rows * G);
+  std::vector<std::uint8_t> codes(rows * packed_size(cols), 0), group_codes(gs);
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t g = 0; g < G; ++g) {
+      const std::size_t n = std::min(cols, (g + 1) * gs) - g * gs;
+      absmax[r * G + g] = bnb_encode_group(W.row(static_cast<Eigen::Index>(r)).data() + g * gs, n, codebook,
+                                           n < gs, group_codes.data());
+      for (std::size_t i = 0; i < n; ++i) set_nibble(codes.data() + r * packed_size(cols), g * gs + i, group_codes[i]);
+    }
+  ScaleArray scales = scale_format == ScaleFormat::dq8 ? bnb_double_quant(absmax)
+                                                        : ScaleArray::encode(absmax, ScaleFormat::f32);
+  return QuantizedMatrix(rows, cols, gs, codebook, std::move(codes), std::move(scales));
+}
+
 // Round-to-nearest quantization of W (rows = out_features, cols = in_features; any
 // dense Eigen input, float or double, either storage order).
 template <class Derived>
@@ -102,6 +130,10 @@ QuantizedMatrix quantize(const Eigen::MatrixBase<Derived>& W, const QuantConfig&
     detail::require(config.clip.step > 0.0f && config.clip.min_shrink > 0.0f && config.clip.min_shrink <= 1.0f,
                     "clip search needs 0 < min_shrink <= 1 and step > 0");
   const std::size_t G = (cols + gs - 1) / gs;
+  if (config.code_fit == CodeFit::bitsandbytes) {
+    validate_bnb_exact(config.codebook, config.group_size, config.scale_format, config.clip.enabled);
+    return quantize_bnb_exact(Wf, gs, config.codebook, config.scale_format);
+  }
   std::vector<GroupParams> params(static_cast<std::size_t>(Wf.rows()) * G);
   for (Eigen::Index r = 0; r < Wf.rows(); ++r)
     for (std::size_t g = 0; g < G; ++g) {
