@@ -1,6 +1,7 @@
 // Writes the small valid files that seed the fuzzers' corpora (fuzz/corpus/<harness>/).
 //   make_seeds OUT_DIR
 #include <cstdio>
+#include <cstring>
 #include <string>
 
 #include <nibble/io/io.hpp>
@@ -39,6 +40,34 @@ int main(int argc, char** argv) {
     w.add_iq4_nl("iq", W);
     RowMatrixXf R = W.row(0);
     w.add_f32("n", 1, 32, R.data());
+    w.finish();
+  }
+  {
+    // One small tensor of every ggml type the reader decodes (2 rows, one block each),
+    // deterministic bytes with a 1/64 f16 in every d / m / dmin field.
+    io::GgufWriter w(d + "/gguf/types.gguf");
+    const io::GgmlType types[] = {io::GgmlType::F32,  io::GgmlType::F16,  io::GgmlType::BF16, io::GgmlType::Q8_0,
+                                  io::GgmlType::Q4_0, io::GgmlType::Q4_1, io::GgmlType::Q5_0, io::GgmlType::Q5_1,
+                                  io::GgmlType::Q4_K, io::GgmlType::Q5_K, io::GgmlType::Q6_K, io::GgmlType::IQ4_NL};
+    for (io::GgmlType t : types) {
+      const auto id = static_cast<std::uint32_t>(t);
+      const io::GgmlTypeSize ts = io::ggml_type_size(id);
+      const std::size_t cols = ts.block == 1 ? 32 : ts.block;
+      std::vector<std::uint8_t> bytes(2 * cols / ts.block * ts.bytes);
+      for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<std::uint8_t>(i * 73 + 11);
+      const std::uint16_t small = float_to_half(1.0f / 64.0f);
+      if (ts.block > 1)
+        for (std::size_t b = 0; b < bytes.size() / ts.bytes; ++b) {
+          std::uint8_t* p = bytes.data() + b * ts.bytes;
+          if (t == io::GgmlType::Q6_K) {
+            std::memcpy(p + 208, &small, 2);
+          } else {
+            std::memcpy(p, &small, 2);
+            std::memcpy(p + 2, &small, 2);  // m / dmin where the type has one, else codes
+          }
+        }
+      w.add_tensor("t." + io::ggml_type_name(id), id, {cols, 2}, bytes.data(), bytes.size());
+    }
     w.finish();
   }
   {

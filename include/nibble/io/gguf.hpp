@@ -1,5 +1,6 @@
-// GGUF (version 3, as written by llama.cpp / gguf-py): Q4_0 and IQ4_NL blocks, a
-// streaming writer and a validating reader.
+// GGUF (version 3, as written by llama.cpp / gguf-py): a streaming writer (F32, Q4_0,
+// IQ4_NL) and a validating reader that decodes every type in ggml_types.hpp to float and
+// imports Q4_0, IQ4_NL and Q4_1 tensors into QuantizedMatrix.
 //
 // File layout, little-endian:
 //   u32 magic "GGUF" | u32 version 3 | u64 tensor_count | u64 kv_count
@@ -14,6 +15,8 @@
 // LOW nibble of byte j, element j+16 the HIGH nibble. w = d · (q − 8).
 // IQ4_NL block (18 bytes / 32 weights): same nibble layout, w = d · kvalues[q] with the
 // non-uniform int8 table below.
+// Q4_1 block (20 bytes / 32 weights): fp16 d, fp16 m, the same 16 bytes; w = d · q + m.
+// The other types' layouts are described next to their decoders in ggml_types.hpp.
 #pragma once
 
 #include <algorithm>
@@ -31,24 +34,9 @@
 #include "../format/quantized_matrix.hpp"
 #include "../quant/rtn.hpp"
 #include "binary.hpp"
+#include "ggml_types.hpp"
 
 namespace nibble::io {
-
-enum class GgmlType : std::uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, IQ4_NL = 20, BF16 = 30 };
-
-// Block size (elements) and bytes per block of every ggml type a GGUF file may hold, so a
-// reader can lay out files containing types nibble does not decode. {0, 0} = unknown.
-struct GgmlTypeSize {
-  std::uint32_t block, bytes;
-};
-inline GgmlTypeSize ggml_type_size(std::uint32_t type) {
-  static const GgmlTypeSize table[] = {
-      {1, 4},     {1, 2},     {32, 18},   {32, 20},   {0, 0},     {0, 0},     {32, 22},   {32, 24},
-      {32, 34},   {32, 36},   {256, 84},  {256, 110}, {256, 144}, {256, 176}, {256, 210}, {256, 292},
-      {256, 66},  {256, 74},  {256, 98},  {256, 50},  {32, 18},   {256, 110}, {256, 82},  {256, 136},
-      {1, 1},     {1, 2},     {1, 4},     {1, 8},     {1, 8},     {256, 56},  {1, 2}};
-  return type < sizeof(table) / sizeof(table[0]) ? table[type] : GgmlTypeSize{0, 0};
-}
 
 inline constexpr std::size_t kGgufBlock = 32;
 
@@ -117,6 +105,61 @@ inline QuantizedMatrix from_gguf_blocks(GgmlType type, std::size_t rows, std::si
   // from_raw16 validates: a block whose d is Inf/NaN is rejected with its index.
   return QuantizedMatrix(rows, cols, kGgufBlock, cb, std::move(codes),
                          ScaleArray::from_raw16(std::move(scales), ScaleFormat::f16));
+}
+
+// ---- Q4_1 ---------------------------------------------------------------------------
+
+// Q4_1 blocks (rows × cols/32 blocks of 20 bytes) → QuantizedMatrix: uint4_asym, groups of
+// 32, the file's d as f16 scale (bit for bit), codes as stored, and f32 zero points
+// z = −m/d, so that s·(q − z) = d·q + m. Codes and d are exact; the value is not always
+// bit-exact, because z is rounded to f32 and the container computes d·(q − z) where the
+// file means fl(fl(d·q) + m). No float z makes every code exact (on SmolLM2, moving z
+// by up to ±8 ulps from −m/d makes no further block exact), so we accept rounding:
+// three roundings here (z, q − z, the product) and two in the reference, each at most
+// 2^-24 relative, bound the difference by
+//   |Δ| ≤ 2^-24 · (|m| + 3|w| + |d·q|) ≤ 2^-22 · (15·|d| + |m|)   per block
+// (q4_1_rounding_bound), i.e. a few float32 ulps of the block's range. Measured on
+// SmolLM2-135M's 106M Q4_1 weights: max |Δ| 4.8e-7, at most 0.28 of the bound, 40% of
+// values identical (scripts/test-interop.sh). A block with d = 0 holds the constant m;
+// it is stored exactly as scale m, codes 0, zero −1 (m·(0 + 1) = m).
+inline float q4_1_rounding_bound(float d, float m) {
+  return std::ldexp(15.0f * std::fabs(d) + std::fabs(m), -22);
+}
+
+inline QuantizedMatrix from_q4_1_blocks(std::size_t rows, std::size_t cols, ByteView bytes,
+                                        const std::string& what = "Q4_1 tensor") {
+  detail::require(cols % kGgufBlock == 0 && rows > 0 && cols > 0 && rows <= (1ull << 40) / cols, what, ": shape ",
+                  rows, " x ", cols, " is invalid (expected non-empty, in_features a multiple of 32)");
+  const std::size_t nb = cols / kGgufBlock;
+  detail::require(bytes.size / 20 / nb == rows && bytes.size % (20 * nb) == 0, what, ": ", rows, " x ", cols,
+                  " needs ", rows * nb * 20, " bytes of Q4_1 blocks, got ", bytes.size);
+  std::vector<std::uint8_t> codes(rows * cols / 2);
+  std::vector<std::uint16_t> scales(rows * nb);
+  std::vector<float> zeros(rows * nb);
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t b = 0; b < nb; ++b) {
+      const std::size_t i = r * nb + b;
+      const std::uint8_t* blk = bytes.data + i * 20;
+      const std::uint16_t dh = load_u16(blk), mh = load_u16(blk + 2);
+      const float d = half_to_float(dh), m = half_to_float(mh);
+      detail::require(std::isfinite(d) && std::isfinite(m), what, ": Q4_1 block ", b, " of row ", r,
+                      " has a non-finite d or m (", d, ", ", m, ")");
+      std::uint8_t* row = codes.data() + r * cols / 2;
+      if (d == 0.0f) {  // constant block: codes are irrelevant to the file, keep them 0
+        scales[i] = mh;
+        zeros[i] = -1.0f;
+        continue;
+      }
+      scales[i] = dh;
+      zeros[i] = -m / d;
+      for (std::size_t j = 0; j < 16; ++j) {
+        set_nibble(row, b * kGgufBlock + j, blk[4 + j] & 0x0F);
+        set_nibble(row, b * kGgufBlock + j + 16, blk[4 + j] >> 4);
+      }
+    }
+  return QuantizedMatrix(rows, cols, kGgufBlock, Codebook::uint4_asym, std::move(codes),
+                         ScaleArray::from_raw16(std::move(scales), ScaleFormat::f16),
+                         ZeroPoints::floats(zeros, ScaleFormat::f32));
 }
 
 // QuantizedMatrix (group 32, the type's codebook) → GGUF blocks, row after row. Scales
@@ -226,34 +269,12 @@ QuantizedMatrix quantize_iq4_nl(const Eigen::MatrixBase<Derived>& W) {
 
 // ---- block decoding -----------------------------------------------------------------
 
-// Dequantizes `count` elements of a supported type (F32, F16, BF16, Q4_0, IQ4_NL).
+// Raw-pointer form kept for callers that have no byte count: `count` elements of `type`
+// read from p, which must hold count / block · bytes-per-block bytes.
 inline void dequantize_ggml(std::uint32_t type, const std::uint8_t* p, std::size_t count, float* out) {
-  switch (static_cast<GgmlType>(type)) {
-    case GgmlType::F32:
-      for (std::size_t i = 0; i < count; ++i) out[i] = load_f32(p + 4 * i);
-      return;
-    case GgmlType::F16:
-      for (std::size_t i = 0; i < count; ++i) out[i] = half_to_float(load_u16(p + 2 * i));
-      return;
-    case GgmlType::BF16:
-      for (std::size_t i = 0; i < count; ++i) out[i] = bf16_to_float(load_u16(p + 2 * i));
-      return;
-    case GgmlType::Q4_0:
-    case GgmlType::IQ4_NL: {
-      const bool q40 = static_cast<GgmlType>(type) == GgmlType::Q4_0;
-      for (std::size_t b = 0; b < count / kGgufBlock; ++b) {
-        const std::uint8_t* blk = p + b * 18;
-        const float d = half_to_float(load_u16(blk));
-        for (std::size_t j = 0; j < 16; ++j) {
-          const int lo = blk[2 + j] & 0x0F, hi = blk[2 + j] >> 4;
-          out[b * kGgufBlock + j] = q40 ? d * static_cast<float>(lo - 8) : d * kIQ4NLValues[lo];
-          out[b * kGgufBlock + j + 16] = q40 ? d * static_cast<float>(hi - 8) : d * kIQ4NLValues[hi];
-        }
-      }
-      return;
-    }
-    default: detail::throw_error("GGUF: cannot decode ggml type ", type, " (supported: F32, F16, BF16, Q4_0, IQ4_NL)");
-  }
+  const GgmlTypeSize ts = ggml_type_size(type);
+  detail::require(ts.block != 0, "GGUF: unknown ggml type ", type);
+  dequantize_ggml(type, ByteView{p, count / ts.block * ts.bytes}, count, out);
 }
 
 // ---- writer -------------------------------------------------------------------------
@@ -407,25 +428,51 @@ class GgufReader {
     return {file_.view().data + data_start_ + t.offset, static_cast<std::size_t>(t.size)};
   }
 
-  // Any supported 1-D or 2-D tensor as a float matrix [ne1 × ne0].
-  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> dequantize(const std::string& name) const {
+  // Any tensor of a type dequantize_ggml decodes, as a row-major float matrix with
+  // cols = ne[0] (the contiguous dimension) and rows = ne[1]·ne[2]·ne[3] (1 for a 1-D
+  // tensor). Values are exactly gguf-py's dequantize.
+  RowMatrixXf load_float(const std::string& name) const {
     const GgufTensorInfo& t = info(name);
-    detail::require(t.ne.size() <= 2, "GGUF: tensor '", name, "' has ", t.ne.size(), " dimensions, expected 1 or 2");
-    const std::uint64_t rows = t.ne.size() == 2 ? t.ne[1] : 1;
-    Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> m(static_cast<Eigen::Index>(rows),
-                                                                           static_cast<Eigen::Index>(t.ne[0]));
-    dequantize_ggml(t.type, bytes(t).data, static_cast<std::size_t>(t.elements()), m.data());
+    detail::require(ggml_type_decodable(t.type), "GGUF: tensor '", name, "' has ggml type ", ggml_type_name(t.type),
+                    ", which nibble does not decode (supported: ", kGgmlDecodableTypes, ")");
+    std::uint64_t rows = 1;
+    for (std::size_t d = 1; d < t.ne.size(); ++d) rows = checked_mul(rows, t.ne[d], "GGUF tensor rows");
+    const std::uint64_t cols = t.ne[0];
+    detail::require(rows <= kMaxDimension && cols <= kMaxDimension && (cols == 0 || rows <= kMaxDimension / cols),
+                    "GGUF: tensor '", name, "' (", rows, " x ", cols, ") is too large to decode");
+    RowMatrixXf m(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
+    dequantize_ggml(t.type, bytes(t), static_cast<std::size_t>(rows * cols), m.data(),
+                    "tensor '" + name + "'");
     return m;
   }
+  // A 1-D tensor (e.g. a norm weight) as a vector.
+  Eigen::VectorXf load_vector(const std::string& name) const {
+    const GgufTensorInfo& t = info(name);
+    detail::require(t.ne.size() == 1, "GGUF: tensor '", name, "' has ", t.ne.size(), " dimensions, expected 1");
+    const RowMatrixXf m = load_float(name);
+    return Eigen::Map<const Eigen::VectorXf>(m.data(), m.cols());
+  }
+  // Older name of load_float for 1-D and 2-D tensors.
+  RowMatrixXf dequantize(const std::string& name) const {
+    detail::require(info(name).ne.size() <= 2, "GGUF: tensor '", name, "' has ", info(name).ne.size(),
+                    " dimensions, expected 1 or 2");
+    return load_float(name);
+  }
 
-  // A 2-D Q4_0 or IQ4_NL tensor as a QuantizedMatrix (int4_sym or iq4_nl, group 32,
-  // f16 scales), losslessly, ready for the kernels.
+  // A 2-D 4-bit tensor as a QuantizedMatrix ready for the kernels, group 32, f16 scales:
+  // Q4_0 as int4_sym and IQ4_NL as iq4_nl, losslessly; Q4_1 as uint4_asym with f32 zero
+  // points (codes and scales exact, values within q4_1_rounding_bound; see from_q4_1_blocks).
   QuantizedMatrix load_quantized(const std::string& name) const {
     const GgufTensorInfo& t = info(name);
     const bool four_bit = t.type == static_cast<std::uint32_t>(GgmlType::Q4_0) ||
-                          t.type == static_cast<std::uint32_t>(GgmlType::IQ4_NL);
+                          t.type == static_cast<std::uint32_t>(GgmlType::IQ4_NL) ||
+                          t.type == static_cast<std::uint32_t>(GgmlType::Q4_1);
     detail::require(four_bit && t.ne.size() == 2, "GGUF: tensor '", name,
-                    "' is not a 2-D Q4_0 or IQ4_NL tensor (type ", t.type, ", ", t.ne.size(), " dims)");
+                    "' is not a 2-D Q4_0, Q4_1 or IQ4_NL tensor (type ", ggml_type_name(t.type), ", ", t.ne.size(),
+                    " dims)");
+    if (t.type == static_cast<std::uint32_t>(GgmlType::Q4_1))
+      return from_q4_1_blocks(static_cast<std::size_t>(t.ne[1]), static_cast<std::size_t>(t.ne[0]), bytes(t),
+                              "GGUF: tensor '" + name + "'");
     return from_gguf_blocks(static_cast<GgmlType>(t.type), static_cast<std::size_t>(t.ne[1]),
                             static_cast<std::size_t>(t.ne[0]), bytes(t));
   }
