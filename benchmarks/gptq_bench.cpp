@@ -154,6 +154,7 @@ void BM_AwqSearch(benchmark::State& state) {
   const std::vector<nibble::RowMatrixXf> W{weights()};
   nibble::AwqConfig c;
   c.clip_search = false;
+  c.threads = static_cast<int>(state.range(0));
   for (auto _ : state) {
     const nibble::AwqResult r = nibble::awq_quantize(W, X, c);
     state.counters["ratio"] = r.best_ratio;
@@ -173,7 +174,7 @@ void BM_GptqUnblocked(benchmark::State& state) {
 BENCHMARK(BM_HessianAccumulation)->Arg(1)->Arg(2)->ArgName("threads")->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
 BENCHMARK(BM_InverseFactor)->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
 BENCHMARK(BM_GptqBlocked)->Arg(1)->Arg(2)->ArgName("threads")->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
-BENCHMARK(BM_AwqSearch)->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
+BENCHMARK(BM_AwqSearch)->Arg(1)->Arg(2)->ArgName("threads")->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
 BENCHMARK(BM_GptqUnblocked)->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
 int main(int argc, char** argv) {
   // What ran the math: the BLAS and its kernels (or Eigen and its compile-time SIMD),

@@ -15,17 +15,22 @@
 // every translation unit of the executable that links it.
 //
 // Threads: nibble calls the BLAS from its own worker threads on fixed blocks of work,
-// so the BLAS must be single-threaded (Debian: libopenblas0-serial). That avoids
-// oversubscription, and since a block's arithmetic does not depend on which thread or
-// how many threads run it, results are bit-identical for every thread count. They can
-// differ between CPUs (OpenBLAS's kernels differ), and from the Eigen build in the last
-// bits.
+// and asks OpenBLAS for one thread per call (openblas_set_num_threads(1) before the
+// first call): no oversubscription, and since a block's arithmetic does not depend on
+// which thread or how many threads run it, results are bit-identical for every thread
+// count. They can differ between CPUs (OpenBLAS's kernels differ) and from the Eigen
+// build in the last bits. Use a thread-safe OpenBLAS (Debian: libopenblas0-pthread):
+// Debian's serial variant is built without USE_LOCKING, so concurrent calls share its
+// work buffers and return wrong results (seen on GPTQ at 4096 columns); with a serial
+// library nibble therefore makes one BLAS call at a time (correct, but no speed-up
+// from threads in those calls).
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
 #include <exception>
 #include <limits>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -59,8 +64,7 @@ inline std::string calibration_backend() {
 #if NIBBLE_BLAS_ENABLED
   const int parallel = openblas_get_parallel();
   return std::string(openblas_get_config()) + " (kernels: " + openblas_get_corename() + ", " +
-         (parallel == 0 ? "serial" : parallel == 1 ? "pthreads, 1 thread per call" : "OpenMP, 1 thread per call") +
-         ")";
+         (parallel == 0 ? "serial library: one call at a time" : "1 thread per call, nibble's threads") + ")";
 #else
   return "Eigen " + std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) + "." +
          std::to_string(EIGEN_MINOR_VERSION) + " (" + Eigen::SimdInstructionSetsInUse() + ": fixed at compile time)";
@@ -96,34 +100,37 @@ void run_workers(int workers, Work& work) {
 }
 
 #if NIBBLE_BLAS_ENABLED
-// nibble threads the work itself; a threaded OpenBLAS (found instead of the serial one,
-// e.g. through Debian's library alternatives) is asked for one thread per call.
-inline void blas_single_threaded() {
-  static const bool once = [] {
-    if (openblas_get_parallel() != 0) openblas_set_num_threads(1);
-    return true;
+// nibble threads the work itself: OpenBLAS runs each call on the calling thread. A
+// serial OpenBLAS is not safe to call concurrently (see the top of this file), so its
+// calls are serialized: the returned lock is held for the duration of one call.
+inline std::unique_lock<std::mutex> blas_single_threaded() {
+  static const bool serial = [] {
+    const bool s = openblas_get_parallel() == 0;
+    if (!s) openblas_set_num_threads(1);
+    return s;
   }();
-  (void)once;
+  static std::mutex serial_calls;
+  return serial ? std::unique_lock<std::mutex>(serial_calls) : std::unique_lock<std::mutex>();
 }
 
 inline void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, float alpha, const float* a, int lda,
                       const float* b, int ldb, float beta, float* c, int ldc) {
-  blas_single_threaded();
+  const auto one_call = blas_single_threaded();
   cblas_sgemm(CblasColMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 inline void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, double alpha, const double* a,
                       int lda, const double* b, int ldb, double beta, double* c, int ldc) {
-  blas_single_threaded();
+  const auto one_call = blas_single_threaded();
   cblas_dgemm(CblasColMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 inline void blas_syrk(CBLAS_TRANSPOSE t, int n, int k, float alpha, const float* a, int lda, float beta, float* c,
                       int ldc) {
-  blas_single_threaded();
+  const auto one_call = blas_single_threaded();
   cblas_ssyrk(CblasColMajor, CblasLower, t, n, k, alpha, a, lda, beta, c, ldc);
 }
 inline void blas_syrk(CBLAS_TRANSPOSE t, int n, int k, double alpha, const double* a, int lda, double beta, double* c,
                       int ldc) {
-  blas_single_threaded();
+  const auto one_call = blas_single_threaded();
   cblas_dsyrk(CblasColMajor, CblasLower, t, n, k, alpha, a, lda, beta, c, ldc);
 }
 
@@ -199,7 +206,7 @@ inline bool cholesky_lower_in_place(Eigen::MatrixXd& A) {
   const int nn = static_cast<int>(n), lda = static_cast<int>(std::max<Eigen::Index>(n, 1));
   int info = 0;
   const char uplo = 'L';
-  blas_single_threaded();
+  const auto one_call = blas_single_threaded();
   if (n > 0) dpotrf_(&uplo, &nn, A.data(), &lda, &info, 1);
   if (info != 0) return false;
   A.triangularView<Eigen::StrictlyUpper>().setZero();
@@ -220,7 +227,7 @@ inline void upper_triangular_inverse_in_place(Eigen::MatrixXd& V) {
   const int nn = static_cast<int>(n), lda = static_cast<int>(std::max<Eigen::Index>(n, 1));
   int info = 0;
   const char uplo = 'U', diag = 'N';
-  blas_single_threaded();
+  const auto one_call = blas_single_threaded();
   if (n > 0) dtrtri_(&uplo, &diag, &nn, V.data(), &lda, &info, 1, 1);
   if (info != 0) V.setConstant(std::numeric_limits<double>::quiet_NaN());  // singular: caller sees non-finite
 #else
