@@ -101,12 +101,14 @@ inline void awq_check_finite(const M& m, const char* what) {
       if (!std::isfinite(m(r, c))) detail::throw_error(what, " has a non-finite value (", m(r, c), ") at row ", r, ", column ", c);
 }
 
-inline constexpr Eigen::Index kAwqRowBlock = 128;
+inline constexpr Eigen::Index kAwqBlock = 128;
 
 // Output-error objective for one candidate s: Σ over linears of ‖X·Δᵀ‖² / (tokens · outputs),
-// Δ = W − Q(W·diag(s))·diag(s)⁻¹. Uses the Gram matrix XᵀX when that is cheaper.
-// Rows of Δ are taken in fixed blocks of kAwqRowBlock, blocks are dealt to threads, and
-// block sums are added in block order: the value does not depend on the thread count.
+// Δ = W − Q(W·diag(s))·diag(s)⁻¹. With more tokens than inputs it uses the Gram matrix
+// G = XᵀX: ‖X·Δᵀ‖² = ⟨G, ΔᵀΔ⟩, and ΔᵀΔ is symmetric, so only its lower triangle is
+// formed (a syrk: half the multiplications of Δ·G), in column panels of kAwqBlock.
+// Otherwise X·Δᵀ in blocks of kAwqBlock rows of Δ. Blocks are fixed, dealt to threads,
+// and their sums added in block order: the value does not depend on the thread count.
 struct AwqObjective {
   const std::vector<RowMatrixXf>* weights = nullptr;
   const RowMatrixXf* X = nullptr;
@@ -119,25 +121,36 @@ struct AwqObjective {
     double sum = 0.0;
     for (std::size_t i = 0; i < effective.size(); ++i) {
       const Eigen::MatrixXf delta = (*weights)[i] - effective[i];
-      const Eigen::Index blocks = (delta.rows() + kAwqRowBlock - 1) / kAwqRowBlock;
+      Eigen::MatrixXd delta_d;
+      if (use_gram) delta_d = delta.cast<double>();  // products of floats are exact in double
+      const Eigen::Index n = delta.cols();
+      const Eigen::Index blocks = ((use_gram ? n : delta.rows()) + kAwqBlock - 1) / kAwqBlock;
       std::vector<double> block_sums(static_cast<std::size_t>(blocks), 0.0);
       const int workers = static_cast<int>(std::min<Eigen::Index>(threads, blocks));
       auto work = [&](int worker) {
-        Eigen::MatrixXd d, product_d;
-        Eigen::MatrixXf product_f;
+        Eigen::MatrixXd panel;
+        Eigen::MatrixXf product;
         for (Eigen::Index b = worker; b < blocks; b += workers) {
-          const Eigen::Index r0 = b * kAwqRowBlock, count = std::min(kAwqRowBlock, delta.rows() - r0);
+          double block_sum = 0.0;
           if (use_gram) {
-            // ‖X·δᵀ‖² = Σ_rows δ·G·δᵀ
-            d = delta.middleRows(r0, count).cast<double>();
-            product_d.resize(count, gram.cols());
-            gemm(product_d, d, gram, 1.0, false);
-            block_sums[static_cast<std::size_t>(b)] = product_d.cwiseProduct(d).sum();
+            // Columns [j0, j0 + w) of the lower triangle of ΔᵀΔ, rows j0 .. n − 1.
+            const Eigen::Index j0 = b * kAwqBlock, w = std::min(kAwqBlock, n - j0), below = n - j0 - w;
+            panel.resize(n - j0, w);
+            syrk_lower(panel.topRows(w), delta_d.middleCols(j0, w).transpose(), false);
+            gemm(panel.bottomRows(below), delta_d.middleCols(j0 + w, below).transpose(), delta_d.middleCols(j0, w),
+                 1.0, false);
+            for (Eigen::Index c = 0; c < w; ++c) {
+              const Eigen::Index len = n - j0 - c;  // from the diagonal down
+              const double off = panel.col(c).tail(len - 1).dot(gram.col(j0 + c).tail(len - 1));
+              block_sum += panel(c, c) * gram(j0 + c, j0 + c) + 2.0 * off;
+            }
           } else {
-            product_f.resize(X->rows(), count);
-            gemm(product_f, *X, delta.middleRows(r0, count).transpose(), 1.0f, false);
-            block_sums[static_cast<std::size_t>(b)] = product_f.cast<double>().squaredNorm();
+            const Eigen::Index r0 = b * kAwqBlock, count = std::min(kAwqBlock, delta.rows() - r0);
+            product.resize(X->rows(), count);
+            gemm(product, *X, delta.middleRows(r0, count).transpose(), 1.0f, false);
+            block_sum = product.cast<double>().squaredNorm();
           }
+          block_sums[static_cast<std::size_t>(b)] = block_sum;
         }
       };
       run_workers(workers, work);
