@@ -8,9 +8,10 @@
 //   ./gptq_bench                                  (full size; several minutes on 2 cores)
 //   NIBBLE_GPTQ_BENCH_N=1024 NIBBLE_GPTQ_BENCH_TOKENS=8192 ./gptq_bench   (quick look)
 //
-// Each case runs once (Iterations(1)): the work is seconds to minutes, and the ratios
-// between cases of the same run are what to read. The machine may be shared: check
-// `uptime` before trusting absolute times.
+// The header names what ran the math ("calibration math": OpenBLAS and its kernels, or
+// Eigen and its compile-time SIMD). Each case runs once (Iterations(1)): the work is
+// seconds to minutes, and the ratios between cases of the same run are what to read.
+// The machine may be shared: check `uptime` before trusting absolute times.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
