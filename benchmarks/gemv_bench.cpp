@@ -321,6 +321,9 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&n, args.data());
   if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 1;
   benchmark::AddCustomContext("nibble_isa", nibble::to_string(nibble::selected_isa()));
+  // Not timed here (gptq_bench times it); reported so compare's output says what nibble's
+  // programs run Hessians / GPTQ / AWQ on in this build.
+  benchmark::AddCustomContext("calibration_math", nibble::calibration_backend());
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

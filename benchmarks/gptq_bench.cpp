@@ -1,16 +1,20 @@
 // gptq_bench: GPTQ on one 4096 × 4096 layer with 128 × 512 = 65,536 calibration
 // tokens. Times, separately: Hessian accumulation, the inverse Cholesky factor, and
 // the quantization itself (nibble's blocked, threaded gptq_quantize), next to a
-// straightforward unblocked implementation of the same math in the same run.
+// straightforward unblocked implementation of the same math in the same run; and
+// AWQ's scale search (20 ratios, no clip search) on the same layer with
+// NIBBLE_AWQ_BENCH_TOKENS (default 16,384) of the same activations.
 //
 //   ./gptq_bench                                  (full size; several minutes on 2 cores)
 //   NIBBLE_GPTQ_BENCH_N=1024 NIBBLE_GPTQ_BENCH_TOKENS=8192 ./gptq_bench   (quick look)
 //
-// Each case runs once (Iterations(1)): the work is seconds to minutes, and the ratios
-// between cases of the same run are what to read. The machine may be shared: check
-// `uptime` before trusting absolute times.
+// The header names what ran the math ("calibration math": OpenBLAS and its kernels, or
+// Eigen and its compile-time SIMD). Each case runs once (Iterations(1)): the work is
+// seconds to minutes, and the ratios between cases of the same run are what to read.
+// The machine may be shared: check `uptime` before trusting absolute times.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <random>
 #include <vector>
@@ -139,6 +143,27 @@ void BM_GptqBlocked(benchmark::State& state) {
   }
 }
 
+// AWQ's scale search on the same layer: Gram matrix of the tokens, then 20 candidate
+// scalings, each an output-error evaluation over the whole layer.
+void BM_AwqSearch(benchmark::State& state) {
+  const Eigen::Index tokens = env_or("NIBBLE_AWQ_BENCH_TOKENS", 16384);
+  nibble::RowMatrixXf X(tokens, kN);
+  for (Eigen::Index t = 0; t < tokens; t += kBatch) {
+    const Eigen::Index count = std::min(kBatch, tokens - t);
+    X.middleRows(t, count) = batches()[static_cast<std::size_t>((t / kBatch) % kDistinctBatches)].topRows(count);
+  }
+  const std::vector<nibble::RowMatrixXf> W{weights()};
+  nibble::AwqConfig c;
+  c.clip_search = false;
+  c.threads = static_cast<int>(state.range(0));
+  for (auto _ : state) {
+    const nibble::AwqResult r = nibble::awq_quantize(W, X, c);
+    state.counters["ratio"] = r.best_ratio;
+    state.counters["loss"] = r.loss_best;
+  }
+  state.counters["tokens"] = static_cast<double>(tokens);
+}
+
 void BM_GptqUnblocked(benchmark::State& state) {
   const auto& W = weights();
   const auto& H = hessian();
@@ -150,5 +175,16 @@ void BM_GptqUnblocked(benchmark::State& state) {
 BENCHMARK(BM_HessianAccumulation)->Arg(1)->Arg(2)->ArgName("threads")->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
 BENCHMARK(BM_InverseFactor)->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
 BENCHMARK(BM_GptqBlocked)->Arg(1)->Arg(2)->ArgName("threads")->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
+BENCHMARK(BM_AwqSearch)->Arg(1)->Arg(2)->ArgName("threads")->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
 BENCHMARK(BM_GptqUnblocked)->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  // What ran the math: the BLAS and its kernels (or Eigen and its compile-time SIMD),
+  // next to the ISA nibble's own kernels detected on this CPU.
+  benchmark::AddCustomContext("calibration math", nibble::calibration_backend());
+  benchmark::AddCustomContext("cpu isa (nibble kernels)", nibble::to_string(nibble::selected_isa()));
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -223,9 +223,9 @@ void print_row(const Row& r, double ppl_fp32) {
 void print_json(const Row& r, double ppl_fp32) {
   std::printf(
       "{\"method\": \"%s\", \"group_size\": %d, \"bits_per_weight\": %.4f, \"model_bytes\": %zu, \"ppl\": %.5f, "
-      "\"ppl_fp32\": %.5f, \"delta_pct\": %.3f, \"kl\": %.5f, \"tokens_per_s\": %.1f}\n",
+      "\"ppl_fp32\": %.5f, \"delta_pct\": %.3f, \"kl\": %.5f, \"tokens_per_s\": %.1f, \"quantize_s\": %.3f}\n",
       r.method.c_str(), r.group_size, r.bits, r.bytes, r.ppl, ppl_fp32, 100.0 * (r.ppl / ppl_fp32 - 1.0), r.kl,
-      r.tokens_per_s);
+      r.tokens_per_s, r.quantize_s);
   std::fflush(stdout);
 }
 

@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(cmake g++ make libeigen3-dev googletest libgtest-dev libbenchmark-dev
           g++-aarch64-linux-gnu qemu-user nlohmann-json3-dev python3 python3-venv
-          clang-14 libclang-rt-14-dev
+          clang-14 libclang-rt-14-dev libopenblas-pthread-dev
           bochs bochs-term bochsbios vgabios grub-pc-bin grub-common xorriso mtools cpio file)
 missing=()
 for p in "${packages[@]}"; do

@@ -64,6 +64,25 @@ TEST(Awq, ReportedLossesMatchDirectComputation) {
   }
 }
 
+TEST(Awq, IdenticalForEveryThreadCount) {
+  // 300 rows: the objective's rows go in blocks of 128 (three blocks, the last ragged).
+  const std::vector<RowMatrixXf> W{test::gaussian_matrix(300, 80, 30)};
+  for (Eigen::Index tokens : {50, 400}) {  // both objective paths (X·Δᵀ and the Gram matrix)
+    const RowMatrixXf X = outlier_activations(tokens, 80, 31);
+    AwqConfig cfg = awq(Codebook::uint4_asym, 16);
+    const AwqResult first = awq_quantize(W, X, cfg);
+    for (int threads : {2, 3, 8}) {
+      cfg.threads = threads;
+      const AwqResult again = awq_quantize(W, X, cfg);
+      EXPECT_EQ(again.loss_rtn, first.loss_rtn) << threads << " threads, " << tokens << " tokens";
+      EXPECT_EQ(again.loss_best, first.loss_best);
+      EXPECT_EQ(again.loss_final, first.loss_final);
+      EXPECT_TRUE(again.scales == first.scales);
+      EXPECT_TRUE(again.matrices[0].dequantize() == first.matrices[0].dequantize());
+    }
+  }
+}
+
 TEST(Awq, NeverWorseThanRtnOnItsObjective) {
   // Plain Gaussian activations: scaling has little to gain, but must not lose.
   const auto W = qkv(64, 3);
@@ -195,6 +214,9 @@ TEST(Awq, RejectsBadInput) {
   EXPECT_THROW(awq_quantize(W, X, c), Error);
   c = cfg;
   c.quant.group_size = 10;
+  EXPECT_THROW(awq_quantize(W, X, c), Error);
+  c = cfg;
+  c.threads = 0;
   EXPECT_THROW(awq_quantize(W, X, c), Error);
   Eigen::VectorXf norm = Eigen::VectorXf::Ones(32);
   EXPECT_THROW(fold_scales_into_norm(norm, Eigen::VectorXf::Ones(31)), Error);

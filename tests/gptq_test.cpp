@@ -265,6 +265,25 @@ TEST(Gptq, DeterministicAcrossRunsAndThreadCounts) {
   }
 }
 
+// U is the upper Cholesky factor of (H + λI)⁻¹: upper triangular, positive diagonal,
+// and (H + λI)·UᵀU = I, through either route of linalg.hpp (Eigen or LAPACK).
+TEST(Gptq, InverseFactorInvertsTheDampedHessian) {
+  const Eigen::MatrixXd H = hessian_of(correlated_activations(500, 150, 40));
+  const double lambda = 0.01 * H.diagonal().mean();
+  RowMatrixXd U;
+  ASSERT_TRUE(detail::gptq_inverse_factor(H, lambda, U));
+  ASSERT_EQ(U.rows(), 150);
+  EXPECT_EQ(U.triangularView<Eigen::StrictlyLower>().toDenseMatrix().cwiseAbs().maxCoeff(), 0.0);
+  EXPECT_GT(U.diagonal().minCoeff(), 0.0);
+  Eigen::MatrixXd damped = H;
+  damped.diagonal().array() += lambda;
+  const Eigen::MatrixXd product = damped * (U.transpose() * U);
+  EXPECT_LT((product - Eigen::MatrixXd::Identity(150, 150)).cwiseAbs().maxCoeff(), 1e-8);
+  Eigen::MatrixXd indefinite = H;
+  indefinite(5, 5) = -1.0;
+  EXPECT_FALSE(detail::gptq_inverse_factor(indefinite, 0.0, U));
+}
+
 TEST(Gptq, ProgressReachesTotal) {
   const Eigen::MatrixXf W = test::gaussian_matrix(130, 32, 13);
   GptqConfig c = gptq(quant(Codebook::nf4, 16));

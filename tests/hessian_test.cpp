@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
 
 #include "nibble/quant/hessian.hpp"
 #include "test_util.hpp"
@@ -63,6 +64,52 @@ TEST(Hessian, AccurateForAMillionTokens) {
   EXPECT_NEAR(H(2, 2), 18.0, tol * 18);
   EXPECT_NEAR(H(1, 0), 0.0, 1e-9);
   EXPECT_NEAR(H(2, 0), 2 * 3 * x0, tol * 0.6);
+}
+
+TEST(Hessian, Float64PrecisionMatchesADoubleProduct) {
+  // Large offsets make float products of 512 tokens lose about 1e-5 relative; the f64
+  // option multiplies and sums in double (products of floats are exact there).
+  Eigen::MatrixXf X = test::gaussian_matrix(1500, 140, 9);
+  X.array() += 100.0f;
+  const Eigen::MatrixXd ref = reference_hessian(X);
+  const RowMatrixXf Xr = X;
+  Eigen::MatrixXd first;
+  for (int threads : {1, 2, 3}) {
+    HessianAccumulator acc(140, threads, HessianPrecision::f64);
+    EXPECT_EQ(acc.precision(), HessianPrecision::f64);
+    acc.add(Xr.topRows(700));
+    acc.add(Xr.bottomRows(800));
+    const Eigen::MatrixXd H = acc.hessian();
+    EXPECT_LT((H - ref).cwiseAbs().maxCoeff(), 1e-12 * ref.cwiseAbs().maxCoeff());
+    if (threads == 1) first = H;
+    else EXPECT_TRUE(H == first) << threads << " threads";
+  }
+  HessianAccumulator f32(140);
+  f32.add(Xr);
+  EXPECT_GT((f32.hessian() - ref).cwiseAbs().maxCoeff(), 1e-9 * ref.cwiseAbs().maxCoeff());  // the f32 path differs
+}
+
+TEST(Hessian, GramIsTheUnscaledSum) {
+  const Eigen::MatrixXf X = test::gaussian_matrix(600, 130, 10);
+  HessianAccumulator acc(130, 2);
+  acc.add(RowMatrixXf(X));
+  const Eigen::MatrixXd G = acc.gram();
+  EXPECT_TRUE(G == G.transpose());
+  EXPECT_LT((acc.hessian() - (2.0 / 600) * G).cwiseAbs().maxCoeff(), 1e-15 * G.cwiseAbs().maxCoeff());
+  EXPECT_LT((G - X.cast<double>().transpose() * X.cast<double>()).cwiseAbs().maxCoeff(), 1e-5 * G.cwiseAbs().maxCoeff());
+}
+
+// The build says what runs the math: OpenBLAS when NIBBLE_USE_BLAS is defined (the
+// *_blas test executables), Eigen otherwise.
+TEST(Hessian, BackendIsTheOneThisBuildAskedFor) {
+  const std::string backend = calibration_backend();
+#if defined(NIBBLE_USE_BLAS)
+  EXPECT_TRUE(calibration_uses_blas());
+  EXPECT_NE(backend.find("OpenBLAS"), std::string::npos) << backend;
+#else
+  EXPECT_FALSE(calibration_uses_blas());
+  EXPECT_EQ(backend.rfind("Eigen ", 0), 0u) << backend;
+#endif
 }
 
 TEST(Hessian, RejectsBadInput) {

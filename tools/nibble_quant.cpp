@@ -440,6 +440,7 @@ int main(int argc, char** argv) {
           auto inputs = [&](const std::string& name, std::size_t cols) { return calibration_for(*calib, name, cols); };
           AwqConfig ac;
           ac.quant = qc;
+          ac.threads = o.threads;
           it = folded.emplace(prefix_of_layer, nibble_quant::awq_fold_layer(in, fold_groups[prefix_of_layer], ac,
                                                                            quantized, inputs)).first;
         }
@@ -478,6 +479,7 @@ int main(int argc, char** argv) {
             // cannot, so only the clip search runs (s ≡ 1).
             AwqConfig ac;
             ac.quant = qc_t;
+            ac.threads = o.threads;
             if (!to_nibble) {
               ac.grid = 1;
               row.note += std::string(row.note.empty() ? "" : "; ") + "awq: no foldable producer, clip search only";

@@ -17,5 +17,6 @@
 #include "quant/group_quantizer.hpp"
 #include "quant/hessian.hpp"
 #include "quant/hqq.hpp"
+#include "quant/linalg.hpp"
 #include "quant/metrics.hpp"
 #include "quant/rtn.hpp"

@@ -403,6 +403,7 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
       AwqConfig search;
       search.quant = rtn_config(options.method, options.group_size, options.int_scale_format);
       search.clip_search = false;
+      search.threads = options.threads;
       AwqConfig clip_only = search;  // grid 1: s ≡ 1, then the clip search
       clip_only.grid = 1;
       clip_only.clip_search = true;
@@ -446,6 +447,7 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
       g.act_order = true;
       g.threads = options.threads;
       AwqConfig search;
+      search.threads = options.threads;
       search.quant = g.quant;
       search.quant.clip.enabled = false;
       if (search.quant.scale_format == ScaleFormat::dq8) search.quant.scale_format = ScaleFormat::f32;

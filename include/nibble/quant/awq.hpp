@@ -44,6 +44,8 @@
 #include "../core/error.hpp"
 #include "../format/quantized_matrix.hpp"
 #include "group_quantizer.hpp"
+#include "hessian.hpp"
+#include "linalg.hpp"
 #include "rtn.hpp"
 
 namespace nibble {
@@ -65,6 +67,7 @@ struct AwqConfig {
   int max_clip_tokens = 512;  // tokens (evenly strided) used by the clip search
   int clip_grid = 20;         // shrink step 1/clip_grid
   float max_shrink = 0.5f;    // shrinks tried: 1 − k/clip_grid for k < max_shrink·clip_grid
+  int threads = 1;            // for the objective's products (results identical for any count)
 };
 
 struct AwqResult {
@@ -98,25 +101,60 @@ inline void awq_check_finite(const M& m, const char* what) {
       if (!std::isfinite(m(r, c))) detail::throw_error(what, " has a non-finite value (", m(r, c), ") at row ", r, ", column ", c);
 }
 
+inline constexpr Eigen::Index kAwqBlock = 128;
+
 // Output-error objective for one candidate s: Σ over linears of ‖X·Δᵀ‖² / (tokens · outputs),
-// Δ = W − Q(W·diag(s))·diag(s)⁻¹. Uses the Gram matrix XᵀX when that is cheaper.
+// Δ = W − Q(W·diag(s))·diag(s)⁻¹. With more tokens than inputs it uses the Gram matrix
+// G = XᵀX: ‖X·Δᵀ‖² = ⟨G, ΔᵀΔ⟩, and ΔᵀΔ is symmetric, so only its lower triangle is
+// formed (a syrk: half the multiplications of Δ·G), in column panels of kAwqBlock.
+// Otherwise X·Δᵀ in blocks of kAwqBlock rows of Δ. Blocks are fixed, dealt to threads,
+// and their sums added in block order: the value does not depend on the thread count.
 struct AwqObjective {
   const std::vector<RowMatrixXf>* weights = nullptr;
   const RowMatrixXf* X = nullptr;
   Eigen::MatrixXd gram;  // XᵀX, when used
   bool use_gram = false;
   double denominator = 1.0;
+  int threads = 1;
 
   double operator()(const std::vector<Eigen::MatrixXf>& effective) const {
     double sum = 0.0;
     for (std::size_t i = 0; i < effective.size(); ++i) {
       const Eigen::MatrixXf delta = (*weights)[i] - effective[i];
-      if (use_gram) {
-        const Eigen::MatrixXd d = delta.cast<double>();
-        sum += (d * gram).cwiseProduct(d).sum();
-      } else {
-        sum += (*X * delta.transpose()).cast<double>().squaredNorm();
-      }
+      Eigen::MatrixXd delta_d;
+      if (use_gram) delta_d = delta.cast<double>();  // products of floats are exact in double
+      const Eigen::Index n = delta.cols();
+      const Eigen::Index blocks = ((use_gram ? n : delta.rows()) + kAwqBlock - 1) / kAwqBlock;
+      std::vector<double> block_sums(static_cast<std::size_t>(blocks), 0.0);
+      const int workers = static_cast<int>(std::min<Eigen::Index>(threads, blocks));
+      auto work = [&](int worker) {
+        Eigen::MatrixXd panel;
+        Eigen::MatrixXf product;
+        for (Eigen::Index b = worker; b < blocks; b += workers) {
+          double block_sum = 0.0;
+          if (use_gram) {
+            // Columns [j0, j0 + w) of the lower triangle of ΔᵀΔ, rows j0 .. n − 1.
+            const Eigen::Index j0 = b * kAwqBlock, w = std::min(kAwqBlock, n - j0), below = n - j0 - w;
+            panel.resize(n - j0, w);
+            syrk_lower(panel.topRows(w), delta_d.middleCols(j0, w).transpose(), false);
+            gemm(panel.bottomRows(below), delta_d.middleCols(j0 + w, below).transpose(), delta_d.middleCols(j0, w),
+                 1.0, false);
+            for (Eigen::Index c = 0; c < w; ++c) {
+              const Eigen::Index len = n - j0 - c;  // from the diagonal down
+              const double off = panel.col(c).tail(len - 1).dot(gram.col(j0 + c).tail(len - 1));
+              block_sum += panel(c, c) * gram(j0 + c, j0 + c) + 2.0 * off;
+            }
+          } else {
+            const Eigen::Index r0 = b * kAwqBlock, count = std::min(kAwqBlock, delta.rows() - r0);
+            product.resize(X->rows(), count);
+            gemm(product, *X, delta.middleRows(r0, count).transpose(), 1.0f, false);
+            block_sum = product.cast<double>().squaredNorm();
+          }
+          block_sums[static_cast<std::size_t>(b)] = block_sum;
+        }
+      };
+      run_workers(workers, work);
+      for (double v : block_sums) sum += v;
     }
     return sum / denominator;
   }
@@ -194,6 +232,7 @@ inline AwqResult awq_quantize(const std::vector<RowMatrixXf>& weights, const Row
   detail::require(X.cols() == in, "AWQ: activations have ", X.cols(), " columns, expected in_features = ", in);
   detail::awq_check_finite(X, "AWQ activations");
   detail::require(cfg.grid >= 1, "AWQ: grid is ", cfg.grid, " (expected >= 1, default 20)");
+  detail::require(cfg.threads >= 1, "AWQ: threads is ", cfg.threads, " (expected >= 1)");
   detail::require(cfg.max_clip_tokens >= 1, "AWQ: max_clip_tokens is ", cfg.max_clip_tokens, " (expected >= 1)");
   detail::require(cfg.clip_grid >= 1 && cfg.max_shrink > 0.0f && cfg.max_shrink < 1.0f,
                   "AWQ: clip search needs clip_grid >= 1 and 0 < max_shrink < 1");
@@ -218,9 +257,12 @@ inline AwqResult awq_quantize(const std::vector<RowMatrixXf>& weights, const Row
   objective.weights = &weights;
   objective.X = &X;
   objective.use_gram = X.rows() > in;
+  objective.threads = cfg.threads;
   if (objective.use_gram) {
-    const Eigen::MatrixXd Xd = X.cast<double>();
-    objective.gram = Xd.transpose() * Xd;
+    // Products of floats are exact in double, so this is the Gram matrix in double.
+    HessianAccumulator acc(static_cast<std::size_t>(in), objective.threads, HessianPrecision::f64);
+    acc.add(X);
+    objective.gram = acc.gram();
   }
   objective.denominator = static_cast<double>(X.rows()) * static_cast<double>(outputs);
 

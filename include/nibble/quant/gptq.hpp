@@ -59,6 +59,7 @@
 #include "../core/error.hpp"
 #include "../format/quantized_matrix.hpp"
 #include "group_quantizer.hpp"
+#include "linalg.hpp"
 #include "rtn.hpp"
 
 namespace nibble {
@@ -125,12 +126,12 @@ inline bool gptq_inverse_factor(const Eigen::MatrixXd& H, double lambda, RowMatr
   const Eigen::Index n = H.rows();
   Eigen::MatrixXd reversed = H.reverse();
   reversed.diagonal().array() += lambda;
-  Eigen::LLT<Eigen::MatrixXd> llt(reversed);
-  if (llt.info() != Eigen::Success) return false;
-  const Eigen::MatrixXd V = Eigen::MatrixXd(llt.matrixL()).reverse();
+  if (!cholesky_lower_in_place(reversed)) return false;
+  Eigen::MatrixXd V = reversed.reverse();  // upper triangular, strictly lower part zero
   for (Eigen::Index i = 0; i < n; ++i)
     if (!(V(i, i) > 0.0)) return false;
-  U = V.triangularView<Eigen::Upper>().solve(Eigen::MatrixXd::Identity(n, n));
+  upper_triangular_inverse_in_place(V);
+  U = V;
   if (!U.allFinite()) return false;
   return true;
 }
@@ -178,7 +179,7 @@ inline double gptq_chunk(const RowMatrixXf& W, std::size_t row0, std::size_t cou
         const Eigen::Index inside = std::min(end, i2) - i;
         if (end > i2) {
           overhang = Wc.middleCols(i2, end - i2);
-          if (i > i1) overhang.noalias() -= Err.leftCols(i - i1) * U.block(i1, i2, i - i1, end - i2);
+          if (i > i1) gemm(overhang, Err.leftCols(i - i1), U.block(i1, i2, i - i1, end - i2), -1.0, true);
         }
         for (Eigen::Index r = 0; r < R; ++r) {
           for (Eigen::Index j = 0; j < inside; ++j) group_values[static_cast<std::size_t>(j)] = static_cast<float>(Wc(r, i + j));
@@ -205,7 +206,7 @@ inline double gptq_chunk(const RowMatrixXf& W, std::size_t row0, std::size_t cou
       if (i + 1 < i2)
         Wc.middleCols(i + 1, i2 - i - 1).noalias() -= Err.col(i - i1) * U.row(i).segment(i + 1, i2 - i - 1);
     }
-    if (i2 < n) Wc.rightCols(n - i2).noalias() -= Err.leftCols(i2 - i1) * U.block(i1, i2, i2 - i1, n - i2);
+    if (i2 < n) gemm(Wc.rightCols(n - i2), Err.leftCols(i2 - i1), U.block(i1, i2, i2 - i1, n - i2), -1.0, true);
   }
   return sum_e2;
 }
