@@ -111,11 +111,12 @@ struct Shape {
 // odd per-row groups, groups that are not a multiple of the 32-element block.
 // {40, 208, 16}: 520 groups, so eight consecutive groups of a row straddle a 256-group
 // block of double-quantized scales.
-// {16, 512, 32} and {9, 224, 32}: one-block groups taken two at a time (GGUF's group
-// size), with an even and an odd number of groups per row.
+// {16, 512, 32}, {9, 224, 32}, {11, 257, 32}, {10, 172, 32}: one-block groups taken two
+// at a time (GGUF's group size), and what is left after the pairs: nothing, one full
+// group, a ragged group, and a full group followed by a ragged one.
 const Shape kShapes[] = {{1, 1, 1},    {3, 7, 7},     {9, 30, 6},    {13, 67, 2},   {17, 130, 64},
                          {8, 256, 128}, {11, 257, 32}, {5, 300, 100}, {21, 96, 96}, {7, 200, 16},
-                         {40, 208, 16}, {16, 512, 32}, {9, 224, 32}};
+                         {40, 208, 16}, {16, 512, 32}, {9, 224, 32},  {10, 172, 32}};
 const Codebook kCodebooks[] = {Codebook::int4_sym, Codebook::uint4_asym, Codebook::nf4, Codebook::fp4,
                                Codebook::iq4_nl};
 const ScaleFormat kScaleFormats[] = {ScaleFormat::f32, ScaleFormat::f16, ScaleFormat::bf16, ScaleFormat::dq8};

@@ -406,7 +406,7 @@ NIBBLE_TARGET_AVX2 __attribute__((always_inline)) inline void pair_step(const Pa
   }
 }
 
-// Group g of tile t when it is a single block (the leftover of fast_tile_g32): its one
+// Group g of tile t when it is a single block (a leftover of fast_tile_g32): its one
 // block, then y += s_g·a.
 template <bool kTable, int NB>
 NIBBLE_TARGET_AVX2 inline void last_group(const PackedMatrix& W, const PreparedActivations& p, std::size_t t,
@@ -447,8 +447,8 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
   for (int j = 0; j < NB; ++j) _mm256_storeu_ps(out + 8 * j, y[j]);
 }
 
-// fast_tile for group size 32: one pair step per two groups, then the ragged or odd
-// last group (one block) if there is one. A kernel of its own so that the general
+// fast_tile for group size 32: one pair step per two full groups, then the one or two
+// groups left (an odd full group and/or a ragged last one), a block each. A kernel of its own so that the general
 // tile loop above keeps its code generation (sharing one loop cost g128 ~10%).
 template <bool kTable, int NB>
 NIBBLE_TARGET_AVX2 inline void fast_tile_g32(const PackedMatrix& W, const PreparedActivations& p, std::size_t t,
@@ -460,7 +460,7 @@ NIBBLE_TARGET_AVX2 inline void fast_tile_g32(const PackedMatrix& W, const Prepar
   for (int j = 0; j < NB; ++j) y[j] = _mm256_setzero_ps();
   for (std::size_t g = 0; g < 2 * pairs; g += 2)
     pair_step<kTable, NB, true>(W, p, t, nb, W.first_block(g), table, y, y, _mm256_setzero_ps(), sv, nov, g, b0);
-  if (2 * pairs < G) last_group<kTable, NB>(W, p, t, G - 1, table, sv, nov, y, b0);
+  for (std::size_t g = 2 * pairs; g < G; ++g) last_group<kTable, NB>(W, p, t, g, table, sv, nov, y, b0);
   for (int j = 0; j < NB; ++j) _mm256_storeu_ps(out + 8 * j, y[j]);
 }
 

@@ -162,7 +162,7 @@ NIBBLE_TARGET_AVX512 inline void fast_tile(const PackedMatrix& W, const Prepared
   for (int j = 0; j < NB; ++j) _mm256_storeu_ps(out + 8 * j, y[j]);
 }
 
-// Group size 32: one pair step per two groups, then the leftover group (as avx2::fast_tile_g32).
+// Group size 32: one pair step per two full groups, then the groups left (as avx2::fast_tile_g32).
 template <bool kTable, bool kVnni, int NB>
 NIBBLE_TARGET_AVX512 inline void fast_tile_g32(const PackedMatrix& W, const PreparedActivations& p, std::size_t t,
                                                const float* sv, const float* nov, float* out, std::size_t b0) {
@@ -172,11 +172,9 @@ NIBBLE_TARGET_AVX512 inline void fast_tile_g32(const PackedMatrix& W, const Prep
   for (int j = 0; j < NB; ++j) y[j] = _mm256_setzero_ps();
   for (std::size_t g = 0; g < 2 * pairs; g += 2)
     pair_step<kTable, kVnni, NB, true>(W, p, t, nb, W.first_block(g), table, y, y, _mm256_setzero_ps(), sv, nov, g, b0);
-  if (2 * pairs < G) {
-    const __m256i table_avx2 =
-        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W.int8_base_values().data())));
-    avx2::last_group<kTable, NB>(W, p, t, G - 1, table_avx2, sv, nov, y, b0);
-  }
+  const __m256i table_avx2 =
+      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W.int8_base_values().data())));
+  for (std::size_t g = 2 * pairs; g < G; ++g) avx2::last_group<kTable, NB>(W, p, t, g, table_avx2, sv, nov, y, b0);
   for (int j = 0; j < NB; ++j) _mm256_storeu_ps(out + 8 * j, y[j]);
 }
 
