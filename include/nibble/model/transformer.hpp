@@ -15,15 +15,14 @@
 #include <chrono>
 #include <cmath>
 #include <cstddef>
-#include <exception>
 #include <functional>
 #include <memory>
-#include <thread>
 #include <vector>
 
 #include <Eigen/Core>
 
 #include "../core/error.hpp"
+#include "../core/workers.hpp"
 #include "../format/quantized_matrix.hpp"
 #include "../kernels/gemv.hpp"
 #include "../kernels/packed_matrix.hpp"
@@ -273,19 +272,10 @@ void parallel_for(std::size_t n, int threads, Body&& body) {
     for (std::size_t i = 0; i < n; ++i) body(i);
     return;
   }
-  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(threads));
-  std::vector<std::thread> pool;
-  for (int k = 0; k < threads; ++k)
-    pool.emplace_back([&, k] {
-      try {
-        for (std::size_t i = static_cast<std::size_t>(k); i < n; i += static_cast<std::size_t>(threads)) body(i);
-      } catch (...) {
-        errors[static_cast<std::size_t>(k)] = std::current_exception();
-      }
-    });
-  for (auto& th : pool) th.join();
-  for (const auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  auto worker = [&](int k) {
+    for (std::size_t i = static_cast<std::size_t>(k); i < n; i += static_cast<std::size_t>(threads)) body(i);
+  };
+  nibble::detail::run_workers(threads, worker);
 }
 
 // Tokenizes stories as BOS + text, cut to at most max_len tokens.

@@ -45,12 +45,10 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <exception>
 #include <functional>
 #include <limits>
 #include <mutex>
 #include <numeric>
-#include <thread>
 #include <vector>
 
 #include <Eigen/Cholesky>
@@ -232,27 +230,17 @@ inline double gptq_run(const RowMatrixXf& W, const RowMatrixXd& U, const GptqPla
       }
     }
   };
-  const std::size_t workers = std::min<std::size_t>(static_cast<std::size_t>(threads), chunks);
-  std::vector<std::thread> pool;
-  std::vector<std::exception_ptr> errors(workers);
-  for (std::size_t w = 1; w < workers; ++w)
-    pool.emplace_back([&, w] {
-      try {
-        work();
-      } catch (...) {
-        errors[w] = std::current_exception();
-        next = chunks;  // stop handing out work
-      }
-    });
-  try {
-    work();
-  } catch (...) {
-    errors[0] = std::current_exception();
-    next = chunks;
-  }
-  for (auto& t : pool) t.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  // Workers take chunks in any order (chunk_sums keeps the order of the sum); the first
+  // error stops the handing out of further chunks.
+  auto worker = [&](int) {
+    try {
+      work();
+    } catch (...) {
+      next = chunks;
+      throw;
+    }
+  };
+  detail::run_workers(static_cast<int>(std::clamp<std::size_t>(chunks, 1, static_cast<std::size_t>(threads))), worker);
   double total = 0.0;
   for (double s : chunk_sums) total += s;
   return 0.5 * total;

@@ -114,8 +114,7 @@ class HessianAccumulator {
   // H = (2/n)·Σ x xᵀ, full symmetric matrix. Throws if no token was added.
   Eigen::MatrixXd hessian() const {
     detail::require(tokens_ > 0, "HessianAccumulator::hessian: no calibration tokens were added");
-    Eigen::MatrixXd H = sum_.triangularView<Eigen::Lower>();
-    H.triangularView<Eigen::StrictlyUpper>() = sum_.transpose();
+    Eigen::MatrixXd H = gram();
     H *= 2.0 / static_cast<double>(tokens_);
     return H;
   }

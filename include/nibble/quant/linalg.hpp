@@ -28,14 +28,14 @@
 
 #include <algorithm>
 #include <cstddef>
-#include <exception>
 #include <limits>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <Eigen/Core>
+
+#include "../core/workers.hpp"
 
 #if defined(NIBBLE_USE_BLAS) && NIBBLE_USE_BLAS
 #define NIBBLE_BLAS_ENABLED 1
@@ -74,30 +74,6 @@ inline std::string calibration_backend() {
 inline constexpr bool calibration_uses_blas() { return NIBBLE_BLAS_ENABLED != 0; }
 
 namespace detail {
-
-// Runs work(0) … work(workers − 1), work(0) on the calling thread; rethrows the first
-// exception (by worker index) after all have finished.
-template <class Work>
-void run_workers(int workers, Work& work) {
-  std::vector<std::thread> pool;
-  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(workers));
-  for (int w = 1; w < workers; ++w)
-    pool.emplace_back([&, w] {
-      try {
-        work(w);
-      } catch (...) {
-        errors[static_cast<std::size_t>(w)] = std::current_exception();
-      }
-    });
-  try {
-    work(0);
-  } catch (...) {
-    errors[0] = std::current_exception();
-  }
-  for (auto& t : pool) t.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
-}
 
 #if NIBBLE_BLAS_ENABLED
 // nibble threads the work itself: OpenBLAS runs each call on the calling thread. A
