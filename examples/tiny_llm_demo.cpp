@@ -237,7 +237,7 @@ void show_story(const char* label, const nibble::model::Generation& g, const std
 int run(const Options& o) {
   namespace nm = nibble::model;
   FILE* info = o.json ? stderr : stdout;
-  const nm::Llama2Weights weights = nm::load_llama2c_checkpoint(o.model);
+  const nm::LlamaWeights weights = nm::load_llama2c_checkpoint(o.model);
   const nm::Tokenizer tok = nm::load_tokenizer(o.tokenizer, weights.config.vocab_size);
   const auto& c = weights.config;
   std::fprintf(info, "model %s: dim %d, hidden %d, %d layers, %d heads (%d kv), vocab %d, seq_len %d\n",

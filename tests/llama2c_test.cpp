@@ -38,7 +38,7 @@ std::string error_of(const std::vector<std::uint8_t>& bytes) {
 // A tiny valid checkpoint built in the test: dim 4, hidden 6, 1 layer, 2 heads, 1 kv head,
 // vocab 3, seq_len 2.
 std::vector<std::uint8_t> tiny_checkpoint(std::int32_t vocab = 3) {
-  Llama2Config c;
+  LlamaConfig c;
   c.dim = 4, c.hidden_dim = 6, c.n_layers = 1, c.n_heads = 2, c.n_kv_heads = 1, c.seq_len = 2;
   c.vocab_size = vocab > 0 ? vocab : -vocab;
   c.shared_classifier = vocab > 0;
@@ -49,7 +49,7 @@ std::vector<std::uint8_t> tiny_checkpoint(std::int32_t vocab = 3) {
 }
 
 TEST(Llama2Checkpoint, BundledModelHasTheDocumentedShape) {
-  const Llama2Weights w = load_llama2c_checkpoint(kData + "stories260K.bin");
+  const LlamaWeights w = load_llama2c_checkpoint(kData + "stories260K.bin");
   EXPECT_EQ(w.config.dim, 64);
   EXPECT_EQ(w.config.hidden_dim, 172);
   EXPECT_EQ(w.config.n_layers, 5);
@@ -66,22 +66,22 @@ TEST(Llama2Checkpoint, BundledModelHasTheDocumentedShape) {
     std::memcpy(&f, bytes.data() + off, 4);
     return f;
   };
-  EXPECT_EQ(w.token_embedding(0, 0), float_at(28));
-  EXPECT_EQ(w.layers[0].wq(0, 1), float_at(132380 + 4));
-  EXPECT_EQ(w.layers[1].wk(0, 0), float_at(214300 + 4 * 32 * 64));
-  EXPECT_EQ(w.layers[4].w3(171, 63), float_at(1039900 - 4));
+  EXPECT_EQ(w.token_embedding.dense()(0, 0), float_at(28));
+  EXPECT_EQ(w.layers[0].wq.dense()(0, 1), float_at(132380 + 4));
+  EXPECT_EQ(w.layers[1].wk.dense()(0, 0), float_at(214300 + 4 * 32 * 64));
+  EXPECT_EQ(w.layers[4].w3.dense()(171, 63), float_at(1039900 - 4));
   EXPECT_EQ(w.rms_final(0), float_at(1039900));
 }
 
 TEST(Llama2Checkpoint, TinyHandMadeFilesParse) {
   EXPECT_NO_THROW({
     const auto b = tiny_checkpoint();
-    const Llama2Weights w = parse_llama2c_checkpoint(b.data(), b.size());
+    const LlamaWeights w = parse_llama2c_checkpoint(b.data(), b.size());
     EXPECT_EQ(w.layers.size(), 1u);
-    EXPECT_EQ(w.wcls.size(), 0);
+    EXPECT_TRUE(w.wcls.empty());
   });
   const auto b = tiny_checkpoint(-3);  // separate classifier at the end
-  const Llama2Weights w = parse_llama2c_checkpoint(b.data(), b.size());
+  const LlamaWeights w = parse_llama2c_checkpoint(b.data(), b.size());
   EXPECT_FALSE(w.config.shared_classifier);
   EXPECT_EQ(w.classifier().rows(), 3);
 }
@@ -229,7 +229,7 @@ TEST(Stories, SplitTrimsAndDropsEmptyPieces) {
 // Shared fixture data: the model, the first stories of the validation text, a few
 // training stories for calibration.
 struct Bundle {
-  Llama2Weights weights = load_llama2c_checkpoint(kData + "stories260K.bin");
+  LlamaWeights weights = load_llama2c_checkpoint(kData + "stories260K.bin");
   Tokenizer tok = bundled_tokenizer();
   std::vector<std::vector<int>> eval, calib;
 

@@ -85,15 +85,17 @@ inline Generation generate(const Transformer& model, const Tokenizer& tok, const
   detail::require(static_cast<int>(g.tokens.size()) < model.config.seq_len, "prompt of ", g.tokens.size(),
                   " tokens does not fit seq_len ", model.config.seq_len);
   const auto t0 = std::chrono::steady_clock::now();
-  KvCache cache = model.new_cache();
+  KvCache cache = model.new_cache(
+      static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(model.config.seq_len),
+                                             g.tokens.size() + static_cast<std::size_t>(max_new_tokens))));
   RowMatrixXf logits = model.forward(g.tokens, cache);
-  for (int i = 0; i < max_new_tokens && cache.length < model.config.seq_len; ++i) {
+  for (int i = 0; i < max_new_tokens && cache.length < cache.capacity(); ++i) {
     const int next = sampler.sample(logits.row(logits.rows() - 1).data(), static_cast<int>(logits.cols()));
     if (next == Tokenizer::kBos || next == Tokenizer::kEos) break;
     g.text += tok.decode_token(g.tokens.back(), next);
     g.tokens.push_back(next);
     ++g.generated;
-    if (cache.length >= model.config.seq_len) break;
+    if (cache.length >= cache.capacity()) break;
     logits = model.forward({next}, cache);
   }
   g.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -34,37 +34,9 @@
 
 #include "../core/error.hpp"
 #include "../quant/rtn.hpp"
+#include "llama_weights.hpp"
 
 namespace nibble::model {
-
-struct Llama2Config {
-  int dim = 0;
-  int hidden_dim = 0;
-  int n_layers = 0;
-  int n_heads = 0;
-  int n_kv_heads = 0;
-  int vocab_size = 0;  // always positive here; shared_classifier keeps the sign's meaning
-  int seq_len = 0;
-  bool shared_classifier = true;
-
-  int head_size() const { return dim / n_heads; }
-  int kv_dim() const { return n_kv_heads * head_size(); }
-};
-
-struct Llama2Layer {
-  Eigen::VectorXf rms_att, rms_ffn;
-  RowMatrixXf wq, wk, wv, wo, w1, w2, w3;
-};
-
-struct Llama2Weights {
-  Llama2Config config;
-  RowMatrixXf token_embedding;  // vocab × dim
-  std::vector<Llama2Layer> layers;
-  Eigen::VectorXf rms_final;
-  RowMatrixXf wcls;  // vocab × dim; empty when the classifier is the embedding
-
-  const RowMatrixXf& classifier() const { return config.shared_classifier ? token_embedding : wcls; }
-};
 
 namespace file_detail {
 
@@ -141,26 +113,8 @@ inline void check_range(const char* name, long long value, long long lo, long lo
 
 }  // namespace file_detail
 
-// Validates header values and their relations. Limits are generous (far beyond any
-// llama2.c model) but keep every size computation below far from overflow.
-inline void validate_config(const Llama2Config& c) {
-  file_detail::check_range("dim", c.dim, 2, 1 << 16);
-  file_detail::check_range("hidden_dim", c.hidden_dim, 1, 1 << 18);
-  file_detail::check_range("n_layers", c.n_layers, 1, 1 << 10);
-  file_detail::check_range("n_heads", c.n_heads, 1, c.dim);
-  file_detail::check_range("n_kv_heads", c.n_kv_heads, 1, c.n_heads);
-  file_detail::check_range("vocab_size", c.vocab_size, 1, 1 << 21);
-  file_detail::check_range("seq_len", c.seq_len, 1, 1 << 20);
-  nibble::detail::require(c.dim % c.n_heads == 0, "llama2.c header: dim ", c.dim, " is not a multiple of n_heads ",
-                          c.n_heads);
-  nibble::detail::require(c.n_heads % c.n_kv_heads == 0, "llama2.c header: n_heads ", c.n_heads,
-                          " is not a multiple of n_kv_heads ", c.n_kv_heads);
-  nibble::detail::require(c.head_size() % 2 == 0, "llama2.c header: head_size ", c.head_size(),
-                          " is odd (RoPE rotates pairs; expected an even dim / n_heads)");
-}
-
 // Bytes a checkpoint with this config has (header, weights, legacy RoPE tables, classifier).
-inline std::uint64_t expected_checkpoint_bytes(const Llama2Config& c) {
+inline std::uint64_t expected_checkpoint_bytes(const LlamaConfig& c) {
   const std::uint64_t dim = c.dim, hidden = c.hidden_dim, L = c.n_layers, kv = c.kv_dim(), vocab = c.vocab_size;
   std::uint64_t floats = vocab * dim;                            // token_embedding
   floats += L * dim * 2;                                         // rms_att, rms_ffn
@@ -172,9 +126,9 @@ inline std::uint64_t expected_checkpoint_bytes(const Llama2Config& c) {
   return 28 + 4 * floats;
 }
 
-inline Llama2Weights parse_llama2c_checkpoint(const std::uint8_t* data, std::size_t size) {
+inline LlamaWeights parse_llama2c_checkpoint(const std::uint8_t* data, std::size_t size) {
   file_detail::ByteReader in(data, size, "llama2.c checkpoint");
-  Llama2Config c;
+  LlamaConfig c;
   c.dim = in.i32("header");
   c.hidden_dim = in.i32("header");
   c.n_layers = in.i32("header");
@@ -186,52 +140,50 @@ inline Llama2Weights parse_llama2c_checkpoint(const std::uint8_t* data, std::siz
                           " is out of range");
   c.shared_classifier = vocab > 0;
   c.vocab_size = vocab > 0 ? vocab : -vocab;
-  validate_config(c);
+  validate_config(c, "llama2.c header");
   const std::uint64_t expected = expected_checkpoint_bytes(c);
   nibble::detail::require(expected == size, "llama2.c checkpoint: the header (dim ", c.dim, ", hidden_dim ",
                           c.hidden_dim, ", n_layers ", c.n_layers, ", n_heads ", c.n_heads, ", n_kv_heads ",
                           c.n_kv_heads, ", vocab_size ", vocab, ", seq_len ", c.seq_len, ") needs ", expected,
                           " bytes, the file has ", size);
 
-  Llama2Weights w;
+  LlamaWeights w;
   w.config = c;
   const Eigen::Index dim = c.dim, hidden = c.hidden_dim, kv = c.kv_dim(), V = c.vocab_size;
-  w.token_embedding.resize(V, dim);
-  in.floats(w.token_embedding.data(), static_cast<std::size_t>(V * dim), "token_embedding");
+  auto read_matrix = [&](Eigen::Index rows, Eigen::Index cols, const char* name) {
+    RowMatrixXf m(rows, cols);
+    in.floats(m.data(), static_cast<std::size_t>(rows * cols), name);
+    return m;
+  };
+  w.token_embedding = read_matrix(V, dim, "token_embedding");
   w.layers.resize(static_cast<std::size_t>(c.n_layers));
   // Per-layer tensors are stacked by tensor, then by layer.
-  auto read_vectors = [&](Eigen::VectorXf Llama2Layer::*member, const char* name) {
+  auto read_vectors = [&](Eigen::VectorXf LlamaLayer::*member, const char* name) {
     for (auto& layer : w.layers) {
       (layer.*member).resize(dim);
       in.floats((layer.*member).data(), static_cast<std::size_t>(dim), name);
     }
   };
-  auto read_matrices = [&](RowMatrixXf Llama2Layer::*member, Eigen::Index rows, Eigen::Index cols, const char* name) {
-    for (auto& layer : w.layers) {
-      (layer.*member).resize(rows, cols);
-      in.floats((layer.*member).data(), static_cast<std::size_t>(rows * cols), name);
-    }
+  auto read_matrices = [&](StoredMatrix LlamaLayer::*member, Eigen::Index rows, Eigen::Index cols, const char* name) {
+    for (auto& layer : w.layers) layer.*member = read_matrix(rows, cols, name);
   };
-  read_vectors(&Llama2Layer::rms_att, "rms_att");
-  read_matrices(&Llama2Layer::wq, dim, dim, "wq");
-  read_matrices(&Llama2Layer::wk, kv, dim, "wk");
-  read_matrices(&Llama2Layer::wv, kv, dim, "wv");
-  read_matrices(&Llama2Layer::wo, dim, dim, "wo");
-  read_vectors(&Llama2Layer::rms_ffn, "rms_ffn");
-  read_matrices(&Llama2Layer::w1, hidden, dim, "w1");
-  read_matrices(&Llama2Layer::w2, dim, hidden, "w2");
-  read_matrices(&Llama2Layer::w3, hidden, dim, "w3");
+  read_vectors(&LlamaLayer::rms_att, "rms_att");
+  read_matrices(&LlamaLayer::wq, dim, dim, "wq");
+  read_matrices(&LlamaLayer::wk, kv, dim, "wk");
+  read_matrices(&LlamaLayer::wv, kv, dim, "wv");
+  read_matrices(&LlamaLayer::wo, dim, dim, "wo");
+  read_vectors(&LlamaLayer::rms_ffn, "rms_ffn");
+  read_matrices(&LlamaLayer::w1, hidden, dim, "w1");
+  read_matrices(&LlamaLayer::w2, dim, hidden, "w2");
+  read_matrices(&LlamaLayer::w3, hidden, dim, "w3");
   w.rms_final.resize(dim);
   in.floats(w.rms_final.data(), static_cast<std::size_t>(dim), "rms_final");
   in.skip(static_cast<std::size_t>(c.seq_len) * static_cast<std::size_t>(c.head_size() / 2) * 2 * 4, "freq_cis");
-  if (!c.shared_classifier) {
-    w.wcls.resize(V, dim);
-    in.floats(w.wcls.data(), static_cast<std::size_t>(V * dim), "wcls");
-  }
+  if (!c.shared_classifier) w.wcls = read_matrix(V, dim, "wcls");
   return w;
 }
 
-inline Llama2Weights load_llama2c_checkpoint(const std::string& path) {
+inline LlamaWeights load_llama2c_checkpoint(const std::string& path) {
   const std::vector<std::uint8_t> bytes = file_detail::read_whole_file(path);
   try {
     return parse_llama2c_checkpoint(bytes.data(), bytes.size());

@@ -111,20 +111,20 @@ inline const MethodInfo& method_by_name(const std::string& name) {
 // The seven linear layers of a block, by name, in both weight holders.
 struct LinearSlot {
   const char* name;
-  RowMatrixXf Llama2Layer::*weights;
+  StoredMatrix LlamaLayer::*weights;
   Linear TransformerLayer::*linear;
   LinearSite input;
 };
 
 inline const std::vector<LinearSlot>& linear_slots() {
   static const std::vector<LinearSlot> slots = {
-      {"wq", &Llama2Layer::wq, &TransformerLayer::wq, LinearSite::attention_input},
-      {"wk", &Llama2Layer::wk, &TransformerLayer::wk, LinearSite::attention_input},
-      {"wv", &Llama2Layer::wv, &TransformerLayer::wv, LinearSite::attention_input},
-      {"wo", &Llama2Layer::wo, &TransformerLayer::wo, LinearSite::attention_output},
-      {"w1", &Llama2Layer::w1, &TransformerLayer::w1, LinearSite::ffn_input},
-      {"w2", &Llama2Layer::w2, &TransformerLayer::w2, LinearSite::ffn_hidden},
-      {"w3", &Llama2Layer::w3, &TransformerLayer::w3, LinearSite::ffn_input},
+      {"wq", &LlamaLayer::wq, &TransformerLayer::wq, LinearSite::attention_input},
+      {"wk", &LlamaLayer::wk, &TransformerLayer::wk, LinearSite::attention_input},
+      {"wv", &LlamaLayer::wv, &TransformerLayer::wv, LinearSite::attention_input},
+      {"wo", &LlamaLayer::wo, &TransformerLayer::wo, LinearSite::attention_output},
+      {"w1", &LlamaLayer::w1, &TransformerLayer::w1, LinearSite::ffn_input},
+      {"w2", &LlamaLayer::w2, &TransformerLayer::w2, LinearSite::ffn_hidden},
+      {"w3", &LlamaLayer::w3, &TransformerLayer::w3, LinearSite::ffn_input},
   };
   return slots;
 }
@@ -163,16 +163,17 @@ struct QuantizedModel {
 };
 
 // Bytes of the parts that stay fp32.
-inline std::size_t fp32_other_bytes(const Llama2Weights& w) {
-  std::size_t floats = static_cast<std::size_t>(w.token_embedding.size() + w.rms_final.size() + w.wcls.size());
+inline std::size_t fp32_other_bytes(const LlamaWeights& w) {
+  std::size_t floats = static_cast<std::size_t>(w.token_embedding.rows() * w.token_embedding.cols() + w.rms_final.size() +
+                                                w.wcls.rows() * w.wcls.cols());
   for (const auto& l : w.layers) floats += static_cast<std::size_t>(l.rms_att.size() + l.rms_ffn.size());
   return 4 * floats;
 }
 
-inline std::size_t fp32_model_bytes(const Llama2Weights& w) {
+inline std::size_t fp32_model_bytes(const LlamaWeights& w) {
   std::size_t floats = 0;
   for (const auto& l : w.layers)
-    for (const auto& s : linear_slots()) floats += static_cast<std::size_t>((l.*s.weights).size());
+    for (const auto& s : linear_slots()) floats += static_cast<std::size_t>((l.*s.weights).rows() * (l.*s.weights).cols());
   return 4 * floats + fp32_other_bytes(w);
 }
 
@@ -265,7 +266,7 @@ void calibrate_blockwise(Transformer& model, const std::vector<std::vector<int>>
       const ActivationHook hook = [&](int, LinearSite site, const RowMatrixXf& X) {
         parts[s][static_cast<std::size_t>(site)] = X;
       };
-      KvCache cache = model.new_cache();
+      KvCache cache = model.new_cache(static_cast<int>(hidden[s].rows()));
       RowMatrixXf X = hidden[s];
       model.run_layer(l, X, cache, &hook);
       if (!propagate_quantized) fp_out[s] = std::move(X);
@@ -286,7 +287,7 @@ void calibrate_blockwise(Transformer& model, const std::vector<std::vector<int>>
     quantize_block(l, static_cast<const BlockActivations&>(acts));
     if (propagate_quantized) {
       parallel_for(n, threads, [&](std::size_t s) {
-        KvCache cache = model.new_cache();
+        KvCache cache = model.new_cache(static_cast<int>(hidden[s].rows()));
         model.run_layer(l, hidden[s], cache);
       });
     } else {
@@ -304,18 +305,18 @@ struct AwqLayerScales {
   Eigen::VectorXf att, ffn, down;
 };
 
-inline AwqLayerScales search_and_fold_awq_scales(const Llama2Layer& fp, TransformerLayer& layer,
+inline AwqLayerScales search_and_fold_awq_scales(const LlamaLayer& fp, TransformerLayer& layer,
                                                  const BlockActivations& acts, const AwqConfig& search) {
   AwqLayerScales s;
-  s.att = awq_quantize({fp.wq, fp.wk, fp.wv}, acts.attention_input, search).scales;
-  s.ffn = awq_quantize({fp.w1, fp.w3}, acts.ffn_input, search).scales;
-  s.down = awq_quantize({fp.w2}, acts.ffn_hidden, search).scales;
+  s.att = awq_quantize({fp.wq.dense(), fp.wk.dense(), fp.wv.dense()}, acts.attention_input, search).scales;
+  s.ffn = awq_quantize({fp.w1.dense(), fp.w3.dense()}, acts.ffn_input, search).scales;
+  s.down = awq_quantize({fp.w2.dense()}, acts.ffn_hidden, search).scales;
   fold_scales_into_norm(layer.rms_att, s.att);
   fold_scales_into_norm(layer.rms_ffn, s.ffn);
   return s;
 }
 
-inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOptions& options,
+inline QuantizedModel quantize_model(const LlamaWeights& w, const ModelQuantOptions& options,
                                      const std::vector<std::vector<int>>& calibration = {}) {
   const auto t0 = std::chrono::steady_clock::now();
   QuantizedModel out;
@@ -343,7 +344,7 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
         for (std::size_t k = 0; k < linear_slots().size(); ++k) {
           const QuantConfig c = rtn_config(options.method, options.group_size_for(linear_slots()[k].name),
                                            options.int_scale_format);
-          put(l, k, quantize(w.layers[static_cast<std::size_t>(l)].*(linear_slots()[k].weights), c));
+          put(l, k, quantize((w.layers[static_cast<std::size_t>(l)].*(linear_slots()[k].weights)).dense(), c));
         }
       break;
     }
@@ -383,7 +384,7 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
           // (per-row → 32), which measured better per extra bit than any other matrix.
           if (options.method == Method::gptq_mixed && (k == 4 || k == 6))
             gk.quant.group_size = gk.quant.group_size == kPerRow ? 32 : std::max(16, gk.quant.group_size / 2);
-          put(l, k, gptq_quantize(w.layers[static_cast<std::size_t>(l)].*(slot.weights),
+          put(l, k, gptq_quantize((w.layers[static_cast<std::size_t>(l)].*(slot.weights)).dense(),
                                   H[static_cast<int>(slot.input)], gk).matrix);
         }
       });
@@ -395,7 +396,7 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
       h.zero_format = options.int_scale_format == ScaleFormat::dq8 ? ScaleFormat::f32 : options.int_scale_format;
       for (int l = 0; l < L; ++l)
         for (std::size_t k = 0; k < linear_slots().size(); ++k)
-          put(l, k, hqq_quantize(w.layers[static_cast<std::size_t>(l)].*(linear_slots()[k].weights), h));
+          put(l, k, hqq_quantize((w.layers[static_cast<std::size_t>(l)].*(linear_slots()[k].weights)).dense(), h));
       break;
     }
     case Method::awq: {
@@ -413,14 +414,14 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
       // w3 → [w2]. wv → wo is skipped: with grouped-query attention wv has fewer output
       // rows than wo has inputs (algorithms.md §3.1). wq and wk get no clip search.
       calibrate_blockwise(out.model, calibration, false, options.threads, [&](int l, const BlockActivations& acts) {
-        const Llama2Layer& fp = w.layers[static_cast<std::size_t>(l)];
+        const LlamaLayer& fp = w.layers[static_cast<std::size_t>(l)];
         const AwqLayerScales scales =
             search_and_fold_awq_scales(fp, out.model.layers[static_cast<std::size_t>(l)], acts, search);
         const Eigen::VectorXf &s_att = scales.att, &s_ffn = scales.ffn, &s_down = scales.down;
-        const RowMatrixXf wq = fp.wq * s_att.asDiagonal(), wk = fp.wk * s_att.asDiagonal(),
-                          wv = fp.wv * s_att.asDiagonal(), w1 = fp.w1 * s_ffn.asDiagonal(),
-                          w2 = fp.w2 * s_down.asDiagonal();
-        RowMatrixXf w3 = fp.w3 * s_ffn.asDiagonal();
+        const RowMatrixXf wq = fp.wq.dense() * s_att.asDiagonal(), wk = fp.wk.dense() * s_att.asDiagonal(),
+                          wv = fp.wv.dense() * s_att.asDiagonal(), w1 = fp.w1.dense() * s_ffn.asDiagonal(),
+                          w2 = fp.w2.dense() * s_down.asDiagonal();
+        RowMatrixXf w3 = fp.w3.dense() * s_ffn.asDiagonal();
         fold_scales_into_linear_rows(w3, s_down);
         const RowMatrixXf x_att = acts.attention_input * s_att.cwiseInverse().asDiagonal();
         const RowMatrixXf x_ffn = acts.ffn_input * s_ffn.cwiseInverse().asDiagonal();
@@ -431,7 +432,7 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
         put(l, 0, quantize(wq, search.quant));
         put(l, 1, quantize(wk, search.quant));
         put(l, 2, clipped(wv, x_att));
-        put(l, 3, clipped(fp.wo, acts.attention_output));
+        put(l, 3, clipped(fp.wo.dense(), acts.attention_output));
         put(l, 4, clipped(w1, x_ffn));
         put(l, 5, clipped(w2, x_hid));
         put(l, 6, clipped(w3, x_ffn));
@@ -456,15 +457,15 @@ inline QuantizedModel quantize_model(const Llama2Weights& w, const ModelQuantOpt
       // rounds the scaled weights with the Hessian of the scaled inputs (x / s), in
       // GPTQ's sequential scheme.
       calibrate_blockwise(out.model, calibration, true, options.threads, [&](int l, const BlockActivations& acts) {
-        const Llama2Layer& fp = w.layers[static_cast<std::size_t>(l)];
+        const LlamaLayer& fp = w.layers[static_cast<std::size_t>(l)];
         const AwqLayerScales scales =
             search_and_fold_awq_scales(fp, out.model.layers[static_cast<std::size_t>(l)], acts, search);
         const Eigen::VectorXf &s_att = scales.att, &s_ffn = scales.ffn, &s_down = scales.down;
-        RowMatrixXf w3 = fp.w3 * s_ffn.asDiagonal();
+        RowMatrixXf w3 = fp.w3.dense() * s_ffn.asDiagonal();
         fold_scales_into_linear_rows(w3, s_down);
-        const RowMatrixXf scaled[7] = {fp.wq * s_att.asDiagonal(), fp.wk * s_att.asDiagonal(),
-                                       fp.wv * s_att.asDiagonal(), fp.wo,
-                                       fp.w1 * s_ffn.asDiagonal(), fp.w2 * s_down.asDiagonal(), w3};
+        const RowMatrixXf scaled[7] = {fp.wq.dense() * s_att.asDiagonal(), fp.wk.dense() * s_att.asDiagonal(),
+                                       fp.wv.dense() * s_att.asDiagonal(), fp.wo.dense(),
+                                       fp.w1.dense() * s_ffn.asDiagonal(), fp.w2.dense() * s_down.asDiagonal(), w3};
         auto hessian_of = [&](const RowMatrixXf& X, const Eigen::VectorXf* s) {
           HessianAccumulator acc(static_cast<std::size_t>(X.cols()), options.threads);
           if (s) acc.add(X * s->cwiseInverse().asDiagonal());

@@ -1,14 +1,16 @@
-// A Llama-2 style transformer (llama2.c semantics) whose linear layers are either fp32
-// matrices or nibble QuantizedMatrix objects, plus perplexity / KL evaluation.
+// A Llama-family transformer whose linear layers are either fp32 matrices or nibble
+// QuantizedMatrix objects, plus perplexity / KL evaluation.
 //
 // The forward pass works on a chunk of tokens at once (rows of X are positions) with a
-// KV cache, so the same code scores a whole story (one chunk) and generates text (chunks
+// KV cache, so the same code scores a whole text (one chunk) and generates text (chunks
 // of one token). Per layer:
-//   x += wo · attention(rope(wq·rms(x)), rope(wk·rms(x)), wv·rms(x))
+//   x += wo · attention(rope(wq·rms(x) + bq), rope(wk·rms(x) + bk), wv·rms(x) + bv)
 //   x += w2 · (silu(w1·rms(x)) ⊙ (w3·rms(x)))
-// RMSNorm g·x/sqrt(mean(x²)+1e-5); RoPE rotates adjacent pairs (2i, 2i+1) of a head by
-// pos·10000^(−2i/head_size); causal attention scaled by 1/sqrt(head_size), query head h
-// reads kv head h / (n_heads / n_kv_heads); logits = classifier · rms(x, rms_final).
+// RMSNorm g·x/sqrt(mean(x²)+eps); RoPE rotates pairs of a head (config.rope_style) by
+// (pos/rope_scale)·base^(−2i/head_size); causal attention scaled by 1/sqrt(head_size),
+// query head h reads kv head h / (n_heads / n_kv_heads); logits = output · rms(x,
+// rms_final), the output projection being the token embedding when they are tied.
+// Biases exist only for architectures that have them (Qwen2's q, k, v).
 #pragma once
 
 #include <algorithm>
@@ -28,6 +30,7 @@
 #include "../kernels/packed_matrix.hpp"
 #include "../quant/rtn.hpp"
 #include "llama2c.hpp"
+#include "llama_weights.hpp"
 
 namespace nibble::model {
 
@@ -52,7 +55,12 @@ inline const char* to_string(LinearBackend b) {
 class Linear {
  public:
   Linear() = default;
-  explicit Linear(RowMatrixXf weights) : dense_(std::move(weights)), rows_(dense_.rows()), cols_(dense_.cols()) {}
+  explicit Linear(RowMatrixXf weights) : Linear(std::make_shared<const RowMatrixXf>(std::move(weights))) {}
+  explicit Linear(std::shared_ptr<const RowMatrixXf> weights) : dense_(std::move(weights)) {
+    detail::require(dense_ != nullptr, "Linear: null weights");
+    rows_ = dense_->rows();
+    cols_ = dense_->cols();
+  }
   // threads: how many threads each kernel call splits its rows over.
   Linear(std::shared_ptr<const QuantizedMatrix> q, LinearBackend backend, int threads = 1)
       : quantized_(std::move(q)), backend_(backend) {
@@ -60,7 +68,7 @@ class Linear {
     rows_ = static_cast<Eigen::Index>(quantized_->rows());
     cols_ = static_cast<Eigen::Index>(quantized_->cols());
     if (backend == LinearBackend::dequantized) {
-      dense_ = quantized_->dequantize();
+      dense_ = std::make_shared<const RowMatrixXf>(quantized_->dequantize());
     } else {
       packed_ = std::make_shared<const PackedMatrix>(*quantized_);
       options_.mode = backend == LinearBackend::kernel_fast ? ActivationMode::fast : ActivationMode::exact;
@@ -75,7 +83,7 @@ class Linear {
   Eigen::Index cols() const { return cols_; }
 
   // The fp32 weights this layer computes with (decoded ones when quantized).
-  RowMatrixXf weights() const { return packed_ ? RowMatrixXf(quantized_->dequantize()) : dense_; }
+  RowMatrixXf weights() const { return packed_ ? RowMatrixXf(quantized_->dequantize()) : *dense_; }
 
   // Y = X·Wᵀ for a batch of inputs X (one per row).
   void apply(const RowMatrixXf& X, RowMatrixXf& Y) const {
@@ -84,12 +92,12 @@ class Linear {
     if (packed_) {
       if (X.rows() > 0) gemm(*packed_, X.data(), static_cast<std::size_t>(X.rows()), Y.data(), options_);
     } else {
-      Y.noalias() = X * dense_.transpose();
+      Y.noalias() = X * dense_->transpose();
     }
   }
 
  private:
-  RowMatrixXf dense_;
+  std::shared_ptr<const RowMatrixXf> dense_;
   Eigen::Index rows_ = 0, cols_ = 0;
   std::shared_ptr<const QuantizedMatrix> quantized_;
   std::shared_ptr<const PackedMatrix> packed_;
@@ -109,38 +117,58 @@ using ActivationHook = std::function<void(int layer, LinearSite site, const RowM
 struct TransformerLayer {
   Eigen::VectorXf rms_att, rms_ffn;
   Linear wq, wk, wv, wo, w1, w2, w3;
+  Eigen::VectorXf bq, bk, bv;  // empty unless the architecture has q/k/v biases
 };
 
-// Keys and values of every past position, per layer.
+// Keys and values of every past position, per layer. Rows are allocated for the
+// capacity asked for (new_cache), not for the model's whole context.
 struct KvCache {
-  std::vector<RowMatrixXf> keys, values;  // per layer: seq_len × kv_dim
+  std::vector<RowMatrixXf> keys, values;  // per layer: capacity × kv_dim
   int length = 0;
+  int capacity() const { return keys.empty() ? 0 : static_cast<int>(keys.front().rows()); }
+};
+
+// How quantized weights run when a Transformer is built from LlamaWeights.
+struct RuntimeOptions {
+  LinearBackend backend = LinearBackend::kernel_fast;
+  int threads = 1;  // threads per kernel call
 };
 
 struct Transformer {
-  Llama2Config config;
-  RowMatrixXf token_embedding;
-  RowMatrixXf classifier;
+  LlamaConfig config;
+  StoredMatrix token_embedding;
+  Linear output;  // vocab × dim: the classifier (shares the embedding's storage when tied)
   std::vector<TransformerLayer> layers;
   Eigen::VectorXf rms_final;
 
-  static Transformer from_weights(const Llama2Weights& w) {
+  static Linear make_linear(const StoredMatrix& m, const RuntimeOptions& o) {
+    if (m.is_quantized()) return Linear(m.quantized_ptr(), o.backend, o.threads);
+    return Linear(m.dense_ptr());
+  }
+
+  static Transformer from_weights(const LlamaWeights& w, const RuntimeOptions& o = {}) {
+    validate_weights(w, "model");
     Transformer t;
     t.config = w.config;
     t.token_embedding = w.token_embedding;
-    t.classifier = w.classifier();
+    t.output = make_linear(w.classifier(), o);
     t.rms_final = w.rms_final;
     for (const auto& l : w.layers)
-      t.layers.push_back({l.rms_att, l.rms_ffn, Linear(l.wq), Linear(l.wk), Linear(l.wv), Linear(l.wo), Linear(l.w1),
-                          Linear(l.w2), Linear(l.w3)});
+      t.layers.push_back({l.rms_att, l.rms_ffn, make_linear(l.wq, o), make_linear(l.wk, o), make_linear(l.wv, o),
+                          make_linear(l.wo, o), make_linear(l.w1, o), make_linear(l.w2, o), make_linear(l.w3, o), l.bq,
+                          l.bk, l.bv});
     return t;
   }
 
-  KvCache new_cache() const {
+  // A cache for up to `capacity` positions (0: the model's whole context).
+  KvCache new_cache(int capacity = 0) const {
+    if (capacity == 0) capacity = config.seq_len;
+    detail::require(capacity > 0 && capacity <= config.seq_len, "KV cache of ", capacity,
+                    " positions (the model's context is ", config.seq_len, ")");
     KvCache c;
     for (int l = 0; l < config.n_layers; ++l) {
-      c.keys.emplace_back(RowMatrixXf::Zero(config.seq_len, config.kv_dim()));
-      c.values.emplace_back(RowMatrixXf::Zero(config.seq_len, config.kv_dim()));
+      c.keys.emplace_back(RowMatrixXf::Zero(capacity, config.kv_dim()));
+      c.values.emplace_back(RowMatrixXf::Zero(capacity, config.kv_dim()));
     }
     return c;
   }
@@ -150,32 +178,37 @@ struct Transformer {
     for (std::size_t i = 0; i < tokens.size(); ++i) {
       detail::require(tokens[i] >= 0 && tokens[i] < config.vocab_size, "token ", tokens[i], " at position ", i,
                       " is out of range (vocab ", config.vocab_size, ")");
-      X.row(static_cast<Eigen::Index>(i)) = token_embedding.row(tokens[i]);
+      token_embedding.row_to_float(tokens[i], X.row(static_cast<Eigen::Index>(i)).data());
     }
     return X;
   }
 
-  static void rms_norm(const RowMatrixXf& X, const Eigen::VectorXf& gain, RowMatrixXf& out) {
+  void rms_norm(const RowMatrixXf& X, const Eigen::VectorXf& gain, RowMatrixXf& out) const {
     out.resize(X.rows(), X.cols());
     for (Eigen::Index t = 0; t < X.rows(); ++t) {
       float ss = 0.0f;
       for (Eigen::Index i = 0; i < X.cols(); ++i) ss += X(t, i) * X(t, i);
-      ss = 1.0f / std::sqrt(ss / static_cast<float>(X.cols()) + 1e-5f);
+      ss = 1.0f / std::sqrt(ss / static_cast<float>(X.cols()) + config.norm_eps);
       for (Eigen::Index i = 0; i < X.cols(); ++i) out(t, i) = gain(i) * (ss * X(t, i));
     }
   }
 
-  // Rotates pairs of each head of row t, at absolute position pos.
+  // Rotates the pairs of every head of row t, at absolute position pos.
   void rope(RowMatrixXf& M, Eigen::Index t, int pos) const {
-    const int hs = config.head_size();
-    for (Eigen::Index i = 0; i < M.cols(); i += 2) {
-      const int head_dim = static_cast<int>(i % hs);
-      const float freq = 1.0f / std::pow(10000.0f, static_cast<float>(head_dim) / static_cast<float>(hs));
-      const float angle = static_cast<float>(pos) * freq;
+    const int hs = config.head_size(), half = hs / 2;
+    const float p = config.rope_scale == 1.0f ? static_cast<float>(pos) : static_cast<float>(pos) / config.rope_scale;
+    for (int i = 0; i < half; ++i) {
+      const float freq = 1.0f / std::pow(config.rope_base, static_cast<float>(2 * i) / static_cast<float>(hs));
+      const float angle = p * freq;
       const float c = std::cos(angle), s = std::sin(angle);
-      const float v0 = M(t, i), v1 = M(t, i + 1);
-      M(t, i) = v0 * c - v1 * s;
-      M(t, i + 1) = v0 * s + v1 * c;
+      // Offsets of the pair's two members inside a head.
+      const int a = config.rope_style == RopeStyle::adjacent_pairs ? 2 * i : i;
+      const int b = config.rope_style == RopeStyle::adjacent_pairs ? 2 * i + 1 : i + half;
+      for (Eigen::Index h = 0; h < M.cols(); h += hs) {
+        const float v0 = M(t, h + a), v1 = M(t, h + b);
+        M(t, h + a) = v0 * c - v1 * s;
+        M(t, h + b) = v0 * s + v1 * c;
+      }
     }
   }
 
@@ -185,16 +218,21 @@ struct Transformer {
     const TransformerLayer& L = layers[static_cast<std::size_t>(l)];
     const Eigen::Index T = X.rows();
     const int start = cache.length;
-    detail::require(start + T <= config.seq_len, "sequence of ", start + T, " positions exceeds seq_len ",
-                    config.seq_len);
+    detail::require(start + T <= cache.capacity(), "sequence of ", start + T, " positions exceeds the KV cache (",
+                    cache.capacity(), " positions)");
     const int hs = config.head_size();
     const int group = config.n_heads / config.n_kv_heads;
-    RowMatrixXf xb, q, k, v, att(T, config.dim), out;
+    RowMatrixXf xb, q, k, v, att(T, config.q_dim()), out;
     rms_norm(X, L.rms_att, xb);
     if (hook) (*hook)(l, LinearSite::attention_input, xb);
     L.wq.apply(xb, q);
     L.wk.apply(xb, k);
     L.wv.apply(xb, v);
+    if (L.bq.size() > 0) {
+      q.rowwise() += L.bq.transpose();
+      k.rowwise() += L.bk.transpose();
+      v.rowwise() += L.bv.transpose();
+    }
     RowMatrixXf& K = cache.keys[static_cast<std::size_t>(l)];
     RowMatrixXf& V = cache.values[static_cast<std::size_t>(l)];
     for (Eigen::Index t = 0; t < T; ++t) {
@@ -248,9 +286,10 @@ struct Transformer {
   }
 
   RowMatrixXf logits(const RowMatrixXf& X) const {
-    RowMatrixXf xn;
+    RowMatrixXf xn, out;
     rms_norm(X, rms_final, xn);
-    return xn * classifier.transpose();
+    output.apply(xn, out);
+    return out;
   }
 
   // Logits for each token of the chunk (row i predicts the token after tokens[i]).
@@ -334,8 +373,8 @@ inline EvalResult evaluate(const Transformer& model, const std::vector<std::vect
   parallel_for(n, threads, [&](std::size_t s) {
     const std::vector<int>& seq = sequences[s];
     if (seq.size() < 2) return;
-    KvCache cache = model.new_cache();
     const std::vector<int> inputs(seq.begin(), seq.end() - 1);
+    KvCache cache = model.new_cache(static_cast<int>(inputs.size()));
     const RowMatrixXf lp = log_softmax_rows(model.forward(inputs, cache));
     for (Eigen::Index t = 0; t < lp.rows(); ++t) nll[s] -= lp(t, seq[static_cast<std::size_t>(t) + 1]);
     if (reference) {
