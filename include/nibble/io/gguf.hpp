@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <set>
 #include <string>
@@ -487,6 +488,13 @@ class GgufReader {
 
   std::string read_string(Cursor& c, const char* field) { return c.string(c.u64(field), field); }
 
+  // A float as text that reads back to the same value (9 / 17 significant digits).
+  static std::string exact_text(double v, int digits) {
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "%.*g", digits, v);
+    return buf;
+  }
+
   // Reads one value of `type`, rendering scalars and strings as text.
   std::string read_value(Cursor& c, std::uint32_t type, int depth) {
     switch (static_cast<GgufValueType>(type)) {
@@ -496,7 +504,7 @@ class GgufReader {
       case GgufValueType::i16: return std::to_string(c.read<std::int16_t>("i16 value"));
       case GgufValueType::u32: return std::to_string(c.u32("u32 value"));
       case GgufValueType::i32: return std::to_string(c.read<std::int32_t>("i32 value"));
-      case GgufValueType::f32: return std::to_string(c.f32("f32 value"));
+      case GgufValueType::f32: return exact_text(c.f32("f32 value"), 9);
       case GgufValueType::boolean: {
         const std::uint8_t b = c.u8("bool value");
         detail::require(b <= 1, "GGUF: bool value ", int(b), " is not 0 or 1");
@@ -505,7 +513,7 @@ class GgufReader {
       case GgufValueType::string: return read_string(c, "string value");
       case GgufValueType::u64: return std::to_string(c.u64("u64 value"));
       case GgufValueType::i64: return std::to_string(c.read<std::int64_t>("i64 value"));
-      case GgufValueType::f64: return std::to_string(c.read<double>("f64 value"));
+      case GgufValueType::f64: return exact_text(c.read<double>("f64 value"), 17);
       case GgufValueType::array: {
         detail::require(depth == 0, "GGUF: nested arrays are not supported");
         const std::uint32_t elem = c.u32("array element type");
