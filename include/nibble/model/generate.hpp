@@ -102,4 +102,52 @@ inline Generation generate(const Transformer& model, const Tokenizer& tok, const
   return g;
 }
 
+// Token-level generation for any tokenizer: runs the prompt as one batch (prefill),
+// then samples up to max_new_tokens one at a time through the KV cache, stopping after
+// a token for which stop(id) is true (that token is kept). on_token(id) is called for
+// every generated token as it appears (e.g. to print it).
+struct TokenGeneration {
+  std::vector<int> tokens;  // prompt, then generated tokens
+  std::size_t prompt_tokens = 0, generated = 0;
+  double prefill_seconds = 0.0, decode_seconds = 0.0;  // decode: every token after the first
+
+  double prefill_tokens_per_second() const {
+    return prefill_seconds > 0.0 ? static_cast<double>(prompt_tokens) / prefill_seconds : 0.0;
+  }
+  double decode_tokens_per_second() const {
+    return decode_seconds > 0.0 && generated > 1 ? static_cast<double>(generated - 1) / decode_seconds : 0.0;
+  }
+};
+
+template <class Stop, class OnToken>
+TokenGeneration generate_tokens(const Transformer& model, const std::vector<int>& prompt, int max_new_tokens,
+                                const SamplerConfig& sampler_config, Stop&& stop, OnToken&& on_token) {
+  detail::require(!prompt.empty(), "generation needs a prompt of at least one token");
+  detail::require(max_new_tokens >= 0, "max_new_tokens ", max_new_tokens, " is negative");
+  const std::size_t capacity = prompt.size() + static_cast<std::size_t>(max_new_tokens);
+  detail::require(capacity <= static_cast<std::size_t>(model.config.seq_len), "prompt (", prompt.size(),
+                  " tokens) + ", max_new_tokens, " new tokens exceed the model's context of ", model.config.seq_len);
+  Sampler sampler(sampler_config);
+  TokenGeneration g;
+  g.tokens = prompt;
+  g.prompt_tokens = prompt.size();
+  KvCache cache = model.new_cache(static_cast<int>(capacity));
+  auto t0 = std::chrono::steady_clock::now();
+  RowMatrixXf logits = model.forward(prompt, cache);
+  g.prefill_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < max_new_tokens; ++i) {
+    const int next = sampler.sample(logits.row(logits.rows() - 1).data(), static_cast<int>(logits.cols()));
+    g.tokens.push_back(next);
+    ++g.generated;
+    on_token(next);
+    if (i == 0) t0 = std::chrono::steady_clock::now();  // decode time counts from the first sampled token
+    if (stop(next) || i + 1 == max_new_tokens) break;
+    logits = model.forward({next}, cache);
+  }
+  if (g.generated > 1)
+    g.decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return g;
+}
+
 }  // namespace nibble::model
