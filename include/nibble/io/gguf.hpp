@@ -36,6 +36,7 @@
 #include "../quant/rtn.hpp"
 #include "binary.hpp"
 #include "ggml_types.hpp"
+#include "gguf_metadata.hpp"
 
 namespace nibble::io {
 
@@ -280,11 +281,6 @@ inline void dequantize_ggml(std::uint32_t type, const std::uint8_t* p, std::size
 
 // ---- writer -------------------------------------------------------------------------
 
-enum class GgufValueType : std::uint32_t {
-  u8 = 0, i8 = 1, u16 = 2, i16 = 3, u32 = 4, i32 = 5, f32 = 6, boolean = 7, string = 8, array = 9,
-  u64 = 10, i64 = 11, f64 = 12
-};
-
 class GgufWriter {
  public:
   explicit GgufWriter(const std::string& path, std::uint32_t alignment = 32) : spill_(path), alignment_(alignment) {
@@ -308,6 +304,18 @@ class GgufWriter {
   void set_bool(const std::string& key, bool value) {
     begin_kv(key, GgufValueType::boolean);
     put<std::uint8_t>(kv_, value ? 1 : 0);
+  }
+  void set_string_array(const std::string& key, const std::vector<std::string>& values) {
+    begin_kv(key, GgufValueType::array);
+    put<std::uint32_t>(kv_, static_cast<std::uint32_t>(GgufValueType::string));
+    put<std::uint64_t>(kv_, values.size());
+    for (const auto& v : values) put_string(kv_, v);
+  }
+  void set_i32_array(const std::string& key, const std::vector<std::int32_t>& values) {
+    begin_kv(key, GgufValueType::array);
+    put<std::uint32_t>(kv_, static_cast<std::uint32_t>(GgufValueType::i32));
+    put<std::uint64_t>(kv_, values.size());
+    for (auto v : values) put<std::int32_t>(kv_, v);
   }
 
   // The keys llama.cpp-style readers look for first. file_type: 0 all F32, 2 mostly
@@ -420,6 +428,9 @@ class GgufReader {
   const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
   // Scalar and string metadata rendered as text (arrays as "[array of N]").
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // Every metadata value with its type, arrays included (gguf_metadata.hpp): e.g.
+  // typed_metadata().string_array("tokenizer.ggml.tokens").
+  const GgufMetadata& typed_metadata() const { return typed_metadata_; }
   const GgufTensorInfo& info(const std::string& name) const {
     for (const auto& t : tensors_)
       if (t.name == name) return t;
@@ -488,46 +499,6 @@ class GgufReader {
 
   std::string read_string(Cursor& c, const char* field) { return c.string(c.u64(field), field); }
 
-  // A float as text that reads back to the same value (9 / 17 significant digits).
-  static std::string exact_text(double v, int digits) {
-    char buf[40];
-    std::snprintf(buf, sizeof buf, "%.*g", digits, v);
-    return buf;
-  }
-
-  // Reads one value of `type`, rendering scalars and strings as text.
-  std::string read_value(Cursor& c, std::uint32_t type, int depth) {
-    switch (static_cast<GgufValueType>(type)) {
-      case GgufValueType::u8: return std::to_string(c.u8("u8 value"));
-      case GgufValueType::i8: return std::to_string(static_cast<std::int8_t>(c.u8("i8 value")));
-      case GgufValueType::u16: return std::to_string(c.read<std::uint16_t>("u16 value"));
-      case GgufValueType::i16: return std::to_string(c.read<std::int16_t>("i16 value"));
-      case GgufValueType::u32: return std::to_string(c.u32("u32 value"));
-      case GgufValueType::i32: return std::to_string(c.read<std::int32_t>("i32 value"));
-      case GgufValueType::f32: return exact_text(c.f32("f32 value"), 9);
-      case GgufValueType::boolean: {
-        const std::uint8_t b = c.u8("bool value");
-        detail::require(b <= 1, "GGUF: bool value ", int(b), " is not 0 or 1");
-        return b ? "true" : "false";
-      }
-      case GgufValueType::string: return read_string(c, "string value");
-      case GgufValueType::u64: return std::to_string(c.u64("u64 value"));
-      case GgufValueType::i64: return std::to_string(c.read<std::int64_t>("i64 value"));
-      case GgufValueType::f64: return exact_text(c.read<double>("f64 value"), 17);
-      case GgufValueType::array: {
-        detail::require(depth == 0, "GGUF: nested arrays are not supported");
-        const std::uint32_t elem = c.u32("array element type");
-        const std::uint64_t n = c.u64("array length");
-        // Every element takes at least one byte, so a length beyond the bytes left is a lie.
-        detail::require(n <= c.remaining(), "GGUF: array of ", n, " elements is longer than the ", c.remaining(),
-                        " bytes left");
-        for (std::uint64_t i = 0; i < n; ++i) read_value(c, elem, depth + 1);
-        return "[array of " + std::to_string(n) + "]";
-      }
-    }
-    detail::throw_error("GGUF: unknown metadata value type ", type);
-  }
-
   void parse() {
     Cursor c(file_.view(), "GGUF");
     const std::uint8_t* magic = c.take(4, "magic");
@@ -546,11 +517,15 @@ class GgufReader {
         alignment_ = c.u32("alignment");
         detail::require(alignment_ > 0 && alignment_ <= (1u << 20) && (alignment_ & (alignment_ - 1)) == 0,
                         "GGUF: general.alignment ", alignment_, " is not a power of two up to 1 MiB");
-        metadata_[key] = std::to_string(alignment_);
+        GgufValue v;
+        v.type = GgufValueType::u32;
+        v.integer = alignment_;
+        typed_metadata_.set(key, std::move(v));
       } else {
-        metadata_[key] = read_value(c, type, 0);
+        typed_metadata_.set(key, read_gguf_value(c, type));
       }
     }
+    metadata_ = typed_metadata_.render();
     for (std::uint64_t i = 0; i < n_tensors; ++i) {
       GgufTensorInfo t;
       t.name = read_string(c, "tensor name");
@@ -601,6 +576,7 @@ class GgufReader {
   std::uint64_t data_start_ = 0;
   std::vector<GgufTensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;
+  GgufMetadata typed_metadata_;
 };
 
 }  // namespace nibble::io

@@ -18,8 +18,6 @@
 // (the reference model of a quantized file).
 #pragma once
 
-#include <cerrno>
-#include <cstdlib>
 #include <string>
 
 #include "../core/error.hpp"
@@ -34,42 +32,16 @@ struct GgufLoadOptions {
 
 namespace gguf_detail {
 
-inline const std::string* find_key(const io::GgufReader& r, const std::string& key) {
-  const auto& m = r.metadata();
-  const auto it = m.find(key);
-  return it == m.end() ? nullptr : &it->second;
-}
-
-inline long long int_key(const io::GgufReader& r, const std::string& key, long long fallback, bool required) {
-  const std::string* v = find_key(r, key);
-  if (v == nullptr) {
-    detail::require(!required, "GGUF model: missing metadata key '", key, "'");
-    return fallback;
-  }
-  errno = 0;
-  char* end = nullptr;
-  const long long x = std::strtoll(v->c_str(), &end, 10);
-  detail::require(!v->empty() && *end == '\0' && errno == 0, "GGUF model: metadata '", key, "' = '", *v,
-                  "' is not an integer");
-  return x;
-}
-
-inline double float_key(const io::GgufReader& r, const std::string& key, double fallback) {
-  const std::string* v = find_key(r, key);
-  if (v == nullptr) return fallback;
-  errno = 0;
-  char* end = nullptr;
-  const double x = std::strtod(v->c_str(), &end);
-  detail::require(!v->empty() && *end == '\0' && errno == 0, "GGUF model: metadata '", key, "' = '", *v,
-                  "' is not a number");
-  return x;
-}
-
-// An int key narrowed to int after a range check (validate_config checks relations).
-inline int dim_key(const io::GgufReader& r, const std::string& key, long long fallback, bool required) {
-  const long long v = int_key(r, key, fallback, required);
+// An integer key narrowed to int after a range check (validate_config checks relations).
+inline int dim_key(const io::GgufMetadata& md, const std::string& key, long long fallback, bool required) {
+  detail::require(!required || md.contains(key), "GGUF model: missing metadata key '", key, "'");
+  const long long v = md.get_int(key, fallback);
   detail::require(v >= 0 && v <= (1LL << 30), "GGUF model: metadata '", key, "' = ", v, " is out of range");
   return static_cast<int>(v);
+}
+
+inline double float_key(const io::GgufMetadata& md, const std::string& key, double fallback) {
+  return md.contains(key) ? md.get_float(key) : fallback;
 }
 
 inline bool has_tensor(const io::GgufReader& r, const std::string& name) {
@@ -101,40 +73,39 @@ inline Eigen::VectorXf load_vector(const io::GgufReader& r, const std::string& n
 
 inline LlamaConfig gguf_llama_config(const io::GgufReader& r) {
   using namespace gguf_detail;
-  const std::string* arch_value = find_key(r, "general.architecture");
-  detail::require(arch_value != nullptr, "GGUF model: missing metadata key 'general.architecture'");
-  const std::string arch = *arch_value;
+  const io::GgufMetadata& md = r.typed_metadata();
+  const std::string arch = md.get_string("general.architecture");
   detail::require(arch == "llama" || arch == "qwen2", "GGUF model: architecture '", arch,
                   "' is not supported (expected llama or qwen2)");
   LlamaConfig c;
   c.architecture = arch;
   const std::string p = arch + ".";
-  c.n_layers = dim_key(r, p + "block_count", 0, true);
-  c.seq_len = dim_key(r, p + "context_length", 0, true);
-  c.dim = dim_key(r, p + "embedding_length", 0, true);
-  c.hidden_dim = dim_key(r, p + "feed_forward_length", 0, true);
-  c.n_heads = dim_key(r, p + "attention.head_count", 0, true);
-  c.n_kv_heads = dim_key(r, p + "attention.head_count_kv", c.n_heads, false);
-  c.head_dim = dim_key(r, p + "attention.key_length", 0, false);
-  const int value_length = dim_key(r, p + "attention.value_length", c.head_dim, false);
+  c.n_layers = dim_key(md, p + "block_count", 0, true);
+  c.seq_len = dim_key(md, p + "context_length", 0, true);
+  c.dim = dim_key(md, p + "embedding_length", 0, true);
+  c.hidden_dim = dim_key(md, p + "feed_forward_length", 0, true);
+  c.n_heads = dim_key(md, p + "attention.head_count", 0, true);
+  c.n_kv_heads = dim_key(md, p + "attention.head_count_kv", c.n_heads, false);
+  c.head_dim = dim_key(md, p + "attention.key_length", 0, false);
+  const int value_length = dim_key(md, p + "attention.value_length", c.head_dim, false);
   detail::require(value_length == c.head_dim, "GGUF model: attention.value_length ", value_length,
                   " differs from key_length ", c.head_dim, " (not supported)");
   detail::require(c.n_heads > 0, "GGUF model: ", p, "attention.head_count is 0");
   const int head = c.head_dim > 0 ? c.head_dim : c.dim / c.n_heads;
-  const int rot = dim_key(r, p + "rope.dimension_count", head, false);
+  const int rot = dim_key(md, p + "rope.dimension_count", head, false);
   detail::require(rot == head, "GGUF model: rope.dimension_count ", rot, " differs from the head size ", head,
                   " (partial rotary embeddings are not supported)");
-  c.rope_base = static_cast<float>(float_key(r, p + "rope.freq_base", 10000.0));
-  const std::string* scaling = find_key(r, p + "rope.scaling.type");
-  if (scaling != nullptr && *scaling != "none") {
-    detail::require(*scaling == "linear", "GGUF model: RoPE scaling '", *scaling,
+  c.rope_base = static_cast<float>(float_key(md, p + "rope.freq_base", 10000.0));
+  const std::string scaling = md.get_string(p + "rope.scaling.type", "none");
+  if (scaling != "none") {
+    detail::require(scaling == "linear", "GGUF model: RoPE scaling '", scaling,
                     "' is not supported (expected none or linear)");
-    c.rope_scale = static_cast<float>(float_key(r, p + "rope.scaling.factor", 1.0));
+    c.rope_scale = static_cast<float>(float_key(md, p + "rope.scaling.factor", 1.0));
   }
   detail::require(!has_tensor(r, "rope_freqs.weight"),
                   "GGUF model: per-frequency RoPE factors (rope_freqs, Llama 3.1 style) are not supported");
   c.rope_style = arch == "qwen2" ? RopeStyle::halves : RopeStyle::adjacent_pairs;
-  c.norm_eps = static_cast<float>(float_key(r, p + "attention.layer_norm_rms_epsilon", 1e-5));
+  c.norm_eps = static_cast<float>(float_key(md, p + "attention.layer_norm_rms_epsilon", 1e-5));
   c.qkv_bias = arch == "qwen2";
   c.shared_classifier = !has_tensor(r, "output.weight");
   detail::require(has_tensor(r, "token_embd.weight"), "GGUF model: missing tensor 'token_embd.weight'");
