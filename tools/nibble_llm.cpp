@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include <nibble/io/llama_logits.hpp>
 #include <nibble/model/chat.hpp>
 #include <nibble/model/generate.hpp>
 #include <nibble/model/load_model.hpp>
@@ -67,6 +68,11 @@ perplexity:
   --chunks N       score at most N chunks (0 = all) [0]
   --kl-fp32        also run the model decoded to fp32 and report KL(fp32 || model)
   --kl-base PATH   also run the model at PATH and report KL(PATH || model)
+  --kl-llama FILE  report KL(FILE || model) against the logits llama.cpp saved with
+                   `llama-perplexity --kl-divergence-base FILE`; the file's tokens and
+                   -c are used (the text's tokenization is checked against them)
+  --save-logits F  save this run's log-probabilities in that llama.cpp format, for
+                   `llama-perplexity --kl-divergence --kl-divergence-base F`
 
 bench:
   -p N             prompt tokens [512] (0 skips the prompt test)
@@ -78,7 +84,7 @@ output:
 )";
 
 struct Options {
-  std::string command, model, tokenizer, prompt, file, kl_base, system;
+  std::string command, model, tokenizer, prompt, file, kl_base, system, kl_llama, save_logits;
   std::vector<int> threads{1};
   bool fp32 = false, chat = false, kl_fp32 = false, json = false, prompt_given = false;
   LinearBackend backend = LinearBackend::kernel_fast;
@@ -155,6 +161,8 @@ Options parse(int argc, char** argv) {
     else if (a == "--seed") o.seed = static_cast<unsigned long long>(parse_int(a, value(), 0, (1LL << 62)));
     else if (a == "--kl-fp32") o.kl_fp32 = true;
     else if (a == "--kl-base") o.kl_base = value();
+    else if (a == "--kl-llama") o.kl_llama = value();
+    else if (a == "--save-logits") o.save_logits = value();
     else if (a == "--json") o.json = true;
     else usage_error("unknown option '" + a + "'");
   }
@@ -268,37 +276,84 @@ int cmd_perplexity(const Options& o) {
     reference = std::make_unique<Transformer>(build(r, o, o.threads.front()));
   }
   const auto t0 = Clock::now();
-  const std::vector<int> tokens = m.tokenizer.encode(read_text_file(o.file), true, false);
+  std::vector<int> tokens = m.tokenizer.encode(read_text_file(o.file), true, false);
   const double tokenize_s = std::chrono::duration<double>(Clock::now() - t0).count();
   PerplexityOptions po;
   po.n_ctx = o.n_ctx;
   po.add_bos = m.tokenizer.adds_bos();
   po.bos_id = m.tokenizer.bos();
   po.max_chunks = o.chunks;
-  detail::require(o.n_ctx <= model.config.seq_len, "-c ", o.n_ctx, " exceeds the model's context of ",
+  const int vocab = m.weights.config.vocab_size;
+
+  // llama.cpp's saved logits: its tokens and context decide the chunks.
+  std::unique_ptr<io::LlamaLogitsReader> base;
+  double base_kl = 0.0;
+  std::size_t base_same_top = 0, base_positions = 0;
+  if (!o.kl_llama.empty()) {
+    base = std::make_unique<io::LlamaLogitsReader>(io::LlamaLogitsReader::open(o.kl_llama));
+    const io::LlamaLogitsHeader& h = base->header();
+    detail::require(h.n_vocab == vocab, "'", o.kl_llama, "' has a vocabulary of ", h.n_vocab, ", the model ", vocab);
+    std::size_t differ = 0;
+    for (std::size_t i = 0; i < base->tokens().size(); ++i)
+      differ += i >= tokens.size() || tokens[i] != base->tokens()[i];
+    std::fprintf(stderr, "kl-llama: %d chunks of %d from '%s'; %zu of its %zu tokens differ from nibble's tokenization\n",
+                 h.n_chunk, h.n_ctx, o.kl_llama.c_str(), differ, base->tokens().size());
+    tokens = base->tokens();
+    po.n_ctx = h.n_ctx;
+  }
+  detail::require(po.n_ctx <= model.config.seq_len, "-c ", po.n_ctx, " exceeds the model's context of ",
                   model.config.seq_len);
-  std::fprintf(stderr, "perplexity: %zu tokens (tokenized in %.2f s), chunks of %d\n", tokens.size(), tokenize_s,
-               o.n_ctx);
-  std::vector<double> running;
-  const PerplexityResult r = llama_perplexity(model, tokens, po, reference.get(), [&](std::size_t i, std::size_t n) {
+  std::unique_ptr<io::LlamaLogitsWriter> save;
+  if (!o.save_logits.empty()) {
+    io::LlamaLogitsHeader h;
+    h.n_ctx = po.n_ctx;
+    h.n_vocab = vocab;
+    std::size_t n_chunks = tokens.size() / static_cast<std::size_t>(po.n_ctx);
+    if (po.max_chunks > 0) n_chunks = std::min(n_chunks, static_cast<std::size_t>(po.max_chunks));
+    h.n_chunk = static_cast<int>(n_chunks);
+    const std::vector<int> used(tokens.begin(), tokens.begin() + static_cast<std::ptrdiff_t>(n_chunks * po.n_ctx));
+    save = std::make_unique<io::LlamaLogitsWriter>(o.save_logits, h, used);
+  }
+  std::vector<float> base_row(static_cast<std::size_t>(vocab));
+  po.on_chunk = [&](std::size_t chunk, const RowMatrixXf& lp) {
+    for (Eigen::Index t = 0; t < lp.rows(); ++t) {
+      if (save) save->add(lp.row(t).data());
+      if (base) {
+        base->log_probs(chunk, static_cast<std::size_t>(t), base_row.data());
+        base_kl += io::kl_from_base(base_row.data(), lp.row(t).data(), vocab);
+        Eigen::Index top = 0;
+        lp.row(t).maxCoeff(&top);
+        base_same_top += std::max_element(base_row.begin(), base_row.end()) - base_row.begin() == top;
+        ++base_positions;
+      }
+    }
+  };
+  po.progress = [&](std::size_t i, std::size_t n) {
     std::fprintf(stderr, "\r  chunk %zu/%zu", i, n);
     std::fflush(stderr);
-  });
+  };
+  std::fprintf(stderr, "perplexity: %zu tokens (tokenized in %.2f s), chunks of %d\n", tokens.size(), tokenize_s,
+               po.n_ctx);
+  const PerplexityResult r = llama_perplexity(model, tokens, po, reference.get());
   std::fprintf(stderr, "\n");
-  // Standard error of the mean NLL over chunks, carried to perplexity (delta method).
-  const double n_tok = static_cast<double>(r.scored());
-  const double mean = std::log(r.perplexity());
+  if (save) save->finish();
+  const double llama_kl = base_positions ? base_kl / static_cast<double>(base_positions) : 0.0;
+  const double same_top = base_positions ? static_cast<double>(base_same_top) / static_cast<double>(base_positions) : 0.0;
   if (o.json) {
     std::printf("{\"tokens\": %zu, \"chunks\": %zu, \"scored\": %zu, \"perplexity\": %.6f", tokens.size(),
                 r.chunk_nll.size(), r.scored(), r.perplexity());
     if (reference) std::printf(", \"reference_perplexity\": %.6f, \"mean_kl\": %.8f", r.reference_perplexity(), r.mean_kl());
-    std::printf(", \"seconds\": %.3f, \"tokens_per_second\": %.2f}\n", r.seconds, r.tokens_per_second(o.n_ctx));
+    if (base) std::printf(", \"llama_mean_kl\": %.8f, \"llama_same_top\": %.6f", llama_kl, same_top);
+    std::printf(", \"seconds\": %.3f, \"tokens_per_second\": %.2f}\n", r.seconds, r.tokens_per_second(po.n_ctx));
   } else {
-    std::printf("Final estimate: PPL = %.4f (mean NLL %.6f over %.0f tokens in %zu chunks)\n", r.perplexity(), mean,
-                n_tok, r.chunk_nll.size());
+    std::printf("Final estimate: PPL = %.4f (mean NLL %.6f over %zu tokens in %zu chunks)\n", r.perplexity(),
+                std::log(r.perplexity()), r.scored(), r.chunk_nll.size());
     if (reference)
       std::printf("reference PPL = %.4f; mean KL(reference || model) = %.6f\n", r.reference_perplexity(), r.mean_kl());
-    std::fprintf(stderr, "%.1f s, %.1f tokens/s\n", r.seconds, r.tokens_per_second(o.n_ctx));
+    if (base)
+      std::printf("llama.cpp logits: mean KL(llama.cpp || model) = %.6f, same top token %.2f%%\n", llama_kl,
+                  100.0 * same_top);
+    std::fprintf(stderr, "%.1f s, %.1f tokens/s\n", r.seconds, r.tokens_per_second(po.n_ctx));
   }
   return 0;
 }

@@ -27,6 +27,10 @@ struct PerplexityOptions {
   bool add_bos = false;  // replace each chunk's first token by bos_id
   int bos_id = 1;
   int max_chunks = 0;    // 0: every full chunk
+  // Called after each chunk with its index and the total.
+  std::function<void(std::size_t, std::size_t)> progress;
+  // Called with each chunk's scored log-probabilities ((n_ctx − 1 − n_ctx/2) × vocab).
+  std::function<void(std::size_t, const RowMatrixXf&)> on_chunk;
 };
 
 struct PerplexityResult {
@@ -56,10 +60,9 @@ struct PerplexityResult {
 };
 
 // Runs the protocol on `model`, and on `reference` too when given (adding KL and the
-// reference's own perplexity). progress(i, n) is called after each chunk.
+// reference's own perplexity).
 inline PerplexityResult llama_perplexity(const Transformer& model, const std::vector<int>& tokens,
-                                         const PerplexityOptions& o, const Transformer* reference = nullptr,
-                                         const std::function<void(std::size_t, std::size_t)>& progress = {}) {
+                                         const PerplexityOptions& o, const Transformer* reference = nullptr) {
   detail::require(o.n_ctx >= 4 && o.n_ctx % 2 == 0, "perplexity: context ", o.n_ctx, " (expected an even n >= 4)");
   std::size_t n_chunks = tokens.size() / static_cast<std::size_t>(o.n_ctx);
   if (o.max_chunks > 0) n_chunks = std::min(n_chunks, static_cast<std::size_t>(o.max_chunks));
@@ -94,7 +97,8 @@ inline PerplexityResult llama_perplexity(const Transformer& model, const std::ve
       res.chunk_kl.push_back(kl);
       res.reference_chunk_nll.push_back(nll_of(ref));
     }
-    if (progress) progress(i + 1, n_chunks);
+    if (o.on_chunk) o.on_chunk(i, lp);
+    if (o.progress) o.progress(i + 1, n_chunks);
   }
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return res;
