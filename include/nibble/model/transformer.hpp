@@ -55,11 +55,15 @@ inline const char* to_string(LinearBackend b) {
 class Linear {
  public:
   Linear() = default;
-  explicit Linear(RowMatrixXf weights) : Linear(std::make_shared<const RowMatrixXf>(std::move(weights))) {}
-  explicit Linear(std::shared_ptr<const RowMatrixXf> weights) : dense_(std::move(weights)) {
+  explicit Linear(RowMatrixXf weights, int threads = 1)
+      : Linear(std::make_shared<const RowMatrixXf>(std::move(weights)), threads) {}
+  // threads: how many threads each product splits its output rows over.
+  explicit Linear(std::shared_ptr<const RowMatrixXf> weights, int threads = 1) : dense_(std::move(weights)) {
     detail::require(dense_ != nullptr, "Linear: null weights");
+    detail::require(threads >= 1 && threads <= kMaxThreads, "Linear: threads = ", threads);
     rows_ = dense_->rows();
     cols_ = dense_->cols();
+    options_.threads = threads;
   }
   // threads: how many threads each kernel call splits its rows over.
   Linear(std::shared_ptr<const QuantizedMatrix> q, LinearBackend backend, int threads = 1)
@@ -92,11 +96,34 @@ class Linear {
     if (packed_) {
       if (X.rows() > 0) gemm(*packed_, X.data(), static_cast<std::size_t>(X.rows()), Y.data(), options_);
     } else {
-      Y.noalias() = X * dense_->transpose();
+      apply_dense(X, Y);
     }
   }
 
  private:
+  // fp32 product. The output rows go in fixed blocks of kDenseBlockRows, each its own
+  // Eigen product, dealt to options_.threads threads: the blocks do not depend on the
+  // thread count, so neither does the result. A product too small to pay for waking a
+  // thread runs all blocks on the caller's.
+  static constexpr Eigen::Index kDenseBlockRows = 64;
+  void apply_dense(const RowMatrixXf& X, RowMatrixXf& Y) const {
+    const Eigen::Index blocks = (rows_ + kDenseBlockRows - 1) / kDenseBlockRows;
+    if (blocks <= 1) {
+      Y.noalias() = X * dense_->transpose();
+      return;
+    }
+    constexpr Eigen::Index kMinWeightsPerThread = Eigen::Index{1} << 17;
+    const Eigen::Index work = rows_ * cols_ * std::max<Eigen::Index>(1, X.rows());
+    const Eigen::Index n = std::min<Eigen::Index>({options_.threads, blocks, std::max<Eigen::Index>(1, work / kMinWeightsPerThread)});
+    const std::function<void(std::size_t)> task = [&](std::size_t t) {
+      for (Eigen::Index b = blocks * static_cast<Eigen::Index>(t) / n; b < blocks * static_cast<Eigen::Index>(t + 1) / n; ++b) {
+        const Eigen::Index r0 = b * kDenseBlockRows, r = std::min(kDenseBlockRows, rows_ - r0);
+        Y.middleCols(r0, r).noalias() = X * dense_->middleRows(r0, r).transpose();
+      }
+    };
+    detail::ThreadPool::instance().run(static_cast<std::size_t>(n), task);
+  }
+
   std::shared_ptr<const RowMatrixXf> dense_;
   Eigen::Index rows_ = 0, cols_ = 0;
   std::shared_ptr<const QuantizedMatrix> quantized_;
@@ -143,7 +170,7 @@ struct Transformer {
 
   static Linear make_linear(const StoredMatrix& m, const RuntimeOptions& o) {
     if (m.is_quantized()) return Linear(m.quantized_ptr(), o.backend, o.threads);
-    return Linear(m.dense_ptr());
+    return Linear(m.dense_ptr(), o.threads);
   }
 
   static Transformer from_weights(const LlamaWeights& w, const RuntimeOptions& o = {}) {
