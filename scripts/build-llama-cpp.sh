@@ -16,7 +16,7 @@
 #
 # Progress goes to stderr; stdout gets one line, the bin directory:
 #   bin=$(scripts/build-llama-cpp.sh) && "$bin/llama-perplexity" -m MODEL -f TEXT -c 512
-# JOBS (default 2) sets the parallel compile jobs. On 2 cores (AMD EPYC, Zen 4/5 with
+# JOBS (default 2) sets the parallel compile jobs. On 2 cores (AMD EPYC Zen 5,
 # AVX-512) a full build took 3 min 47 s with -j2, plus about 10 s for the download;
 # a reuse takes well under a second.
 set -euo pipefail
