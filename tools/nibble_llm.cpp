@@ -393,7 +393,8 @@ int cmd_bench(const Options& o) {
       if (o.json) {
         json += std::string(json.size() > 1 ? ", " : "") + "{\"test\": \"" + test + std::to_string(n) +
                 "\", \"threads\": " + std::to_string(threads) + ", \"tokens_per_second\": " + std::to_string(s.mean) +
-                ", \"sd\": " + std::to_string(s.sd) + ", \"model_bytes\": " + std::to_string(m.weights.bytes()) + "}";
+                ", \"sd\": " + std::to_string(s.sd) + ", \"model_bytes\": " + std::to_string(m.weights.bytes()) + ", \"isa\": \"" +
+                to_string(selected_isa()) + "\"}";
       } else {
         std::printf("| %s | %.2f | %d | %s%d | %.2f ± %.2f |\n", o.model.c_str(),
                     static_cast<double>(m.weights.bytes()) / (1 << 20), threads, test, n, s.mean, s.sd);
