@@ -1,0 +1,118 @@
+// Public entry points of the 8-bit weight form: y = W·x (gemv) and Y = X·Wᵀ for a
+// small batch (gemm), straight from an Int8Matrix (GGUF Q8_0 data). The same options,
+// ISA selection (selected_isa(), NIBBLE_ISA) and thread pool as the 4-bit gemv.hpp:
+//
+//   exact  fp32 activations: y = Σ_k d_k·Σ_j w_j·x_j  (int8_scalar.hpp fixes the order)
+//   fast   activations quantized per 32-block to int8 (d' = amax/127, as the 4-bit fast
+//          mode), integer dot products: y = Σ_k d_k·d'_k·Σ_j w_j·q'_j, as llama.cpp's
+//          Q8_0 × Q8_0 dot.
+//
+// Every ISA path gives the scalar reference's result bit for bit in both modes, for any
+// thread count: rows are independent and each is computed whole by one thread.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <functional>
+
+#include <Eigen/Core>
+
+#include "../core/error.hpp"
+#include "../format/int8_matrix.hpp"
+#include "cpu.hpp"
+#include "gemv.hpp"
+#include "int8_activation.hpp"
+#include "int8_scalar.hpp"
+#include "threading.hpp"
+#if defined(NIBBLE_HAVE_AVX2_KERNELS)
+#include "int8_avx2.hpp"
+#include "int8_avx512.hpp"
+#endif
+#if defined(NIBBLE_HAVE_NEON_KERNELS)
+#include "int8_neon.hpp"
+#endif
+
+namespace nibble {
+
+namespace detail {
+
+// A thread is only given work worth waking it for: at least this many multiply-adds
+// (rows·cols·batch / threads). A 49152 × 576 GEMV (28 M) splits; a 64 × 576 one
+// (37 K) runs on the caller's thread.
+inline constexpr std::size_t kInt8MinWorkPerThread = std::size_t{1} << 16;
+
+inline void run_int8_rows(Isa isa, const Int8Matrix& W, ActivationMode mode, const float* X, std::size_t batch,
+                          const Int8Activations& p, float* Y, std::size_t r0, std::size_t r1) {
+  switch (isa) {
+#if defined(NIBBLE_HAVE_AVX2_KERNELS)
+    case Isa::avx2:
+      if (mode == ActivationMode::exact) int8_avx2::gemm_exact(W, X, batch, Y, r0, r1);
+      else int8_avx2::gemm_fast(W, p, Y, r0, r1);
+      return;
+    case Isa::avx512:
+      if (mode == ActivationMode::exact) int8_avx512::gemm_exact(W, X, batch, Y, r0, r1);
+      else int8_avx512::gemm_fast(W, p, Y, r0, r1, cpu_features().avx512vnni);
+      return;
+#endif
+#if defined(NIBBLE_HAVE_NEON_KERNELS)
+    case Isa::neon:
+      if (mode == ActivationMode::exact) int8_neon::gemm_exact(W, X, batch, Y, r0, r1);
+      else int8_neon::gemm_fast(W, p, Y, r0, r1);
+      return;
+#endif
+    default:
+      if (mode == ActivationMode::exact) int8_scalar::gemm_exact(W, X, batch, Y, r0, r1);
+      else int8_scalar::gemm_fast(W, p, Y, r0, r1);
+      return;
+  }
+}
+
+// Threads a call of rows × cols × batch multiply-adds uses (threads requested: t).
+inline std::size_t int8_thread_count(std::size_t rows, std::size_t cols, std::size_t batch, int t) {
+  const std::size_t tiles = (rows + kRowTile - 1) / kRowTile;
+  const std::size_t work = rows * cols * batch / kInt8MinWorkPerThread;
+  return std::max<std::size_t>(1, std::min({static_cast<std::size_t>(t), tiles, work}));
+}
+
+}  // namespace detail
+
+// X: batch × cols, row-major; Y: batch × rows, row-major. Any batch >= 1.
+inline void gemm(const Int8Matrix& W, const float* X, std::size_t batch, float* Y, const GemvOptions& opt = {}) {
+  detail::require(W.rows() > 0, "gemm: empty Int8Matrix");
+  detail::require(X != nullptr && Y != nullptr, "gemm: null activation or output pointer");
+  detail::require(batch >= 1, "gemm: batch is 0 (expected at least 1 activation row)");
+  detail::require(opt.threads >= 1 && opt.threads <= kMaxThreads, "gemm: threads = ", opt.threads,
+                  " (expected 1..", kMaxThreads, ")");
+  detail::require(opt.mode == ActivationMode::exact || opt.mode == ActivationMode::fast,
+                  "gemm: invalid activation mode ", static_cast<int>(opt.mode));
+  const Isa isa = selected_isa();
+  // Per-thread scratch, reused across calls; concurrent callers each have their own.
+  thread_local detail::Int8Activations prepared;
+  if (opt.mode == ActivationMode::fast) detail::prepare_int8_fast(W, X, batch, prepared);
+  else detail::check_finite_activations(X, batch, W.cols());
+
+  const std::size_t tiles = (W.rows() + detail::kRowTile - 1) / detail::kRowTile;
+  const std::size_t n = detail::int8_thread_count(W.rows(), W.cols(), batch, opt.threads);
+  const detail::Int8Activations& p = prepared;
+  const std::function<void(std::size_t)> task = [&](std::size_t t) {
+    const std::size_t r0 = std::min(W.rows(), tiles * t / n * detail::kRowTile);
+    const std::size_t r1 = std::min(W.rows(), tiles * (t + 1) / n * detail::kRowTile);
+    if (r0 < r1) detail::run_int8_rows(isa, W, opt.mode, X, batch, p, Y, r0, r1);
+  };
+  detail::ThreadPool::instance().run(n, task);
+}
+
+inline void gemv(const Int8Matrix& W, const float* x, float* y, const GemvOptions& opt = {}) {
+  gemm(W, x, 1, y, opt);
+}
+
+inline void gemv(const Int8Matrix& W, const Eigen::Ref<const Eigen::VectorXf>& x, Eigen::Ref<Eigen::VectorXf> y,
+                 const GemvOptions& opt = {}) {
+  detail::require(static_cast<std::size_t>(x.size()) == W.cols(), "gemv: x has ", x.size(), " elements, expected ",
+                  W.cols(), " (the matrix's cols)");
+  detail::require(static_cast<std::size_t>(y.size()) == W.rows(), "gemv: y has ", y.size(), " elements, expected ",
+                  W.rows(), " (the matrix's rows)");
+  gemm(W, x.data(), 1, y.data(), opt);
+}
+
+}  // namespace nibble
