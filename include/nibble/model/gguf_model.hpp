@@ -13,8 +13,8 @@
 // .rope.scaling.factor (none or linear), .attention.layer_norm_rms_epsilon.
 //
 // Weights: Q4_0, IQ4_NL and Q4_1 matrices are imported into QuantizedMatrix without
-// re-rounding (Q4_1 as uint4 with float zero points, see GgufReader::load_quantized);
-// every other type is decoded to fp32. With `dequantize` every matrix is decoded to fp32
+// re-rounding (Q4_1 as uint4 with float zero points, see GgufReader::load_quantized),
+// Q8_0 into Int8Matrix (the same bytes); every other type is decoded to fp32. With `dequantize` every matrix is decoded to fp32
 // (the reference model of a quantized file).
 #pragma once
 
@@ -61,6 +61,11 @@ inline StoredMatrix load_matrix(const io::GgufReader& r, const std::string& name
   const io::GgufTensorInfo& t = r.info(name);
   detail::require(t.ne.size() == 2, "GGUF model: tensor '", name, "' has ", t.ne.size(), " dimensions, expected 2");
   if (!o.dequantize && importable_4bit(t.type)) return r.load_quantized(name);
+  if (!o.dequantize && t.type == static_cast<std::uint32_t>(io::GgmlType::Q8_0)) {
+    const io::ByteView b = r.bytes(t);
+    return Int8Matrix::from_q8_0_blocks(static_cast<std::size_t>(t.ne[1]), static_cast<std::size_t>(t.ne[0]), b.data,
+                                        b.size);
+  }
   return r.load_float(name);
 }
 

@@ -3,9 +3,9 @@
 // Hugging Face directories (hf_model.hpp). The runtime (transformer.hpp) and the
 // quantization pipeline (quantize_model.hpp) consume it.
 //
-// A weight matrix is kept the way its file holds it (StoredMatrix): fp32, or a 4-bit
-// QuantizedMatrix imported from the file's blocks without re-rounding. So a model read
-// from a 4-bit GGUF runs on exactly the file's codes and scales.
+// A weight matrix is kept the way its file holds it (StoredMatrix): fp32, a 4-bit
+// QuantizedMatrix or an 8-bit Int8Matrix imported from the file's blocks without
+// re-rounding. So a model read from a quantized GGUF runs on exactly the file's bytes.
 #pragma once
 
 #include <cmath>
@@ -17,6 +17,7 @@
 #include <Eigen/Core>
 
 #include "../core/error.hpp"
+#include "../format/int8_matrix.hpp"
 #include "../format/quantized_matrix.hpp"
 #include "../quant/rtn.hpp"
 
@@ -60,16 +61,23 @@ class StoredMatrix {
   StoredMatrix(std::shared_ptr<const RowMatrixXf> m) : dense_(std::move(m)) {}
   StoredMatrix(QuantizedMatrix q) : quantized_(std::make_shared<const QuantizedMatrix>(std::move(q))) {}
   StoredMatrix(std::shared_ptr<const QuantizedMatrix> q) : quantized_(std::move(q)) {}
+  StoredMatrix(Int8Matrix q) : int8_(std::make_shared<const Int8Matrix>(std::move(q))) {}
+  StoredMatrix(std::shared_ptr<const Int8Matrix> q) : int8_(std::move(q)) {}
 
-  bool empty() const { return !dense_ && !quantized_; }
+  bool empty() const { return !dense_ && !quantized_ && !int8_; }
   bool is_float() const { return dense_ != nullptr; }
-  bool is_quantized() const { return quantized_ != nullptr; }
+  bool is_quantized() const { return quantized_ != nullptr; }  // 4-bit
+  bool is_int8() const { return int8_ != nullptr; }
 
   Eigen::Index rows() const {
-    return dense_ ? dense_->rows() : quantized_ ? static_cast<Eigen::Index>(quantized_->rows()) : 0;
+    if (dense_) return dense_->rows();
+    if (quantized_) return static_cast<Eigen::Index>(quantized_->rows());
+    return int8_ ? static_cast<Eigen::Index>(int8_->rows()) : 0;
   }
   Eigen::Index cols() const {
-    return dense_ ? dense_->cols() : quantized_ ? static_cast<Eigen::Index>(quantized_->cols()) : 0;
+    if (dense_) return dense_->cols();
+    if (quantized_) return static_cast<Eigen::Index>(quantized_->cols());
+    return int8_ ? static_cast<Eigen::Index>(int8_->cols()) : 0;
   }
 
   // The fp32 weights; only for a float matrix (the quantization pipeline's input).
@@ -79,10 +87,12 @@ class StoredMatrix {
   }
   const std::shared_ptr<const RowMatrixXf>& dense_ptr() const { return dense_; }
   const std::shared_ptr<const QuantizedMatrix>& quantized_ptr() const { return quantized_; }
+  const std::shared_ptr<const Int8Matrix>& int8_ptr() const { return int8_; }
 
   // The weights in fp32, decoded when quantized.
   RowMatrixXf to_float() const {
     if (dense_) return *dense_;
+    if (int8_) return int8_->dequantize();
     detail::require(quantized_ != nullptr, "weight matrix is empty");
     return quantized_->dequantize();
   }
@@ -94,24 +104,31 @@ class StoredMatrix {
       for (Eigen::Index c = 0; c < dense_->cols(); ++c) out[c] = (*dense_)(r, c);
       return;
     }
+    if (int8_) {
+      int8_->dequantize_row(static_cast<std::size_t>(r), out);
+      return;
+    }
     for (std::size_t c = 0; c < quantized_->cols(); ++c) out[c] = quantized_->value(static_cast<std::size_t>(r), c);
   }
 
   // Bytes of the weights as held (fp32: 4 per value; quantized: codes, scales, zeros).
   std::size_t bytes() const {
     if (dense_) return static_cast<std::size_t>(dense_->size()) * sizeof(float);
+    if (int8_) return int8_->storage_bytes();
     return quantized_ ? quantized_->storage_bytes() : 0;
   }
 
   std::string describe() const {
     if (dense_) return "fp32";
     if (quantized_) return std::string("4-bit ") + to_string(quantized_->codebook());
+    if (int8_) return "8-bit (Q8_0)";
     return "empty";
   }
 
  private:
   std::shared_ptr<const RowMatrixXf> dense_;
   std::shared_ptr<const QuantizedMatrix> quantized_;
+  std::shared_ptr<const Int8Matrix> int8_;
 };
 
 struct LlamaLayer {

@@ -27,6 +27,7 @@
 #include "../core/workers.hpp"
 #include "../format/quantized_matrix.hpp"
 #include "../kernels/gemv.hpp"
+#include "../kernels/int8_gemv.hpp"
 #include "../kernels/packed_matrix.hpp"
 #include "../quant/rtn.hpp"
 #include "llama2c.hpp"
@@ -80,6 +81,21 @@ class Linear {
     }
   }
 
+  // 8-bit weights (a GGUF Q8_0 tensor) on the 8-bit kernels; the backend picks the
+  // activation mode as for 4-bit weights (dequantized: decoded once to fp32).
+  Linear(std::shared_ptr<const Int8Matrix> q, LinearBackend backend, int threads = 1) : backend_(backend) {
+    detail::require(q != nullptr, "Linear: null Int8Matrix");
+    rows_ = static_cast<Eigen::Index>(q->rows());
+    cols_ = static_cast<Eigen::Index>(q->cols());
+    if (backend == LinearBackend::dequantized) {
+      dense_ = std::make_shared<const RowMatrixXf>(q->dequantize());
+    } else {
+      int8_ = std::move(q);
+      options_.mode = backend == LinearBackend::kernel_fast ? ActivationMode::fast : ActivationMode::exact;
+      options_.threads = threads;
+    }
+  }
+
   bool is_quantized() const { return quantized_ != nullptr; }
   const QuantizedMatrix* quantized() const { return quantized_.get(); }
   LinearBackend backend() const { return backend_; }
@@ -87,7 +103,11 @@ class Linear {
   Eigen::Index cols() const { return cols_; }
 
   // The fp32 weights this layer computes with (decoded ones when quantized).
-  RowMatrixXf weights() const { return packed_ ? RowMatrixXf(quantized_->dequantize()) : *dense_; }
+  RowMatrixXf weights() const {
+    if (packed_) return quantized_->dequantize();
+    if (int8_) return int8_->dequantize();
+    return *dense_;
+  }
 
   // Y = X·Wᵀ for a batch of inputs X (one per row).
   void apply(const RowMatrixXf& X, RowMatrixXf& Y) const {
@@ -95,6 +115,8 @@ class Linear {
     Y.resize(X.rows(), rows_);
     if (packed_) {
       if (X.rows() > 0) gemm(*packed_, X.data(), static_cast<std::size_t>(X.rows()), Y.data(), options_);
+    } else if (int8_) {
+      if (X.rows() > 0) gemm(*int8_, X.data(), static_cast<std::size_t>(X.rows()), Y.data(), options_);
     } else {
       apply_dense(X, Y);
     }
@@ -128,6 +150,7 @@ class Linear {
   Eigen::Index rows_ = 0, cols_ = 0;
   std::shared_ptr<const QuantizedMatrix> quantized_;
   std::shared_ptr<const PackedMatrix> packed_;
+  std::shared_ptr<const Int8Matrix> int8_;
   GemvOptions options_;
   LinearBackend backend_ = LinearBackend::dequantized;
 };
@@ -170,6 +193,7 @@ struct Transformer {
 
   static Linear make_linear(const StoredMatrix& m, const RuntimeOptions& o) {
     if (m.is_quantized()) return Linear(m.quantized_ptr(), o.backend, o.threads);
+    if (m.is_int8()) return Linear(m.int8_ptr(), o.backend, o.threads);
     return Linear(m.dense_ptr(), o.threads);
   }
 
