@@ -4,7 +4,9 @@
 #include <cstring>
 #include <string>
 
+#include <nibble/format/int8_matrix.hpp>
 #include <nibble/io/io.hpp>
+#include <nibble/io/llama_logits.hpp>
 #include <nibble/quant/rtn.hpp>
 
 using namespace nibble;
@@ -83,6 +85,56 @@ int main(int argc, char** argv) {
   {
     io::SafetensorsWriter w(d + "/checkpoints/bnb.safetensors");
     io::write_bnb(w, "l.weight", q(Codebook::nf4, 32, ScaleFormat::dq8));
+    w.finish();
+  }
+  {
+    // A one-layer llama model (dim 32, 2 heads, 1 kv head, vocab 8) with a byte-level
+    // BPE vocabulary: Q8_0 embedding, Q4_0 and F32 linears.
+    io::GgufWriter w(d + "/model/tiny.gguf");
+    w.set_general("llama", "seed", 2);
+    w.set_u32("llama.block_count", 1);
+    w.set_u32("llama.context_length", 16);
+    w.set_u32("llama.embedding_length", 32);
+    w.set_u32("llama.feed_forward_length", 32);
+    w.set_u32("llama.attention.head_count", 2);
+    w.set_u32("llama.attention.head_count_kv", 1);
+    w.set_f32("llama.rope.freq_base", 10000.0f);
+    w.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+    w.set_string("tokenizer.ggml.model", "gpt2");
+    w.set_string("tokenizer.ggml.pre", "smollm");
+    w.set_string_array("tokenizer.ggml.tokens", {"<|endoftext|>", "H", "e", "l", "o", "He", "ll", "\xc4\xa0"});
+    w.set_i32_array("tokenizer.ggml.token_type", {3, 1, 1, 1, 1, 1, 1, 1});
+    w.set_string_array("tokenizer.ggml.merges", {"H e", "l l"});
+    w.set_u32("tokenizer.ggml.bos_token_id", 0);
+    w.set_u32("tokenizer.ggml.eos_token_id", 0);
+    const RowMatrixXf E = W.topRows(8);
+    const auto e8 = quantize_q8_0(E).to_q8_0_blocks();
+    w.add_tensor("token_embd.weight", static_cast<std::uint32_t>(io::GgmlType::Q8_0), {32, 8}, e8.data(), e8.size());
+    RowMatrixXf ones = RowMatrixXf::Ones(1, 32);
+    w.add_f32("output_norm.weight", 1, 32, ones.data());
+    w.add_f32("blk.0.attn_norm.weight", 1, 32, ones.data());
+    w.add_f32("blk.0.ffn_norm.weight", 1, 32, ones.data());
+    RowMatrixXf sq(32, 32), kv(16, 32);
+    for (Eigen::Index i = 0; i < sq.size(); ++i) sq.data()[i] = static_cast<float>((i * 29) % 17) / 40.0f - 0.2f;
+    kv = sq.topRows(16);
+    w.add_q4_0("blk.0.attn_q.weight", io::quantize_q4_0(sq));
+    w.add_q4_0("blk.0.attn_k.weight", io::quantize_q4_0(kv));
+    w.add_f32("blk.0.attn_v.weight", 16, 32, kv.data());
+    w.add_f32("blk.0.attn_output.weight", 32, 32, sq.data());
+    w.add_q4_0("blk.0.ffn_gate.weight", io::quantize_q4_0(sq));
+    w.add_iq4_nl("blk.0.ffn_up.weight", sq);
+    w.add_f32("blk.0.ffn_down.weight", 32, 32, sq.data());
+    w.finish();
+  }
+  {
+    // llama.cpp's saved logits: 2 chunks of 8 tokens over a vocabulary of 5.
+    io::LlamaLogitsHeader h;
+    h.n_ctx = 8, h.n_vocab = 5, h.n_chunk = 2;
+    io::LlamaLogitsWriter w(d + "/llama_logits/two.kld", h, std::vector<int>{0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0});
+    for (int i = 0; i < 6; ++i) {
+      const float logits[5] = {0.5f * i, -1.0f, 2.0f, -30.0f, 0.0f};
+      w.add(logits);
+    }
     w.finish();
   }
   return 0;

@@ -64,9 +64,12 @@ inline QuantizedBlock quantize_activation_block(const float* src, std::size_t n,
     return {0.0f, 0};
   }
   const float inv = 127.0f / amax;
+  // Below amax ≈ 3.7e-37 the reciprocal overflows to inf; such blocks divide instead
+  // (the common path keeps its single multiply, so its results do not change).
+  const bool tiny = !(inv <= 3.0e38f);
   std::int32_t qsum = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    const float v = src[i] * inv;
+    const float v = tiny ? src[i] / amax * 127.0f : src[i] * inv;
     // |v| <= 127 up to rounding, so the truncating conversion cannot overflow.
     int r = static_cast<int>(v + (v >= 0.0f ? 0.5f : -0.5f));
     r = r > 127 ? 127 : (r < -127 ? -127 : r);
