@@ -230,6 +230,25 @@ NIBBLE_TARGET_AVX2 inline __m256 negated_zeros8(const PackedMatrix& W, std::size
 NIBBLE_TARGET_AVX2 inline void tile_scales(const PackedMatrix& W, std::size_t r, std::size_t nr, bool first_tile,
                                            float* sv, float* nov) {
   const std::size_t G = W.groups_per_row();
+  // Tile-ordered copies (PackedMatrix::build_tile_order): widen 8 values per step.
+  const std::size_t t = r / kTileRows;
+  if (const std::uint16_t* s16 = W.tile_scales16(t)) {
+    for (std::size_t g = 0; g < G; ++g)
+      _mm256_storeu_ps(sv + 8 * g, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s16 + 8 * g))));
+    if (const float* o32 = W.tile_offsets32(t)) {
+      std::memcpy(nov, o32, 8 * G * sizeof(float));
+      return;
+    }
+    if (const std::uint16_t* o16 = W.tile_offsets16(t)) {
+      for (std::size_t g = 0; g < G; ++g)
+        _mm256_storeu_ps(nov + 8 * g, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(o16 + 8 * g))));
+      return;
+    }
+    if (W.codebook() != Codebook::uint4_asym) {  // one offset for the whole matrix
+      if (first_tile) W.decode_negated_offsets(0, G, nov, 1), std::fill(nov + G, nov + 8 * G, nov[0]);
+      return;
+    }
+  }
   const float k = W.int8_factor();
   std::size_t first[8];
   for (std::size_t i = 0; i < 8; ++i) first[i] = (r + std::min(i, nr - 1)) * G;
@@ -245,11 +264,22 @@ NIBBLE_TARGET_AVX2 inline void tile_scales(const PackedMatrix& W, std::size_t r,
       for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(sv + 8 * (g_done + j), m[j]);
     }
   }
-  std::size_t nov_done = 0;  // groups whose −offsets are already in nov (uint4 zero points, the same way)
+  std::size_t nov_done = 0;  // groups whose −offsets are already in nov (zero points, the same way)
   if (W.codebook() == Codebook::uint4_asym && W.zeros().format == ZeroFormat::uint4) {
     for (; nov_done + 8 <= G; nov_done += 8) {
       __m256 m[8];
       for (std::size_t i = 0; i < 8; ++i) m[i] = negated_zeros8(W, first[i] + nov_done);
+      transpose8(m);
+      for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(nov + 8 * (nov_done + j), m[j]);
+    }
+  } else if (W.codebook() == Codebook::uint4_asym && W.zeros().format == ZeroFormat::f32) {
+    // Float zero points (HQQ, GGUF Q4_1 imports): negation is exact, so these equal
+    // decode_negated_offsets' values.
+    const float* z = W.zeros().values.f32_values().data();
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (; nov_done + 8 <= G; nov_done += 8) {
+      __m256 m[8];
+      for (std::size_t i = 0; i < 8; ++i) m[i] = _mm256_xor_ps(_mm256_loadu_ps(z + first[i] + nov_done), sign);
       transpose8(m);
       for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(nov + 8 * (nov_done + j), m[j]);
     }

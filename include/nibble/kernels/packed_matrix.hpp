@@ -14,7 +14,12 @@
 // nibble of byte k): instead of reordering nibbles, each call de-interleaves the
 // activations once, so byte k meets x[2k] (high nibble) and x[2k+1] (low nibble).
 // Scales and zero points stay in their stored format (f32/f16/bf16/dq8; uint4 or
-// float zeros), so the bytes a kernel streams are the bytes of the format.
+// float zeros), so the bytes a kernel streams are the bytes of the format. Where that
+// costs nothing, fast mode also gets them in tile order (tile_scales16 / tile_offsets32
+// / tile_offsets16 below): the same bits, laid out as the tile kernels read them
+// (group g, tile row i at 8g + i), so a product widens them instead of gathering and
+// transposing them again on every call (at group size 32 that per-call decoding cost
+// as much as the dot products).
 //
 // Block plan: every group is cut into activation blocks of kActivationBlock = 32
 // elements (the last block of a group may be shorter), starting at the group's
@@ -27,6 +32,7 @@
 // which equals the container's w = scale·(value[code] − zero).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstddef>
@@ -102,6 +108,7 @@ class PackedMatrix {
 
     chunks_ = (row_bytes() + kChunkBytes - 1) / kChunkBytes;
     tiles_ = (rows_ + kTileRows - 1) / kTileRows;
+    build_tile_order();
     codes_.assign(tiles_ * chunks_ * kTileRows * kChunkBytes, 0);
     for (std::size_t r = 0; r < rows_; ++r)
       for (std::size_t c = 0; c < chunks_; ++c) {
@@ -158,6 +165,21 @@ class PackedMatrix {
   const std::array<float, 16>& base_values() const { return base_; }
   const std::array<std::int8_t, 16>& int8_base_values() const { return int8_base_; }
   bool table_codebook() const { return detail::is_table_codebook(codebook_); }
+
+  // Tile-ordered copies (empty when not built): fp16 scale bits when the scales are
+  // fp16 and fast mode's factor is 1; negated float zero points of uint4_asym (f32 or
+  // fp16 bits; negation only flips the sign bit, so the values are exact). Element
+  // (t·G + g)·8 + i belongs to row 8t + i, or to the tile's last real row in padding.
+  const std::uint16_t* tile_scales16(std::size_t t) const {
+    return tile_scales16_.empty() ? nullptr : tile_scales16_.data() + t * groups_per_row() * kTileRows;
+  }
+  const float* tile_offsets32(std::size_t t) const {
+    return tile_offsets32_.empty() ? nullptr : tile_offsets32_.data() + t * groups_per_row() * kTileRows;
+  }
+  const std::uint16_t* tile_offsets16(std::size_t t) const {
+    return tile_offsets16_.empty() ? nullptr : tile_offsets16_.data() + t * groups_per_row() * kTileRows;
+  }
+
   // Fast mode multiplies group scales by this (see int8_table).
   float int8_factor() const { return detail::int8_table_factor(codebook_); }
 
@@ -229,6 +251,27 @@ class PackedMatrix {
   }
 
  private:
+  void build_tile_order() {
+    const std::size_t G = groups_per_row();
+    auto tile_order = [&](auto& out, auto value) {
+      out.resize(tiles_ * G * kTileRows);
+      for (std::size_t t = 0; t < tiles_; ++t)
+        for (std::size_t g = 0; g < G; ++g)
+          for (std::size_t i = 0; i < kTileRows; ++i) {
+            const std::size_t r = std::min(t * kTileRows + i, rows_ - 1);
+            out[(t * G + g) * kTileRows + i] = value(r * G + g);
+          }
+    };
+    if (rows_ == 0) return;
+    if (scale_format_ == ScaleFormat::f16 && int8_factor() == 1.0f)
+      tile_order(tile_scales16_, [&](std::size_t i) { return scales_.raw16()[i]; });
+    if (codebook_ == Codebook::uint4_asym && zeros_.format == ZeroFormat::f32)
+      tile_order(tile_offsets32_, [&](std::size_t i) { return -zeros_.values.f32_values()[i]; });
+    if (codebook_ == Codebook::uint4_asym && zeros_.format == ZeroFormat::f16)
+      tile_order(tile_offsets16_,
+                 [&](std::size_t i) { return static_cast<std::uint16_t>(zeros_.values.raw16()[i] ^ 0x8000u); });
+  }
+
   std::size_t rows_ = 0, cols_ = 0, group_size_ = 0;
   Codebook codebook_ = Codebook::int4_sym;
   std::size_t storage_bytes_ = 0;
@@ -242,6 +285,8 @@ class PackedMatrix {
   std::array<std::int8_t, 16> int8_base_{};
   ScaleFormat scale_format_ = ScaleFormat::f32;
   const float* dq_map_ = nullptr;
+  std::vector<std::uint16_t> tile_scales16_, tile_offsets16_;
+  std::vector<float> tile_offsets32_;
 };
 
 }  // namespace nibble
