@@ -341,6 +341,19 @@ TEST(GgufModel, Stories260KAsGgufRunsItsQ4_0TensorsWithoutRerounding) {
   }
   const std::vector<int> tokens = {1, 403, 261, 378, 400, 301};
   EXPECT_TRUE(logits_of(got, tokens).isApprox(logits_of(by_hand, tokens), 0.0f));
+  // q|k|v and gate|up stacked into one matrix each: the same logits bit for bit, in
+  // both activation modes.
+  for (LinearBackend backend : {LinearBackend::kernel_fast, LinearBackend::kernel_exact}) {
+    RuntimeOptions stacked, separate;
+    stacked.backend = separate.backend = backend;
+    separate.stack_projections = false;
+    const Transformer a = Transformer::from_weights(got, stacked), b = Transformer::from_weights(got, separate);
+    EXPECT_FALSE(a.layers[0].wqkv.empty());
+    EXPECT_FALSE(a.layers[0].w13.empty());
+    EXPECT_TRUE(b.layers[0].wqkv.empty());
+    KvCache ca = a.new_cache(6), cb = b.new_cache(6);
+    EXPECT_TRUE(a.forward(tokens, ca).isApprox(b.forward(tokens, cb), 0.0f)) << to_string(backend);
+  }
   // Decoded to fp32 (the reference model of the file), the logits stay close to the
   // quantized run's and differ from the original fp32 checkpoint's.
   GgufLoadOptions all_float;

@@ -178,4 +178,54 @@ class QuantizedMatrix {
   ZeroPoints zeros_;
 };
 
+// The rows of several matrices stacked into one (e.g. a layer's q, k and v
+// projections, which share their input): same columns, group size, codebook, scale and
+// zero formats. Lossless: the codes, scale and zero bits are copied. Double-quantized
+// scales are refused (their second-level blocks would straddle the seams).
+inline QuantizedMatrix concat_rows(const std::vector<const QuantizedMatrix*>& parts) {
+  detail::require(!parts.empty() && parts.front() != nullptr, "concat_rows: no matrices");
+  const QuantizedMatrix& a = *parts.front();
+  const ScaleFormat sf = a.scales().format();
+  detail::require(sf != ScaleFormat::dq8, "concat_rows: double-quantized scales cannot be stacked");
+  std::size_t rows = 0;
+  for (const QuantizedMatrix* p : parts) {
+    detail::require(p != nullptr && p->cols() == a.cols() && p->group_size() == a.group_size() &&
+                        p->codebook() == a.codebook() && p->scales().format() == sf &&
+                        p->zeros().format == a.zeros().format,
+                    "concat_rows: the matrices differ in shape or format");
+    rows += p->rows();
+  }
+  std::vector<std::uint8_t> codes;
+  std::vector<float> s32, z32;
+  std::vector<std::uint16_t> s16, z16;
+  std::vector<std::uint8_t> z4;
+  for (const QuantizedMatrix* p : parts) {
+    codes.insert(codes.end(), p->codes().begin(), p->codes().end());
+    const ScaleArray& s = p->scales();
+    if (sf == ScaleFormat::f32) s32.insert(s32.end(), s.f32_values().begin(), s.f32_values().end());
+    else s16.insert(s16.end(), s.raw16().begin(), s.raw16().end());
+    const ZeroPoints& z = p->zeros();
+    if (z.format == ZeroFormat::uint4)
+      for (std::size_t i = 0; i < p->group_count(); ++i) z4.push_back(get_nibble(z.packed.data(), i));
+    else if (z.format == ZeroFormat::f32)
+      z32.insert(z32.end(), z.values.f32_values().begin(), z.values.f32_values().end());
+    else if (z.format != ZeroFormat::none)
+      z16.insert(z16.end(), z.values.raw16().begin(), z.values.raw16().end());
+  }
+  ScaleArray scales = sf == ScaleFormat::f32 ? ScaleArray::encode(s32, ScaleFormat::f32) : ScaleArray::from_raw16(s16, sf);
+  ZeroPoints zeros;
+  switch (a.zeros().format) {
+    case ZeroFormat::none: break;
+    case ZeroFormat::uint4: zeros = ZeroPoints::uint4(z4); break;
+    case ZeroFormat::f32: zeros = ZeroPoints::floats(z32, ScaleFormat::f32); break;
+    case ZeroFormat::f16:
+    case ZeroFormat::bf16:
+      zeros.format = a.zeros().format;
+      zeros.values = ScaleArray::from_raw16(z16, a.zeros().format == ZeroFormat::f16 ? ScaleFormat::f16 : ScaleFormat::bf16);
+      break;
+  }
+  return QuantizedMatrix(rows, a.cols(), a.group_size(), a.codebook(), std::move(codes), std::move(scales),
+                         std::move(zeros));
+}
+
 }  // namespace nibble

@@ -51,8 +51,9 @@ inline const char* to_string(LinearBackend b) {
   return "?";
 }
 
-// One linear layer y = W·x, W rows = out_features. Holds fp32 weights, or a
-// QuantizedMatrix together with what the chosen backend needs.
+// One linear layer y = W·x, W rows = out_features. Holds fp32 weights, or what the
+// chosen backend needs of quantized ones: the kernels' PackedMatrix / Int8Matrix (the
+// QuantizedMatrix itself is not kept: unpack() gives it back), or decoded fp32.
 class Linear {
  public:
   Linear() = default;
@@ -67,15 +68,15 @@ class Linear {
     options_.threads = threads;
   }
   // threads: how many threads each kernel call splits its rows over.
-  Linear(std::shared_ptr<const QuantizedMatrix> q, LinearBackend backend, int threads = 1)
-      : quantized_(std::move(q)), backend_(backend) {
-    detail::require(quantized_ != nullptr, "Linear: null QuantizedMatrix");
-    rows_ = static_cast<Eigen::Index>(quantized_->rows());
-    cols_ = static_cast<Eigen::Index>(quantized_->cols());
+  Linear(const std::shared_ptr<const QuantizedMatrix>& q, LinearBackend backend, int threads = 1)
+      : backend_(backend) {
+    detail::require(q != nullptr, "Linear: null QuantizedMatrix");
+    rows_ = static_cast<Eigen::Index>(q->rows());
+    cols_ = static_cast<Eigen::Index>(q->cols());
     if (backend == LinearBackend::dequantized) {
-      dense_ = std::make_shared<const RowMatrixXf>(quantized_->dequantize());
+      dense_ = std::make_shared<const RowMatrixXf>(q->dequantize());
     } else {
-      packed_ = std::make_shared<const PackedMatrix>(*quantized_);
+      packed_ = std::make_shared<const PackedMatrix>(*q);
       options_.mode = backend == LinearBackend::kernel_fast ? ActivationMode::fast : ActivationMode::exact;
       options_.threads = threads;
     }
@@ -96,15 +97,15 @@ class Linear {
     }
   }
 
-  bool is_quantized() const { return quantized_ != nullptr; }
-  const QuantizedMatrix* quantized() const { return quantized_.get(); }
+  bool empty() const { return rows_ == 0; }
+  bool runs_on_kernels() const { return packed_ != nullptr || int8_ != nullptr; }
   LinearBackend backend() const { return backend_; }
   Eigen::Index rows() const { return rows_; }
   Eigen::Index cols() const { return cols_; }
 
   // The fp32 weights this layer computes with (decoded ones when quantized).
   RowMatrixXf weights() const {
-    if (packed_) return quantized_->dequantize();
+    if (packed_) return packed_->unpack().dequantize();
     if (int8_) return int8_->dequantize();
     return *dense_;
   }
@@ -148,7 +149,6 @@ class Linear {
 
   std::shared_ptr<const RowMatrixXf> dense_;
   Eigen::Index rows_ = 0, cols_ = 0;
-  std::shared_ptr<const QuantizedMatrix> quantized_;
   std::shared_ptr<const PackedMatrix> packed_;
   std::shared_ptr<const Int8Matrix> int8_;
   GemvOptions options_;
@@ -168,6 +168,11 @@ struct TransformerLayer {
   Eigen::VectorXf rms_att, rms_ffn;
   Linear wq, wk, wv, wo, w1, w2, w3;
   Eigen::VectorXf bq, bk, bv;  // empty unless the architecture has q/k/v biases
+  // q|k|v and gate|up stacked into one matrix each (built by from_weights when the
+  // weights are 4-bit in one format): one kernel call and one activation preparation
+  // instead of three / two; wq, wk, wv (w1, w3) are then empty. Each output row is
+  // computed as in its own matrix, so results are the same bit for bit.
+  Linear wqkv, w13;
 };
 
 // Keys and values of every past position, per layer. Rows are allocated for the
@@ -181,7 +186,8 @@ struct KvCache {
 // How quantized weights run when a Transformer is built from LlamaWeights.
 struct RuntimeOptions {
   LinearBackend backend = LinearBackend::kernel_fast;
-  int threads = 1;  // threads per kernel call
+  int threads = 1;                   // threads per kernel call
+  bool stack_projections = true;     // q|k|v and gate|up as one matrix each (TransformerLayer)
 };
 
 struct Transformer {
@@ -197,6 +203,24 @@ struct Transformer {
     return Linear(m.dense_ptr(), o.threads);
   }
 
+  // The matrices stacked, when all are 4-bit in one format the kernels can stack.
+  static std::shared_ptr<const QuantizedMatrix> stacked(std::initializer_list<const StoredMatrix*> parts,
+                                                        const RuntimeOptions& o) {
+    if (o.backend == LinearBackend::dequantized || !o.stack_projections) return nullptr;
+    std::vector<const QuantizedMatrix*> q;
+    for (const StoredMatrix* m : parts) {
+      if (!m->is_quantized()) return nullptr;
+      const QuantizedMatrix& a = *m->quantized_ptr();
+      const QuantizedMatrix& b = *parts.begin()[0]->quantized_ptr();
+      if (a.cols() != b.cols() || a.group_size() != b.group_size() || a.codebook() != b.codebook() ||
+          a.scales().format() != b.scales().format() || a.scales().format() == ScaleFormat::dq8 ||
+          a.zeros().format != b.zeros().format)
+        return nullptr;
+      q.push_back(&a);
+    }
+    return std::make_shared<const QuantizedMatrix>(concat_rows(q));
+  }
+
   static Transformer from_weights(const LlamaWeights& w, const RuntimeOptions& o = {}) {
     validate_weights(w, "model");
     Transformer t;
@@ -204,10 +228,25 @@ struct Transformer {
     t.token_embedding = w.token_embedding;
     t.output = make_linear(w.classifier(), o);
     t.rms_final = w.rms_final;
-    for (const auto& l : w.layers)
-      t.layers.push_back({l.rms_att, l.rms_ffn, make_linear(l.wq, o), make_linear(l.wk, o), make_linear(l.wv, o),
-                          make_linear(l.wo, o), make_linear(l.w1, o), make_linear(l.w2, o), make_linear(l.w3, o), l.bq,
-                          l.bk, l.bv});
+    for (const auto& l : w.layers) {
+      TransformerLayer L;
+      L.rms_att = l.rms_att;
+      L.rms_ffn = l.rms_ffn;
+      L.bq = l.bq, L.bk = l.bk, L.bv = l.bv;
+      if (auto qkv = stacked({&l.wq, &l.wk, &l.wv}, o)) {
+        L.wqkv = Linear(qkv, o.backend, o.threads);
+      } else {
+        L.wq = make_linear(l.wq, o), L.wk = make_linear(l.wk, o), L.wv = make_linear(l.wv, o);
+      }
+      if (auto up = stacked({&l.w1, &l.w3}, o)) {
+        L.w13 = Linear(up, o.backend, o.threads);
+      } else {
+        L.w1 = make_linear(l.w1, o), L.w3 = make_linear(l.w3, o);
+      }
+      L.wo = make_linear(l.wo, o);
+      L.w2 = make_linear(l.w2, o);
+      t.layers.push_back(std::move(L));
+    }
     return t;
   }
 
@@ -276,9 +315,17 @@ struct Transformer {
     RowMatrixXf xb, q, k, v, att(T, config.q_dim()), out;
     rms_norm(X, L.rms_att, xb);
     if (hook) (*hook)(l, LinearSite::attention_input, xb);
-    L.wq.apply(xb, q);
-    L.wk.apply(xb, k);
-    L.wv.apply(xb, v);
+    if (!L.wqkv.empty()) {
+      RowMatrixXf qkv;
+      L.wqkv.apply(xb, qkv);
+      q = qkv.leftCols(config.q_dim());
+      k = qkv.middleCols(config.q_dim(), config.kv_dim());
+      v = qkv.rightCols(config.kv_dim());
+    } else {
+      L.wq.apply(xb, q);
+      L.wk.apply(xb, k);
+      L.wv.apply(xb, v);
+    }
     if (L.bq.size() > 0) {
       q.rowwise() += L.bq.transpose();
       k.rowwise() += L.bk.transpose();
@@ -324,8 +371,15 @@ struct Transformer {
     RowMatrixXf h1, h3;
     rms_norm(X, L.rms_ffn, xb);
     if (hook) (*hook)(l, LinearSite::ffn_input, xb);
-    L.w1.apply(xb, h1);
-    L.w3.apply(xb, h3);
+    if (!L.w13.empty()) {
+      RowMatrixXf h13;
+      L.w13.apply(xb, h13);
+      h1 = h13.leftCols(config.hidden_dim);
+      h3 = h13.rightCols(config.hidden_dim);
+    } else {
+      L.w1.apply(xb, h1);
+      L.w3.apply(xb, h3);
+    }
     for (Eigen::Index t = 0; t < h1.rows(); ++t)
       for (Eigen::Index i = 0; i < h1.cols(); ++i) {
         const float a = h1(t, i);
