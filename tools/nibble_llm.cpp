@@ -6,6 +6,9 @@
 //   nibble-llm perplexity -m model.gguf -f text.txt -c 512 --kl-fp32
 //   nibble-llm bench -m model.gguf -p 512 -n 128 -t 1,2
 // Run with --help for everything.
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -178,11 +181,35 @@ LoadedModel open_model(const std::string& path, const Options& o, bool fp32) {
   return load_model(path, lo);
 }
 
-Transformer build(const LoadedModel& m, const Options& o, int threads) {
+// The runtime model; the loaded weights are released once it is built (the kernels'
+// packed copies are all it needs), so memory holds one copy of the model.
+Transformer build(LoadedModel& m, const Options& o, int threads) {
   RuntimeOptions r;
   r.backend = o.backend;
   r.threads = threads;
-  return Transformer::from_weights(m.weights, r);
+  m.model_bytes = m.weights.bytes();
+  const LlamaConfig config = m.weights.config;
+  Transformer t = Transformer::from_weights(std::move(m.weights), r);
+  m.weights = LlamaWeights();
+  m.weights.config = config;
+  return t;
+}
+
+// Resident memory now, MiB (Linux /proc; 0 elsewhere).
+double current_rss_mib() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (f == nullptr) return 0.0;
+  unsigned long pages = 0, resident = 0;
+  const int n = std::fscanf(f, "%lu %lu", &pages, &resident);
+  std::fclose(f);
+  return n == 2 ? static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / (1 << 20) : 0.0;
+}
+
+// Peak resident memory of this process so far, MiB.
+double peak_rss_mib() {
+  struct rusage u {};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;
 }
 
 std::string prompt_text(const Options& o) {
@@ -206,7 +233,7 @@ std::string json_escape(const std::string& s) {
 }
 
 int cmd_tokenize(const Options& o) {
-  const LoadedModel m = open_model(o.model, o, false);
+  LoadedModel m = open_model(o.model, o, false);
   const std::vector<int> ids = m.tokenizer.encode(prompt_text(o), true, true);
   std::string line;
   for (std::size_t i = 0; i < ids.size(); ++i) line += (i ? " " : "") + std::to_string(ids[i]);
@@ -215,7 +242,7 @@ int cmd_tokenize(const Options& o) {
 }
 
 int cmd_run(const Options& o) {
-  const LoadedModel m = open_model(o.model, o, o.fp32);
+  LoadedModel m = open_model(o.model, o, o.fp32);
   const Transformer model = build(m, o, o.threads.front());
   std::string text = prompt_text(o);
   if (o.chat) {
@@ -251,14 +278,20 @@ int cmd_run(const Options& o) {
       });
   if (o.json) {
     std::printf("{\"prompt_tokens\": %zu, \"generated\": %zu, \"prefill_tokens_per_second\": %.3f, "
-                "\"decode_tokens_per_second\": %.3f, \"text\": \"%s\"}\n",
+                "\"decode_tokens_per_second\": %.3f, \"model_bytes\": %zu, \"kv_cache_bytes\": %zu, "
+                "\"peak_rss_mib\": %.1f, \"text\": \"%s\"}\n",
                 g.prompt_tokens, g.generated, g.prefill_tokens_per_second(), g.decode_tokens_per_second(),
+                m.model_bytes, model.cache_bytes(static_cast<int>(g.tokens.size())), peak_rss_mib(),
                 json_escape(out).c_str());
   } else {
     std::printf("\n");
     std::fprintf(stderr, "prompt: %zu tokens, %.1f tokens/s; generated: %zu tokens, %.1f tokens/s (%d thread%s)\n",
                  g.prompt_tokens, g.prefill_tokens_per_second(), g.generated, g.decode_tokens_per_second(),
                  o.threads.front(), o.threads.front() == 1 ? "" : "s");
+    std::fprintf(stderr, "memory: peak RSS %.1f MiB (%.1f MiB at the end); model %.1f MiB + KV cache %.1f MiB\n",
+                 peak_rss_mib(), current_rss_mib(),
+                 static_cast<double>(m.model_bytes) / (1 << 20),
+                 static_cast<double>(model.cache_bytes(static_cast<int>(g.tokens.size()))) / (1 << 20));
   }
   return 0;
 }
@@ -266,11 +299,11 @@ int cmd_run(const Options& o) {
 int cmd_perplexity(const Options& o) {
   if (o.file.empty()) usage_error("perplexity needs -f FILE");
   if (o.kl_fp32 && !o.kl_base.empty()) usage_error("--kl-fp32 and --kl-base exclude each other");
-  const LoadedModel m = open_model(o.model, o, o.fp32);
+  LoadedModel m = open_model(o.model, o, o.fp32);
   const Transformer model = build(m, o, o.threads.front());
   std::unique_ptr<Transformer> reference;
   if (o.kl_fp32 || !o.kl_base.empty()) {
-    const LoadedModel r = open_model(o.kl_fp32 ? o.model : o.kl_base, o, o.kl_fp32);
+    LoadedModel r = open_model(o.kl_fp32 ? o.model : o.kl_base, o, o.kl_fp32);
     detail::require(r.weights.config.vocab_size == m.weights.config.vocab_size, "the reference model's vocabulary (",
                     r.weights.config.vocab_size, ") differs from the model's (", m.weights.config.vocab_size, ")");
     reference = std::make_unique<Transformer>(build(r, o, o.threads.front()));
@@ -371,11 +404,12 @@ Stat stat_of(const std::vector<double>& v) {
 }
 
 int cmd_bench(const Options& o) {
-  const LoadedModel m = open_model(o.model, o, o.fp32);
+  LoadedModel m = open_model(o.model, o, o.fp32);
   const int n_gen = o.n_predict < 0 ? 128 : o.n_predict;
-  const LlamaConfig& c = m.weights.config;
-  detail::require(o.n_prompt + n_gen <= c.seq_len || (o.n_prompt <= c.seq_len && n_gen <= c.seq_len),
-                  "bench sizes exceed the model's context of ", c.seq_len);
+  const LlamaConfig c = m.weights.config;
+  detail::require(o.n_prompt <= c.seq_len && n_gen <= c.seq_len, "bench sizes exceed the model's context of ",
+                  c.seq_len);
+  Transformer model = build(m, o, o.threads.front());
   // Token ids as llama-bench uses them: arbitrary valid ids (the content does not
   // change the work); a fixed pattern keeps runs comparable.
   auto tokens_of = [&](int n) {
@@ -385,19 +419,23 @@ int cmd_bench(const Options& o) {
   };
   if (!o.json)
     std::printf("| model | size (MiB) | threads | test | tokens/s |\n|---|---|---|---|---|\n");
+  const double size_mib = static_cast<double>(m.model_bytes) / (1 << 20);
   std::string json = "[";
   for (int threads : o.threads) {
-    const Transformer model = build(m, o, threads);
+    model.set_threads(threads);
     auto report = [&](const char* test, int n, const std::vector<double>& rates) {
       const Stat s = stat_of(rates);
       if (o.json) {
-        json += std::string(json.size() > 1 ? ", " : "") + "{\"test\": \"" + test + std::to_string(n) +
-                "\", \"threads\": " + std::to_string(threads) + ", \"tokens_per_second\": " + std::to_string(s.mean) +
-                ", \"sd\": " + std::to_string(s.sd) + ", \"model_bytes\": " + std::to_string(m.weights.bytes()) + ", \"isa\": \"" +
-                to_string(selected_isa()) + "\"}";
+        char buf[512];
+        std::snprintf(buf, sizeof buf,
+                      "%s{\"test\": \"%s%d\", \"threads\": %d, \"tokens_per_second\": %.3f, \"sd\": %.3f, "
+                      "\"model_bytes\": %zu, \"peak_rss_mib\": %.1f, \"isa\": \"%s\"}",
+                      json.size() > 1 ? ", " : "", test, n, threads, s.mean, s.sd, m.model_bytes, peak_rss_mib(),
+                      to_string(selected_isa()));
+        json += buf;
       } else {
-        std::printf("| %s | %.2f | %d | %s%d | %.2f ± %.2f |\n", o.model.c_str(),
-                    static_cast<double>(m.weights.bytes()) / (1 << 20), threads, test, n, s.mean, s.sd);
+        std::printf("| %s | %.2f | %d | %s%d | %.2f ± %.2f |\n", o.model.c_str(), size_mib, threads, test, n, s.mean,
+                    s.sd);
         std::fflush(stdout);
       }
     };
@@ -432,6 +470,9 @@ int cmd_bench(const Options& o) {
     }
   }
   if (o.json) std::printf("%s]\n", json.c_str());
+  else
+    std::fprintf(stderr, "memory: peak RSS %.1f MiB (model %.1f MiB, ISA %s)\n", peak_rss_mib(), size_mib,
+                 to_string(selected_isa()));
   return 0;
 }
 

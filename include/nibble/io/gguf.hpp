@@ -439,6 +439,11 @@ class GgufReader {
   ByteView bytes(const GgufTensorInfo& t) const {
     return {file_.view().data + data_start_ + t.offset, static_cast<std::size_t>(t.size)};
   }
+  // Lets the kernel drop a memory-mapped tensor's pages once it has been decoded, so
+  // loading a model does not hold the whole file resident next to its copy.
+  void release(const GgufTensorInfo& t) const {
+    if (file_.map) file_.map->release(static_cast<std::size_t>(data_start_ + t.offset), static_cast<std::size_t>(t.size));
+  }
 
   // Any tensor of a type dequantize_ggml decodes, as a row-major float matrix with
   // cols = ne[0] (the contiguous dimension) and rows = ne[1]·ne[2]·ne[3] (1 for a 1-D

@@ -272,17 +272,13 @@ NIBBLE_TARGET_AVX2 inline void tile_scales(const PackedMatrix& W, std::size_t r,
       transpose8(m);
       for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(nov + 8 * (nov_done + j), m[j]);
     }
-  } else if (W.codebook() == Codebook::uint4_asym && W.zeros().format == ZeroFormat::f32) {
-    // Float zero points (HQQ, GGUF Q4_1 imports): negation is exact, so these equal
-    // decode_negated_offsets' values.
-    const float* z = W.zeros().values.f32_values().data();
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    for (; nov_done + 8 <= G; nov_done += 8) {
-      __m256 m[8];
-      for (std::size_t i = 0; i < 8; ++i) m[i] = _mm256_xor_ps(_mm256_loadu_ps(z + first[i] + nov_done), sign);
-      transpose8(m);
-      for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(nov + 8 * (nov_done + j), m[j]);
-    }
+  } else if (const float* o32 = W.tile_offsets32(t)) {  // float zero points (HQQ, GGUF Q4_1 imports)
+    std::memcpy(nov, o32, 8 * G * sizeof(float));
+    nov_done = G;
+  } else if (const std::uint16_t* o16 = W.tile_offsets16(t)) {
+    for (std::size_t g = 0; g < G; ++g)
+      _mm256_storeu_ps(nov + 8 * g, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(o16 + 8 * g))));
+    nov_done = G;
   }
   for (std::size_t i = 0; i < 8; ++i) {
     if (W.scale_format() == ScaleFormat::f16) {

@@ -125,6 +125,8 @@ class PackedMatrix {
   Codebook codebook() const { return codebook_; }
   ScaleFormat scale_format() const { return scale_format_; }
   const ScaleArray& scales() const { return scales_; }
+  // Format and uint4 zero points; float zero values are read through float_zero()
+  // (their row-ordered copy may have been dropped, see build_tile_order).
   const ZeroPoints& zeros() const { return zeros_; }
 
   // Lossless inverse: the canonical codes, scales and zeros as given.
@@ -132,7 +134,7 @@ class PackedMatrix {
     std::vector<std::uint8_t> codes(rows_ * row_bytes());
     for (std::size_t r = 0; r < rows_; ++r)
       for (std::size_t k = 0; k < row_bytes(); ++k) codes[r * row_bytes() + k] = code_byte(r, k);
-    return QuantizedMatrix(rows_, cols_, group_size_, codebook_, std::move(codes), scales_, zeros_);
+    return QuantizedMatrix(rows_, cols_, group_size_, codebook_, std::move(codes), scales_, stored_zeros());
   }
 
   // Bytes of the format a kernel reads per product: codes, scales (with
@@ -178,6 +180,19 @@ class PackedMatrix {
   }
   const std::uint16_t* tile_offsets16(std::size_t t) const {
     return tile_offsets16_.empty() ? nullptr : tile_offsets16_.data() + t * groups_per_row() * kTileRows;
+  }
+  // Where group i = r·G + g sits in the tile-ordered arrays.
+  std::size_t tile_index(std::size_t i) const {
+    const std::size_t G = groups_per_row(), r = i / G, g = i % G;
+    return ((r / kTileRows) * G + g) * kTileRows + r % kTileRows;
+  }
+  // Float zero point of group i (uint4_asym with f32/f16/bf16 zeros). Float zeros that
+  // have a tile-ordered copy are kept only there (the row-ordered ones are dropped to
+  // save memory), so this reads whichever exists; negation is exact either way.
+  float float_zero(std::size_t i) const {
+    if (!tile_offsets32_.empty()) return -tile_offsets32_[tile_index(i)];
+    if (!tile_offsets16_.empty()) return half_to_float(static_cast<std::uint16_t>(tile_offsets16_[tile_index(i)] ^ 0x8000u));
+    return zeros_.values.get(i);
   }
 
   // Fast mode multiplies group scales by this (see int8_table).
@@ -232,7 +247,7 @@ class PackedMatrix {
       const std::uint8_t* packed = zeros_.packed.data();
       for (std::size_t j = 0; j < n; ++j) out[j * stride] = -static_cast<float>(get_nibble(packed, i0 + j));
     } else if (codebook_ == Codebook::uint4_asym) {
-      for (std::size_t j = 0; j < n; ++j) out[j * stride] = -zeros_.values.get(i0 + j);
+      for (std::size_t j = 0; j < n; ++j) out[j * stride] = -float_zero(i0 + j);
     } else {
       const float v = -offset(i0);
       for (std::size_t j = 0; j < n; ++j) out[j * stride] = v;
@@ -245,7 +260,7 @@ class PackedMatrix {
       case Codebook::int4_sym: return 8.0f;
       case Codebook::uint4_asym:
         return zeros_.format == ZeroFormat::uint4 ? static_cast<float>(get_nibble(zeros_.packed.data(), i))
-                                                  : zeros_.values.get(i);
+                                                  : float_zero(i);
       default: return 0.0f;
     }
   }
@@ -270,6 +285,26 @@ class PackedMatrix {
     if (codebook_ == Codebook::uint4_asym && zeros_.format == ZeroFormat::f16)
       tile_order(tile_offsets16_,
                  [&](std::size_t i) { return static_cast<std::uint16_t>(zeros_.values.raw16()[i] ^ 0x8000u); });
+    if (!tile_offsets32_.empty() || !tile_offsets16_.empty()) zeros_.values = ScaleArray();  // see float_zero
+  }
+
+  // The zero points as the QuantizedMatrix stored them (rebuilt from the tile-ordered
+  // copy where the row-ordered one was dropped).
+  ZeroPoints stored_zeros() const {
+    if (tile_offsets32_.empty() && tile_offsets16_.empty()) return zeros_;
+    ZeroPoints z;
+    z.format = zeros_.format;
+    const std::size_t n = rows_ * groups_per_row();
+    if (!tile_offsets32_.empty()) {
+      std::vector<float> v(n);
+      for (std::size_t i = 0; i < n; ++i) v[i] = float_zero(i);
+      z.values = ScaleArray::encode(v, ScaleFormat::f32);
+    } else {
+      std::vector<std::uint16_t> bits(n);
+      for (std::size_t i = 0; i < n; ++i) bits[i] = static_cast<std::uint16_t>(tile_offsets16_[tile_index(i)] ^ 0x8000u);
+      z.values = ScaleArray::from_raw16(std::move(bits), ScaleFormat::f16);
+    }
+    return z;
   }
 
   std::size_t rows_ = 0, cols_ = 0, group_size_ = 0;

@@ -60,13 +60,18 @@ inline StoredMatrix load_matrix(const io::GgufReader& r, const std::string& name
   detail::require(has_tensor(r, name), "GGUF model: missing tensor '", name, "'");
   const io::GgufTensorInfo& t = r.info(name);
   detail::require(t.ne.size() == 2, "GGUF model: tensor '", name, "' has ", t.ne.size(), " dimensions, expected 2");
-  if (!o.dequantize && importable_4bit(t.type)) return r.load_quantized(name);
-  if (!o.dequantize && t.type == static_cast<std::uint32_t>(io::GgmlType::Q8_0)) {
+  StoredMatrix m;
+  if (!o.dequantize && importable_4bit(t.type)) {
+    m = r.load_quantized(name);
+  } else if (!o.dequantize && t.type == static_cast<std::uint32_t>(io::GgmlType::Q8_0)) {
     const io::ByteView b = r.bytes(t);
-    return Int8Matrix::from_q8_0_blocks(static_cast<std::size_t>(t.ne[1]), static_cast<std::size_t>(t.ne[0]), b.data,
-                                        b.size);
+    m = Int8Matrix::from_q8_0_blocks(static_cast<std::size_t>(t.ne[1]), static_cast<std::size_t>(t.ne[0]), b.data,
+                                     b.size);
+  } else {
+    m = r.load_float(name);
   }
-  return r.load_float(name);
+  r.release(t);
+  return m;
 }
 
 inline Eigen::VectorXf load_vector(const io::GgufReader& r, const std::string& name) {

@@ -71,6 +71,7 @@ struct LoadedModel {
   TextTokenizer tokenizer;
   std::string chat_template;  // the file's, when it has one
   std::string format;         // "gguf", "hf", "llama2c"
+  std::size_t model_bytes = 0;  // the weights' bytes as loaded (kept when the weights are released)
 };
 
 struct LoadOptions {

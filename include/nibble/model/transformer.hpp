@@ -98,6 +98,10 @@ class Linear {
   }
 
   bool empty() const { return rows_ == 0; }
+  void set_threads(int threads) {
+    detail::require(threads >= 1 && threads <= kMaxThreads, "Linear: threads = ", threads);
+    options_.threads = threads;
+  }
   bool runs_on_kernels() const { return packed_ != nullptr || int8_ != nullptr; }
   LinearBackend backend() const { return backend_; }
   Eigen::Index rows() const { return rows_; }
@@ -222,13 +226,21 @@ struct Transformer {
   }
 
   static Transformer from_weights(const LlamaWeights& w, const RuntimeOptions& o = {}) {
+    LlamaWeights copy = w;  // shares the matrices (StoredMatrix holds shared pointers)
+    return from_weights(std::move(copy), o);
+  }
+
+  // Consumes w: each layer's stored matrices are let go once the layer is built, so
+  // memory never holds two copies of the whole model (the caller's other references to
+  // the same matrices, if any, keep them alive).
+  static Transformer from_weights(LlamaWeights&& w, const RuntimeOptions& o = {}) {
     validate_weights(w, "model");
     Transformer t;
     t.config = w.config;
     t.token_embedding = w.token_embedding;
     t.output = make_linear(w.classifier(), o);
     t.rms_final = w.rms_final;
-    for (const auto& l : w.layers) {
+    for (auto& l : w.layers) {
       TransformerLayer L;
       L.rms_att = l.rms_att;
       L.rms_ffn = l.rms_ffn;
@@ -246,8 +258,22 @@ struct Transformer {
       L.wo = make_linear(l.wo, o);
       L.w2 = make_linear(l.w2, o);
       t.layers.push_back(std::move(L));
+      l = LlamaLayer();
     }
     return t;
+  }
+
+  // Threads per product of every linear layer from now on.
+  void set_threads(int threads) {
+    output.set_threads(threads);
+    for (TransformerLayer& L : layers)
+      for (Linear* l : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w1, &L.w2, &L.w3, &L.wqkv, &L.w13}) l->set_threads(threads);
+  }
+
+  // Bytes of a KV cache of `capacity` positions.
+  std::size_t cache_bytes(int capacity) const {
+    return 2 * static_cast<std::size_t>(config.n_layers) * static_cast<std::size_t>(capacity) *
+           static_cast<std::size_t>(config.kv_dim()) * sizeof(float);
   }
 
   // A cache for up to `capacity` positions (0: the model's whole context).
