@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -460,6 +461,19 @@ TEST(BpeTokenizerSmolLM2, DecodeInvertsEncodeOnValidText) {
   }
   EXPECT_EQ(tok->decode(tok->encode("<|im_start|>hi", false, true)), "hi");  // control text hidden
   EXPECT_EQ(tok->decode(tok->encode("\xff", false, true)), "\xEF\xBF\xBD");
+}
+
+TEST(BpeTokenizerSmolLM2, TinyStoriesRoundTrip) {
+  const BpeTokenizer* tok = Real::get();
+  if (!tok) GTEST_SKIP() << kSmolLM2 << " missing";
+  for (const char* name : {"tinystories_valid_first101.txt", "tinystories_train_sample_2MiB.txt"}) {
+    std::ifstream in(std::string(NIBBLE_SOURCE_DIR) + "/examples/data/" + name, std::ios::binary);
+    ASSERT_TRUE(in) << name;
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const Ids ids = tok->encode(text, false, true);
+    EXPECT_GT(text.size(), 3 * ids.size()) << name;  // a byte-level BPE of English: ~4 bytes a token
+    EXPECT_EQ(tok->decode(ids, false, true), text) << name;
+  }
 }
 
 TEST(BpeTokenizerSmolLM2, TokenizerJsonOfTheSameVocabGivesTheSameIds) {

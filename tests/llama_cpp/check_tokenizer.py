@@ -12,9 +12,11 @@ Cases, each run with special-token parsing on (llama-tokenize's default) and off
 -f --no-escape reads a file verbatim):
   - the adversarial strings below (whitespace runs, digits, CRLF, Unicode letters and marks,
     emoji, contractions, special tokens, invalid UTF-8, ...);
+  - --random strings (default 300, fixed seed) concatenated from POOL's pieces;
   - every story of tinystories_valid_first101.txt (split at <|endoftext|>, not trimmed),
     every line of it (--lines limits how many), and the whole file;
-  - the whole 2 MiB TinyStories training sample.
+  - the whole 2 MiB TinyStories training sample;
+  - five synthetic 1 MB inputs (one long word, a whitespace run, digits, random words).
 A case matches when both print the same id list, or when both fail (llama.cpp throws on
 UTF-8 that encodes a code point above U+10FFFF; nibble throws nibble::Error).
 Exit status 0 when every case matches.
@@ -52,6 +54,39 @@ ADVERSARIAL = [
 ]
 
 
+# Pieces the random cases are drawn from: the classes each regex branch looks at, the
+# boundaries between them, special-token texts and bytes that are not UTF-8.
+POOL = [b"a", b"Z", b"word", b" ", b"  ", b"\t", b"\r", b"\n", b"\r\n", b"'", b"'s", b"'LL", b"'re", b"1", b"23",
+        b"456", b".", b",", b"!?", b"(", b"$", b"_", b"-", "é".encode(), "Ђ".encode(), "日本".encode(),
+        "\u0301".encode(), "👍".encode(), "\U0001f3fd".encode(), "\u200d".encode(), "\u00a0".encode(),
+        "\u3000".encode(), "\u0085".encode(), b"\x1c", b"\x00", "٣".encode(), "½".encode(), "\ue000".encode(),
+        "\U000e0080".encode(), "\ufffd".encode(), b"<|im_start|>", b"<|im_end|>", b"<|endoftext|>", b"<|im",
+        b"\x80", b"\xff", b"\xc3", b"\xe6\x97", b"\xf0\x9f", b"\xed\xa0\x80", b"\xc0\xaf"]
+
+
+def random_cases(n, seed=1234):
+    import random
+    rng = random.Random(seed)
+    return [("random %d" % i, b"".join(rng.choice(POOL) for _ in range(rng.randint(1, 30)))) for i in range(n)]
+
+
+def synthetic_cases():
+    """1 MB inputs that stress one path each: one long word, one long whitespace run, digits,
+    many distinct words (nothing for a word cache to reuse)."""
+    import random
+    rng = random.Random(99)
+    cps = [c for c in range(0x20, 0x3000) if chr(c).isprintable()]
+    words = []
+    n = 0
+    while n < 1000000:
+        w = ("".join(chr(rng.choice(cps)) for _ in range(rng.randint(1, 8))) + " ").encode()
+        words.append(w)
+        n += len(w)
+    return [("1 MB of 'a'", b"a" * 1000000), ("1 MB of '!'", b"!" * 1000000), ("1 MB of ' '", b" " * 1000000),
+            ("1 MB of random digits", bytes(rng.choice(b"0123456789") for _ in range(1000000))),
+            ("1 MB of random words", b"".join(words))]
+
+
 def run(cmd):
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if p.returncode != 0:
@@ -66,12 +101,16 @@ def main():
     ap.add_argument("--tokenize-ids", required=True)
     ap.add_argument("--llama-tokenize", required=True)
     ap.add_argument("--model", required=True)
-    ap.add_argument("--texts", default="/work/shared/models")
+    ap.add_argument("--texts", default=os.path.join(os.path.dirname(__file__), "..", "..", "examples", "data"))
     ap.add_argument("--lines", type=int, default=100000)
+    ap.add_argument("--random", type=int, default=300, help="random strings drawn from POOL (fixed seed)")
+    ap.add_argument("--no-synthetic", action="store_true", help="skip the 1 MB synthetic inputs")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
 
-    cases = [("adversarial %d" % i, s) for i, s in enumerate(ADVERSARIAL)]
+    cases = [("adversarial %d" % i, s) for i, s in enumerate(ADVERSARIAL)] + random_cases(args.random)
+    if not args.no_synthetic:
+        cases += synthetic_cases()
     valid = os.path.join(args.texts, "tinystories_valid_first101.txt")
     if os.path.exists(valid):
         data = open(valid, "rb").read()

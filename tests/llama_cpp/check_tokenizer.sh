@@ -19,6 +19,6 @@ model=build/models/SmolLM2-135M-Instruct.Q4_1.gguf
 [ -f "$model" ] || { echo "$model missing (run scripts/fetch-models.sh)" >&2; exit 2; }
 [ -d build/dev ] || cmake --preset dev >/dev/null
 cmake --build build/dev --target tokenize_ids -j2 >/dev/null
-texts=${NIBBLE_TEXTS:-$root/../shared/models}
+texts=${NIBBLE_TEXTS:-$root/examples/data}
 exec python3 tests/llama_cpp/check_tokenizer.py --tokenize-ids build/dev/tests/tokenize_ids --llama-tokenize "$llama" \
   --model "$model" --texts "$texts" "$@"

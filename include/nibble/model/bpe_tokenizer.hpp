@@ -504,7 +504,9 @@ class BpeTokenizer {
     ids.unk = id_of("tokenizer.ggml.unknown_token_id");
     ids.pad = id_of("tokenizer.ggml.padding_token_id");
     BpeFlags flags = default_flags(pre);
-    flags.add_bos = md.get_bool("tokenizer.ggml.add_bos_token", flags.add_bos);
+    // The pre-tokenizer's default (llama3 adds BOS) applies only when there is a BOS id;
+    // a file that asks for BOS explicitly without naming one is refused.
+    flags.add_bos = md.get_bool("tokenizer.ggml.add_bos_token", flags.add_bos && ids.bos >= 0);
     flags.add_eos = md.get_bool("tokenizer.ggml.add_eos_token", flags.add_eos);
     flags.add_space_prefix = md.get_bool("tokenizer.ggml.add_space_prefix", false);
     return BpeTokenizer(std::move(tokens), std::move(types), std::move(merges), pre, ids, flags);
