@@ -162,6 +162,9 @@ TEST(BpeTokenizer, AddSpecialAndDecodeOptions) {
   EXPECT_EQ(tok.decode({bos, 'a', eos}, false, true), "<s>a</s>");
   // clean_spaces (on for gpt2): " ." and " 's" lose the space, " 't" keeps it.
   EXPECT_EQ(tok.decode(tok.encode("a . b 's c 't")), "a. b's c 't");
+  // " ' " loses both spaces; the blanked space keeps the next quote from matching too.
+  EXPECT_EQ(tok.decode(tok.encode("a ' b")), "a'b");
+  EXPECT_EQ(tok.decode(tok.encode("a ' ' b")), "a'' b");
   const BpeTokenizer smol = t.make(PreTokenizer::smollm, BpeSpecialIds{bos, eos, -1, -1},
                                    BpeTokenizer::default_flags(PreTokenizer::smollm));
   EXPECT_EQ(smol.decode(smol.encode("a . b 's")), "a . b 's");

@@ -8,7 +8,7 @@
 # (build/peers/...). The model comes from scripts/fetch-models.sh. --pre-variants also
 # checks the gpt2, llama3, qwen2 and default pre-tokenizers on vocabulary-only copies of
 # the file with another tokenizer.ggml.pre (made with the PyPI gguf package of
-# build/pyenv, which scripts/test-interop.sh sets up), with fewer cases each.
+# build/pyenv, which scripts/test-interop.sh sets up, or $NIBBLE_PYTHON), with fewer cases each.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -41,7 +41,7 @@ echo "=== smollm ($model)"
 check --model "$model" "$@"
 if [ $variants = 1 ]; then
   out=build/llama_cpp_pre_variants
-  build/pyenv/bin/python tests/llama_cpp/make_pre_variants.py "$model" "$out" gpt-2 llama-bpe qwen2 default >/dev/null
+  "${NIBBLE_PYTHON:-build/pyenv/bin/python}" tests/llama_cpp/make_pre_variants.py "$model" "$out" gpt-2 llama-bpe qwen2 default >/dev/null
   for pre in gpt-2 llama-bpe qwen2 default; do
     echo "=== $pre"
     check --model "$out/vocab-$pre.gguf" --lines 0 --random 200 "$@"
