@@ -1,11 +1,13 @@
 // libFuzzer harness: the GGUF reader either parses or throws nibble::Error; on a parsed
 // file every tensor goes through the float decoders (load_float, any type and rank) and
 // every 4-bit one through the QuantizedMatrix import (Q4_0, Q4_1, IQ4_NL), each of which
-// may again only throw nibble::Error.
+// may again only throw nibble::Error. A file with tokenizer metadata is also loaded as a
+// BpeTokenizer and encodes a short text.
 #include <cstdint>
 #include <vector>
 
 #include <nibble/io/gguf.hpp>
+#include <nibble/model/bpe_tokenizer.hpp>
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   using nibble::io::GgmlType;
@@ -21,6 +23,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             t.type == static_cast<std::uint32_t>(GgmlType::IQ4_NL) ||
             t.type == static_cast<std::uint32_t>(GgmlType::Q4_1))
           r.load_quantized(t.name);
+      } catch (const nibble::Error&) {
+      }
+    }
+    if (r.typed_metadata().contains("tokenizer.ggml.tokens")) {
+      try {
+        const auto tok = nibble::model::BpeTokenizer::from_gguf(r);
+        const auto ids = tok.encode("Hello 123 <|im_start|>\xff  world", true, true);
+        tok.decode(ids, false, true);
       } catch (const nibble::Error&) {
       }
     }

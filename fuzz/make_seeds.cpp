@@ -7,6 +7,7 @@
 #include <nibble/format/int8_matrix.hpp>
 #include <nibble/io/io.hpp>
 #include <nibble/io/llama_logits.hpp>
+#include <nibble/model/bpe_tokenizer.hpp>
 #include <nibble/quant/rtn.hpp>
 
 using namespace nibble;
@@ -71,6 +72,34 @@ int main(int argc, char** argv) {
       w.add_tensor("t." + io::ggml_type_name(id), id, {cols, 2}, bytes.data(), bytes.size());
     }
     w.finish();
+  }
+  {
+    // A byte-level BPE vocabulary: 256 byte tokens, two merges, one control token.
+    io::GgufWriter w(d + "/gguf/tokenizer.gguf");
+    std::vector<std::string> tokens;
+    for (int b = 0; b < 256; ++b) tokens.push_back(model::bpe_detail::byte_map().byte_to_text[b]);
+    tokens.push_back("ll");
+    tokens.push_back("he");
+    tokens.push_back("<|im_start|>");
+    std::vector<std::int32_t> types(tokens.size(), 1);
+    types.back() = 3;
+    w.set_string("tokenizer.ggml.model", "gpt2");
+    w.set_string("tokenizer.ggml.pre", "smollm");
+    w.set_string_array("tokenizer.ggml.tokens", tokens);
+    w.set_i32_array("tokenizer.ggml.token_type", types);
+    w.set_string_array("tokenizer.ggml.merges", {"l l", "h e"});
+    w.set_u32("tokenizer.ggml.bos_token_id", 258);
+    w.set_bool("tokenizer.ggml.add_bos_token", true);
+    w.finish();
+  }
+  for (const char* text : {"Hello world! I have 1234 apples.", "\x09<|im_start|>user\nhi<|im_end|>  \r\n",
+                           "na\xc3\xafve caf\xc3\xa9 \xf0\x9f\x91\x8d\xff\xfe don't I'M"}) {
+    static int n = 0;
+    const std::string path = d + "/bpe/text" + std::to_string(n++);
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    if (!f) return 1;
+    std::fwrite(text, 1, std::strlen(text), f);
+    std::fclose(f);
   }
   {
     io::SafetensorsWriter w(d + "/checkpoints/gptq.safetensors");

@@ -106,6 +106,8 @@ inline void read_scalar(Cursor& c, GgufValueType type, GgufValue& v) {
 
 }  // namespace gguf_detail
 
+inline constexpr std::uint64_t kMaxGgufArray = 1u << 24;
+
 // Reads one value of `type` (a u32 from the file, validated here).
 inline GgufValue read_gguf_value(Cursor& c, std::uint32_t type) {
   GgufValue v;
@@ -123,6 +125,9 @@ inline GgufValue read_gguf_value(Cursor& c, std::uint32_t type) {
   // Every element takes at least one byte, so a length beyond the bytes left is a lie.
   detail::require(n <= c.remaining(), "GGUF: array of ", n, " elements is longer than the ", c.remaining(),
                   " bytes left");
+  // Metadata arrays are vocabularies at most (~10^5..10^6 entries); holding a hostile
+  // file's billion-element array would take several times the file's size in memory.
+  detail::require(n <= kMaxGgufArray, "GGUF: metadata array of ", n, " elements exceeds the limit ", kMaxGgufArray);
   v.array_size = n;
   GgufValue e;
   if (v.element_type == GgufValueType::string) {

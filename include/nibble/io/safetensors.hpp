@@ -77,7 +77,7 @@ inline std::uint64_t shape_elements(const std::vector<std::uint64_t>& shape, con
 
 // Rejects JSON nested deeper than `limit` before the parser sees it (a header is
 // two levels deep; a hostile one could nest a million levels).
-inline void check_json_depth(const char* p, std::size_t n, int limit) {
+inline void check_json_depth(const char* p, std::size_t n, int limit, const char* what = "safetensors: header JSON") {
   int depth = 0;
   bool in_string = false;
   for (std::size_t i = 0; i < n; ++i) {
@@ -88,7 +88,7 @@ inline void check_json_depth(const char* p, std::size_t n, int limit) {
     } else if (c == '"') {
       in_string = true;
     } else if (c == '{' || c == '[') {
-      if (++depth > limit) detail::throw_error("safetensors: header JSON nests deeper than ", limit, " levels");
+      if (++depth > limit) detail::throw_error(what, " nests deeper than ", limit, " levels");
     } else if (c == '}' || c == ']') {
       --depth;
     }

@@ -504,7 +504,9 @@ class BpeTokenizer {
     ids.unk = id_of("tokenizer.ggml.unknown_token_id");
     ids.pad = id_of("tokenizer.ggml.padding_token_id");
     BpeFlags flags = default_flags(pre);
-    flags.add_bos = md.get_bool("tokenizer.ggml.add_bos_token", flags.add_bos);
+    // The pre-tokenizer's default (llama3 adds BOS) applies only when there is a BOS id;
+    // a file that asks for BOS explicitly without naming one is refused.
+    flags.add_bos = md.get_bool("tokenizer.ggml.add_bos_token", flags.add_bos && ids.bos >= 0);
     flags.add_eos = md.get_bool("tokenizer.ggml.add_eos_token", flags.add_eos);
     flags.add_space_prefix = md.get_bool("tokenizer.ggml.add_space_prefix", false);
     return BpeTokenizer(std::move(tokens), std::move(types), std::move(merges), pre, ids, flags);
@@ -850,16 +852,15 @@ class BpeTokenizer {
     return out;
   }
 
-  // <0xAB> byte tokens (not used by byte-level vocabularies, but a type llama.cpp knows).
+  // <0xAB> byte tokens (not used by byte-level vocabularies, but a type llama.cpp knows):
+  // the hex digits at 3..4, read as strtol reads them (a malformed text gives 0).
   static unsigned byte_of_token(const std::string& text) {
-    if (text.size() == 6 && text.compare(0, 3, "<0x") == 0 && text[5] == '>') {
-      const auto hexval = [](char c) {
-        return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-      };
-      const int h = hexval(text[3]), l = hexval(text[4]);
-      if (h >= 0 && l >= 0) return static_cast<unsigned>(h * 16 + l);
-    }
-    detail::throw_error("BPE tokenizer: byte token '", text, "' is not of the form <0xHH>");
+    const auto hexval = [](char c) {
+      return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    };
+    unsigned v = 0;
+    for (std::size_t k = 3; k < 5 && k < text.size() && hexval(text[k]) >= 0; ++k) v = v * 16 + static_cast<unsigned>(hexval(text[k]));
+    return v & 0xFF;
   }
 
   // llama_detokenize's clean_spaces passes.
@@ -872,14 +873,15 @@ class BpeTokenizer {
       if (i > 0 && t[i - 1] == ' ' && (x == '?' || x == '!' || x == '.' || x == ',')) a.pop_back();
       a += x;
     }
-    // " ' " becomes "'".
+    // " ' " becomes "'". llama.cpp blanks the dropped space in place ('\0'), so the
+    // character after it never sees a space before it (" ' ' " loses only two spaces).
     std::string b;
     for (std::size_t i = 0; i < a.size(); ++i) {
       const char x = a[i];
       if (i > 0 && x == '\'' && i + 1 < a.size() && a[i - 1] == ' ' && a[i + 1] == ' ') {
         b.pop_back();
         b += x;
-        ++i;  // the space after it goes too
+        a[++i] = '\0';  // the space after it goes too
         continue;
       }
       b += x;
