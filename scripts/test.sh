@@ -32,6 +32,8 @@ if [ $# -eq 0 ]; then
   scripts/test-entry-points.sh
   echo "=== exporters read back by Python gguf / safetensors / numpy ==="
   scripts/test-interop.sh
+  echo "=== a real model (SmolLM2-135M) against llama.cpp on the same file ==="
+  scripts/test-real-model.sh build/dev
   echo "=== bitsandbytes-exact mode against bitsandbytes 0.50.2 itself (torch CPU) ==="
   scripts/test-bnb.sh
   echo "=== fuzz every file reader (20 s each) ==="
