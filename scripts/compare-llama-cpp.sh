@@ -14,7 +14,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 threads=${THREADS:-1,2}
 reps=${REPS:-3}
-chunks=${CHUNKS:-0}
+chunks=${CHUNKS:-8}   # llama.cpp's KL base file takes ~25 MB per chunk
 text=${TEXT:-$root/examples/data/tinystories_valid_first101.txt}
 out="$root/build/compare-llama-cpp"
 mkdir -p "$out"
@@ -41,6 +41,11 @@ for m in q41 q40; do
   "$llm" bench -m "$file" -p 512 -n 128 -t "$threads" -r "$reps" --json >"$out/nibble-bench-$m.json"
 done
 "$llm" bench -m "$q41" --fp32 -p 512 -n 128 -t "$threads" -r "$reps" --json >"$out/nibble-bench-fp32.json"
+# nibble's fastest format: the block linears rounded again to int4 g128 (fp16 scales,
+# 4.125 bits/weight) from the Q4_1 file's fp32 decoding (a second rounding: its
+# perplexity is printed too).
+best=int4_sym:g128
+"$llm" bench -m "$q41" --requant "$best" -p 512 -n 128 -t "$threads" -r "$reps" --json >"$out/nibble-bench-best.json"
 
 # Quality: llama.cpp saves its Q4_1 logits; nibble scores the same tokens with the same
 # weights (KL against llama.cpp's run), and its fp32 model's logits go back to
@@ -53,6 +58,8 @@ chunk_flag=()
   >"$out/nibble-perplexity-q41.json" 2>"$out/nibble-perplexity-q41.log"
 "$llm" perplexity -m "$q41" --fp32 -f "$text" -t 2 --kl-llama "$out/llama-q41.kld" \
   --save-logits "$out/nibble-fp32.kld" --json >"$out/nibble-perplexity-fp32.json" 2>"$out/nibble-perplexity-fp32.log"
+"$llm" perplexity -m "$q41" --requant "$best" -f "$text" -t 2 "${chunk_flag[@]}" --json \
+  >"$out/nibble-perplexity-best.json" 2>"$out/nibble-perplexity-best.log"
 "$bin/llama-perplexity" -m "$q41" -f "$text" -c 512 -t 2 --kl-divergence \
   --kl-divergence-base "$out/nibble-fp32.kld" >"$out/llama-kl-vs-nibble-fp32.log" 2>&1
 
@@ -80,6 +87,7 @@ print(f"\nSmolLM2-135M-Instruct on {cpu} (nibble ISA {isa}); tokens/s, mean ± s
 print("| weights | test | threads | llama.cpp | nibble | nibble ÷ llama.cpp | nibble fp32 |")
 print("|---|---|---|---|---|---|---|")
 fp32 = load("nibble-bench-fp32.json")
+best = load("nibble-bench-best.json")
 for m, label in (("q41", "Q4_1 (as shipped)"), ("q40", "Q4_0 (llama-quantize)")):
     lb, nb = load(f"llama-bench-{m}.json"), load(f"nibble-bench-{m}.json")
     for test in ("tg128", "pp512"):
@@ -91,6 +99,13 @@ for m, label in (("q41", "Q4_1 (as shipped)"), ("q40", "Q4_0 (llama-quantize)"))
             summary[f"{m}_{test}_{t}t_vs_llamacpp"] = round(ratio, 3)
             print(f"| {label} | {test} | {t} | {l[0]:.1f} ± {l[1]:.1f} | {n[0]:.1f} ± {n[1]:.1f} | {ratio:.2f} | "
                   f"{f[0]:.1f} |")
+for test in ("tg128", "pp512"):
+    for t in threads:
+        n, l = nibble_rate(best, test, t), llama_rate(load("llama-bench-q40.json"), test, t)
+        if n and l:
+            summary[f"best_{test}_{t}t_vs_llamacpp_q40"] = round(n[0] / l[0], 3)
+            print(f"| nibble int4_sym g128 (requantized) | {test} | {t} | Q4_0: {l[0]:.1f} | {n[0]:.1f} ± {n[1]:.1f} | "
+                  f"{n[0] / l[0]:.2f} | |")
 ppl_log = open(f"{out}/llama-perplexity-q41.log").read()
 m = re.search(r"Final estimate: PPL = ([0-9.]+)", ppl_log)
 llama_ppl = float(m.group(1)) if m else float("nan")
@@ -105,6 +120,9 @@ summary.update(llama_ppl_q41=llama_ppl, nibble_ppl_q41=nq["perplexity"], ppl_rel
 print(f"\nperplexity (-c 512, {nq['chunks']} chunks, {nq['scored']} tokens scored):")
 print(f"  Q4_1: llama-perplexity {llama_ppl:.4f}, nibble {nq['perplexity']:.4f} (differ by {100*diff:.3f}%)")
 print(f"  nibble fp32 (the file dequantized): {nf['perplexity']:.4f}")
+nb = load("nibble-perplexity-best.json")
+print(f"  nibble int4_sym g128 requantized from the Q4_1 file: {nb['perplexity']:.4f}")
+summary["nibble_ppl_best"] = nb["perplexity"]
 print(f"  KL(llama.cpp Q4_1 || nibble Q4_1) = {nq['llama_mean_kl']:.6f}, same top token {100*nq['llama_same_top']:.2f}%")
 print(f"  KL(nibble fp32 || llama.cpp Q4_1) = {llama_kl:.6f} (llama-perplexity --kl-divergence)")
 print(f"  KL(llama.cpp Q4_1 || nibble fp32) = {nf['llama_mean_kl']:.6f}")

@@ -55,6 +55,9 @@ common options:
   --fp32           decode every weight to fp32 first (the reference model)
   --backend B      how 4-bit weights run: fast (int8 activations, default), exact
                    (fp32 activations) or dequantized (decoded once, Eigen products)
+  --requant C:gN   round every block linear again, from its fp32 decoding, to codebook C
+                   (int4_sym, uint4_asym, nf4, fp4, iq4_nl) in groups of N with fp16
+                   scales, e.g. int4_sym:g128 (the embedding / output stay as stored)
 
 run:
   -p TEXT          prompt (or -f FILE)
@@ -87,7 +90,7 @@ output:
 )";
 
 struct Options {
-  std::string command, model, tokenizer, prompt, file, kl_base, system, kl_llama, save_logits;
+  std::string command, model, tokenizer, prompt, file, kl_base, system, kl_llama, save_logits, requant;
   std::vector<int> threads{1};
   bool fp32 = false, chat = false, kl_fp32 = false, json = false, prompt_given = false;
   LinearBackend backend = LinearBackend::kernel_fast;
@@ -167,6 +170,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--kl-llama") o.kl_llama = value();
     else if (a == "--save-logits") o.save_logits = value();
     else if (a == "--json") o.json = true;
+    else if (a == "--requant") o.requant = value();
     else usage_error("unknown option '" + a + "'");
   }
   if (o.model.empty()) usage_error("-m MODEL is required");
@@ -174,11 +178,35 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
+// --requant C:gN → the quantizer configuration.
+QuantConfig requant_config(const std::string& spec) {
+  const std::size_t colon = spec.find(":g");
+  if (colon == std::string::npos) usage_error("--requant " + spec + ": expected CODEBOOK:gN, e.g. int4_sym:g128");
+  QuantConfig c;
+  try {
+    c.codebook = codebook_from_string(spec.substr(0, colon));
+  } catch (const Error& e) {
+    usage_error("--requant " + spec + ": " + e.what());
+  }
+  c.group_size = static_cast<std::size_t>(parse_int("--requant", spec.substr(colon + 2), 2, 1 << 20));
+  c.scale_format = ScaleFormat::f16;
+  return c;
+}
+
 LoadedModel open_model(const std::string& path, const Options& o, bool fp32) {
   LoadOptions lo;
   lo.dequantize = fp32;
   lo.tokenizer_path = o.tokenizer;
-  return load_model(path, lo);
+  LoadedModel m = load_model(path, lo);
+  if (!o.requant.empty() && !fp32) {
+    const QuantConfig c = requant_config(o.requant);
+    const auto t0 = Clock::now();
+    for (LlamaLayer& l : m.weights.layers)
+      for (StoredMatrix* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w1, &l.w2, &l.w3}) *w = quantize(w->to_float(), c);
+    std::fprintf(stderr, "requantized the block linears to %s in %.1f s\n", o.requant.c_str(),
+                 std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  return m;
 }
 
 // The runtime model; the loaded weights are released once it is built (the kernels'
