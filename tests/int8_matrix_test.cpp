@@ -400,9 +400,9 @@ TEST(Int8Kernels, ThreadCountsGiveIdenticalResults) {
       }
   }
   // Too little work to split: one thread runs it, whatever was asked.
-  EXPECT_EQ(nibble::detail::int8_thread_count(64, 576, 1, 2), 1u);
-  EXPECT_EQ(nibble::detail::int8_thread_count(7, 1536, 33, 2), 1u);  // one 8-row tile
-  EXPECT_EQ(nibble::detail::int8_thread_count(49152, 576, 1, 2), 2u);
+  EXPECT_EQ(nibble::detail::thread_count(64, 576, 1, 2), 1u);
+  EXPECT_EQ(nibble::detail::thread_count(7, 1536, 33, 2), 1u);  // one 8-row tile
+  EXPECT_EQ(nibble::detail::thread_count(49152, 576, 1, 2), 2u);
 }
 
 TEST(Int8Kernels, UnalignedPointersAndGemvEqualsGemmRow) {

@@ -321,9 +321,13 @@ TEST(SimdPaths, ExtremeCodesAndActivationsDoNotOverflow) {
 TEST(Threads, AnyThreadCountGivesIdenticalResults) {
   std::vector<Isa> isas = simd_isas();
   isas.push_back(Isa::scalar);
-  const QuantizedMatrix q = random_matrix(45, 160, 32, Codebook::uint4_asym, ScaleFormat::bf16, 2);
+  // Large enough that every thread count below really splits the rows (small products
+  // stay on one thread: detail::kMinWorkPerThread).
+  const QuantizedMatrix q = random_matrix(45, 1600, 32, Codebook::uint4_asym, ScaleFormat::bf16, 2);
   const PackedMatrix W(q);
   const auto X = random_activations(4 * q.cols(), 3);
+  EXPECT_EQ(nibble::detail::thread_count(45, 1600, 4, 7), 4u);
+  EXPECT_EQ(nibble::detail::thread_count(64, 64, 1, 2), 1u);
   for (Isa isa : isas)
     for (ActivationMode mode : {ActivationMode::exact, ActivationMode::fast}) {
       const auto y1 = run(isa, W, X, 4, mode, 1);

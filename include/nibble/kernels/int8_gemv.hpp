@@ -36,11 +36,6 @@ namespace nibble {
 
 namespace detail {
 
-// A thread is only given work worth waking it for: at least this many multiply-adds
-// (rows·cols·batch / threads). A 49152 × 576 GEMV (28 M) splits; a 64 × 576 one
-// (37 K) runs on the caller's thread.
-inline constexpr std::size_t kInt8MinWorkPerThread = std::size_t{1} << 16;
-
 inline void run_int8_rows(Isa isa, const Int8Matrix& W, ActivationMode mode, const float* X, std::size_t batch,
                           const Int8Activations& p, float* Y, std::size_t r0, std::size_t r1) {
   switch (isa) {
@@ -67,13 +62,6 @@ inline void run_int8_rows(Isa isa, const Int8Matrix& W, ActivationMode mode, con
   }
 }
 
-// Threads a call of rows × cols × batch multiply-adds uses (threads requested: t).
-inline std::size_t int8_thread_count(std::size_t rows, std::size_t cols, std::size_t batch, int t) {
-  const std::size_t tiles = (rows + kRowTile - 1) / kRowTile;
-  const std::size_t work = rows * cols * batch / kInt8MinWorkPerThread;
-  return std::max<std::size_t>(1, std::min({static_cast<std::size_t>(t), tiles, work}));
-}
-
 }  // namespace detail
 
 // X: batch × cols, row-major; Y: batch × rows, row-major. Any batch >= 1.
@@ -92,7 +80,7 @@ inline void gemm(const Int8Matrix& W, const float* X, std::size_t batch, float* 
   else detail::check_finite_activations(X, batch, W.cols());
 
   const std::size_t tiles = (W.rows() + detail::kRowTile - 1) / detail::kRowTile;
-  const std::size_t n = detail::int8_thread_count(W.rows(), W.cols(), batch, opt.threads);
+  const std::size_t n = detail::thread_count(W.rows(), W.cols(), batch, opt.threads);
   const detail::Int8Activations& p = prepared;
   const std::function<void(std::size_t)> task = [&](std::size_t t) {
     const std::size_t r0 = std::min(W.rows(), tiles * t / n * detail::kRowTile);
