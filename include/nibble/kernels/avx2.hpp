@@ -227,26 +227,25 @@ NIBBLE_TARGET_AVX2 inline __m256 negated_zeros8(const PackedMatrix& W, std::size
 // row tile (nr real rows; padding rows reuse the last row's). The same values as
 // PackedMatrix::decode_scales / decode_negated_offsets; offsets vary by row only for
 // uint4_asym, so for the other codebooks only the first tile (first_tile) fills nov.
-NIBBLE_TARGET_AVX2 inline void tile_scales(const PackedMatrix& W, std::size_t r, std::size_t nr, bool first_tile,
-                                           float* sv, float* nov) {
+// Returns where the tile's −offsets are: nov, or the PackedMatrix's own tile-ordered
+// f32 copy (read in place, not copied).
+NIBBLE_TARGET_AVX2 inline const float* tile_scales(const PackedMatrix& W, std::size_t r, std::size_t nr,
+                                                   bool first_tile, float* sv, float* nov) {
   const std::size_t G = W.groups_per_row();
   // Tile-ordered copies (PackedMatrix::build_tile_order): widen 8 values per step.
   const std::size_t t = r / kTileRows;
   if (const std::uint16_t* s16 = W.tile_scales16(t)) {
     for (std::size_t g = 0; g < G; ++g)
       _mm256_storeu_ps(sv + 8 * g, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s16 + 8 * g))));
-    if (const float* o32 = W.tile_offsets32(t)) {
-      std::memcpy(nov, o32, 8 * G * sizeof(float));
-      return;
-    }
+    if (const float* o32 = W.tile_offsets32(t)) return o32;
     if (const std::uint16_t* o16 = W.tile_offsets16(t)) {
       for (std::size_t g = 0; g < G; ++g)
         _mm256_storeu_ps(nov + 8 * g, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(o16 + 8 * g))));
-      return;
+      return nov;
     }
     if (W.codebook() != Codebook::uint4_asym) {  // one offset for the whole matrix
       if (first_tile) W.decode_negated_offsets(0, G, nov, 1), std::fill(nov + G, nov + 8 * G, nov[0]);
-      return;
+      return nov;
     }
   }
   const float k = W.int8_factor();
@@ -273,7 +272,7 @@ NIBBLE_TARGET_AVX2 inline void tile_scales(const PackedMatrix& W, std::size_t r,
       for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(nov + 8 * (nov_done + j), m[j]);
     }
   } else if (const float* o32 = W.tile_offsets32(t)) {  // float zero points (HQQ, GGUF Q4_1 imports)
-    std::memcpy(nov, o32, 8 * G * sizeof(float));
+    nov = const_cast<float*>(o32);  // read in place below (nov_done = G: nothing is written)
     nov_done = G;
   } else if (const std::uint16_t* o16 = W.tile_offsets16(t)) {
     for (std::size_t g = 0; g < G; ++g)
@@ -287,9 +286,10 @@ NIBBLE_TARGET_AVX2 inline void tile_scales(const PackedMatrix& W, std::size_t r,
     } else {
       W.decode_scales(first[i] + g_done, G - g_done, k, sv + 8 * g_done + i, 8);
     }
-    if (W.codebook() == Codebook::uint4_asym || first_tile)
+    if ((W.codebook() == Codebook::uint4_asym || first_tile) && nov_done < G)
       W.decode_negated_offsets(first[i] + nov_done, G - nov_done, nov + 8 * nov_done + i, 8);
   }
+  return nov;
 }
 
 // One block (any length, any position) of tile t for batch rows [b0, b0 + NB): the
@@ -506,18 +506,18 @@ NIBBLE_TARGET_AVX2 inline void fast_rows(const PackedMatrix& W, const PreparedAc
   alignas(32) float out[8 * 4];
   for (std::size_t r = r0; r < r1; r += 8) {
     const std::size_t nr = std::min<std::size_t>(8, r1 - r), t = r / kTileRows;
-    tile_scales(W, r, nr, r == r0, sv.data(), nov.data());
+    const float* nv = tile_scales(W, r, nr, r == r0, sv.data(), nov.data());
     std::size_t b = 0;
     while (b < p.batch) {
       std::size_t step = 1;
       if (p.batch - b >= 4) {
         step = 4;
-        Tile4(W, p, t, sv.data(), nov.data(), out, b);
+        Tile4(W, p, t, sv.data(), nv, out, b);
       } else if (p.batch - b >= 2) {
         step = 2;
-        Tile2(W, p, t, sv.data(), nov.data(), out, b);
+        Tile2(W, p, t, sv.data(), nv, out, b);
       } else {
-        Tile1(W, p, t, sv.data(), nov.data(), out, b);
+        Tile1(W, p, t, sv.data(), nv, out, b);
       }
       for (std::size_t j = 0; j < step; ++j)
         for (std::size_t i = 0; i < nr; ++i) Y[(b + j) * rows + r + i] = out[8 * j + i];
