@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <functional>
+#include <limits>
 
 #include <Eigen/Core>
 
@@ -70,7 +71,11 @@ inline void run_int8_rows(Isa isa, const Int8Matrix& W, ActivationMode mode, con
 // Threads a call of rows × cols × batch multiply-adds uses (threads requested: t).
 inline std::size_t int8_thread_count(std::size_t rows, std::size_t cols, std::size_t batch, int t) {
   const std::size_t tiles = (rows + kRowTile - 1) / kRowTile;
-  const std::size_t work = rows * cols * batch / kInt8MinWorkPerThread;
+  // rows·cols fits (Int8Matrix checks it); times the batch it may not, so that saturates.
+  const std::size_t macs = rows * cols;
+  const std::size_t work = batch > std::numeric_limits<std::size_t>::max() / macs
+                               ? tiles
+                               : macs * batch / kInt8MinWorkPerThread;
   return std::max<std::size_t>(1, std::min({static_cast<std::size_t>(t), tiles, work}));
 }
 
