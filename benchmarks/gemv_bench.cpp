@@ -1,6 +1,8 @@
 // GEMV / small-batch GEMM from packed 4-bit weights against baselines in the same
 // binary: fp32 Eigen GEMV/GEMM, an int8 per-row-scaled AVX2 GEMV, dequantize-then-
 // fp32-GEMV, and a streaming read of the same working set (the memory roofline).
+// nibble's 8-bit form (Int8Matrix, GGUF Q8_0: 8.5 bits per weight) runs as format
+// "q8_0" on the same shapes, and on SmolLM2-135M's tied output projection (49152 × 576).
 //
 // This TU is compiled WITHOUT -m flags: nibble's kernels pick their ISA at run time.
 // The baselines live in gemv_baselines.cpp, compiled with -O3 -march=native.
@@ -84,6 +86,7 @@ std::size_t copies_for(std::size_t bytes, bool cold) {
 struct DataSet {
   std::string key;
   std::vector<std::unique_ptr<nibble::PackedMatrix>> packed;
+  std::vector<std::unique_ptr<nibble::Int8Matrix>> q8;
   std::vector<std::vector<float>> f32;
   std::vector<std::vector<std::int8_t>> i8;
   std::vector<float> row_scale;
@@ -143,6 +146,35 @@ void bench_nibble(benchmark::State& st, std::size_t rows, std::size_t cols, std:
     if (++i == d.packed.size()) i = 0;
   }
   set_counters(st, d.packed[0]->weight_bytes(), rows, cols, batch);
+}
+
+nibble::Int8Matrix random_q8_0(std::size_t rows, std::size_t cols, std::uint64_t seed) {
+  std::vector<std::int8_t> codes(rows * cols);
+  fill_random_bytes(reinterpret_cast<std::uint8_t*>(codes.data()), codes.size(), seed);
+  std::vector<std::uint16_t> scales(rows * cols / nibble::kQ8Block);
+  for (auto& v : scales) v = nibble::float_to_half(0.001f + 0.001f * (random_float(seed) + 1.0f));
+  return nibble::Int8Matrix(rows, cols, std::move(codes), std::move(scales));
+}
+
+// The 8-bit form; weight bytes = codes + fp16 scales, the GGUF Q8_0 tensor size.
+void bench_q8_0(benchmark::State& st, std::size_t rows, std::size_t cols, std::size_t batch,
+                nibble::ActivationMode mode, int threads, bool cold) {
+  DataSet& d = dataset("nibble/q8_0/" + shape_name(rows, cols) + regime(cold));
+  if (d.q8.empty()) {
+    const nibble::Int8Matrix q = random_q8_0(rows, cols, 1);
+    for (std::size_t i = 0, n = copies_for(q.storage_bytes(), cold); i < n; ++i)
+      d.q8.push_back(std::make_unique<nibble::Int8Matrix>(q));
+  }
+  const auto X = random_vector(batch * cols, 2);
+  std::vector<float> Y(batch * rows);
+  const nibble::GemvOptions opt{mode, threads};
+  std::size_t i = 0;
+  for (auto _ : st) {
+    nibble::gemm(*d.q8[i], X.data(), batch, Y.data(), opt);
+    benchmark::DoNotOptimize(Y.data());
+    if (++i == d.q8.size()) i = 0;
+  }
+  set_counters(st, d.q8[0]->storage_bytes(), rows, cols, batch);
 }
 
 void bench_eigen(benchmark::State& st, std::size_t rows, std::size_t cols, std::size_t batch, int threads, bool cold) {
@@ -278,6 +310,8 @@ void register_all(bool quick) {
             add("nibble/" + f.name() + "/" + m + suffix, [=](benchmark::State& st) {
               bench_nibble(st, s.rows, s.cols, 1, f, mode, t, cold);
             });
+          add("nibble/q8_0/" + m + suffix,
+              [=](benchmark::State& st) { bench_q8_0(st, s.rows, s.cols, 1, mode, t, cold); });
           if (with_variants && !(quick && t == 2))
             for (const Format& f : variants)
               add("nibble/" + f.name() + "/" + m + suffix, [=](benchmark::State& st) {
@@ -292,6 +326,21 @@ void register_all(bool quick) {
       }
     }
   }
+  // SmolLM2-135M's token_embd as its tied output projection (Q8_0 in the GGUF file), the
+  // 4-bit g32 form of the same shape, and fp32; hot = the 28 MiB of Q8_0 stay in L3.
+  for (bool cold : {false, true})
+    for (int t : {1, 2}) {
+      const std::size_t rows = 49152, cols = 576;
+      const std::string suffix = "/" + shape_name(rows, cols) + "/b1/t" + std::to_string(t) + "/" + regime(cold);
+      for (ActivationMode mode : {ActivationMode::fast, ActivationMode::exact}) {
+        const std::string m = mode == ActivationMode::fast ? "fast" : "exact";
+        add("nibble/q8_0/" + m + suffix, [=](benchmark::State& st) { bench_q8_0(st, rows, cols, 1, mode, t, cold); });
+        add("nibble/" + main_formats.front().name() + "/" + m + suffix, [=](benchmark::State& st) {
+          bench_nibble(st, rows, cols, 1, main_formats.front(), mode, t, cold);
+        });
+      }
+      add("eigen_fp32" + suffix, [=](benchmark::State& st) { bench_eigen(st, rows, cols, 1, t, cold); });
+    }
   // Small batches on 4096², hot.
   for (std::size_t batch : {std::size_t{8}, std::size_t{32}})
     for (int t : {1, 2}) {

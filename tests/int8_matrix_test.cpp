@@ -403,6 +403,8 @@ TEST(Int8Kernels, ThreadCountsGiveIdenticalResults) {
   EXPECT_EQ(nibble::detail::thread_count(64, 576, 1, 2), 1u);
   EXPECT_EQ(nibble::detail::thread_count(7, 1536, 33, 2), 1u);  // one 8-row tile
   EXPECT_EQ(nibble::detail::thread_count(49152, 576, 1, 2), 2u);
+  EXPECT_EQ(nibble::detail::thread_count(64, 576, 33, 2), 2u);  // 1.2 M multiply-adds
+  EXPECT_EQ(nibble::detail::thread_count(64, 576, std::numeric_limits<std::size_t>::max(), 3), 3u);
 }
 
 TEST(Int8Kernels, UnalignedPointersAndGemvEqualsGemmRow) {

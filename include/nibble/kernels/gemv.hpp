@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <limits>
 #include <cstddef>
 #include <functional>
 
@@ -46,7 +47,10 @@ inline constexpr std::size_t kMinWorkPerThread = std::size_t{1} << 16;
 // Threads a call of rows × cols × batch multiply-adds uses (threads requested: t).
 inline std::size_t thread_count(std::size_t rows, std::size_t cols, std::size_t batch, int t) {
   const std::size_t tiles = (rows + kRowTile - 1) / kRowTile;
-  const std::size_t work = rows * cols * batch / kMinWorkPerThread;
+  // rows·cols fits (the matrices check it); times the batch it may not, so that saturates.
+  const std::size_t macs = std::max<std::size_t>(1, rows * cols);
+  const std::size_t work =
+      batch > std::numeric_limits<std::size_t>::max() / macs ? tiles : macs * batch / kMinWorkPerThread;
   return std::max<std::size_t>(1, std::min({static_cast<std::size_t>(t), tiles, work}));
 }
 

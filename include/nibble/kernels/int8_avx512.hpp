@@ -59,6 +59,7 @@ NIBBLE_TARGET_AVX512 inline void exact_tile(const Int8Matrix& W, const int8_avx2
   __m256 y[NB];
   for (int j = 0; j < NB; ++j) y[j] = _mm256_setzero_ps();
   for (std::size_t k = 0; k < nb; ++k) {
+    int8_avx2::prefetch_next_tile(t, cols, k);
     const float* x = X + b0 * cols + k * kQ8Block;
     __m256 quad[2][NB];
     for (int h = 0; h < 2; ++h) {
@@ -117,6 +118,8 @@ NIBBLE_TARGET_AVX512 inline void fast_tile(const Int8Matrix& W, const int8_avx2:
   for (int j = 0; j < NB; ++j) y[j] = _mm256_setzero_ps();
   std::size_t k = 0;
   for (; k + 2 <= nb; k += 2) {
+    int8_avx2::prefetch_next_tile(t, cols, k);
+    int8_avx2::prefetch_next_tile(t, cols, k + 1);
     Weights w[8];
     for (int i = 0; i < 8; ++i) w[i] = load_weights<kVnni>(t.row[i] + k * kQ8Block);
     for (int j = 0; j < NB; ++j) {
@@ -134,6 +137,7 @@ NIBBLE_TARGET_AVX512 inline void fast_tile(const Int8Matrix& W, const int8_avx2:
     }
   }
   if (k < nb) {
+    int8_avx2::prefetch_next_tile(t, cols, k);
     __m256i isum[NB];
     int8_avx2::fast_block_sums<NB>(t, k, p, cols, b0, isum);
     for (int j = 0; j < NB; ++j)
