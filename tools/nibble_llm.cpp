@@ -473,7 +473,7 @@ int cmd_bench(const Options& o) {
       for (int r = -1; r < o.reps; ++r) {  // r = -1: warm-up
         KvCache cache = model.new_cache(o.n_prompt);
         const auto t0 = Clock::now();
-        model.forward(p, cache);
+        model.forward_last(p, cache);  // as llama-bench: logits of the last position only
         const double s = std::chrono::duration<double>(Clock::now() - t0).count();
         if (r >= 0) rates.push_back(o.n_prompt / s);
       }

@@ -133,7 +133,7 @@ TokenGeneration generate_tokens(const Transformer& model, const std::vector<int>
   g.prompt_tokens = prompt.size();
   KvCache cache = model.new_cache(static_cast<int>(capacity));
   auto t0 = std::chrono::steady_clock::now();
-  RowMatrixXf logits = model.forward(prompt, cache);
+  RowMatrixXf logits = model.forward_last(prompt, cache);
   g.prefill_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < max_new_tokens; ++i) {

@@ -430,6 +430,16 @@ struct Transformer {
     cache.length += static_cast<int>(tokens.size());
     return logits(X);
   }
+
+  // The logits of the chunk's last token only (what generation needs after a prompt):
+  // the output projection runs on one row, not on every position (for a 512-token
+  // prompt of a 49,152-token vocabulary that is 100 MB of logits not made).
+  RowMatrixXf forward_last(const std::vector<int>& tokens, KvCache& cache) const {
+    RowMatrixXf X = embed(tokens);
+    for (int l = 0; l < config.n_layers; ++l) run_layer(l, X, cache);
+    cache.length += static_cast<int>(tokens.size());
+    return logits(X.bottomRows(1));
+  }
 };
 
 // Runs body(i) for i in [0, n) on `threads` threads (i dealt round-robin), rethrowing
