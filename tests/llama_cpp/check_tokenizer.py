@@ -22,6 +22,8 @@ A case where llama-tokenize is killed by a signal (its std::regex stages overflo
 stack on 1 MB runs with the default pre-tokenizer) is reported and not compared.
 A case matches when both print the same id list, or when both fail (llama.cpp throws on
 UTF-8 that encodes a code point above U+10FFFF; nibble throws nibble::Error).
+With --pieces, each token's text (token_to_piece, special tokens rendered) is compared
+instead, as llama-tokenize prints it without --ids.
 Exit status 0 when every case matches.
 """
 import argparse
@@ -93,8 +95,10 @@ def synthetic_cases():
     return big + [(name.replace("1 MB", "20 KB"), text[:20000]) for name, text in big]
 
 
-def run(cmd):
+def run(cmd, whole=False):
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if whole and p.returncode == 0:
+        return p.stdout, None
     if p.returncode < 0:
         return None, "killed by signal %d" % -p.returncode
     if p.returncode != 0:
@@ -113,6 +117,8 @@ def main():
     ap.add_argument("--lines", type=int, default=100000)
     ap.add_argument("--random", type=int, default=300, help="random strings drawn from POOL (fixed seed)")
     ap.add_argument("--no-synthetic", action="store_true", help="skip the 1 MB synthetic inputs")
+    ap.add_argument("--pieces", action="store_true",
+                    help="compare each token's piece (llama-tokenize without --ids) instead of the id list")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
 
@@ -141,8 +147,11 @@ def main():
                 ours_cmd = [args.tokenize_ids, args.model, path] + (["--parse-special"] if parse_special else [])
                 theirs_cmd = [args.llama_tokenize, "-m", args.model, "-f", path, "--ids", "--log-disable",
                               "--no-escape"] + ([] if parse_special else ["--no-parse-special"])
-                ours, ours_err = run(ours_cmd)
-                theirs, theirs_err = run(theirs_cmd)
+                if args.pieces:
+                    ours_cmd.append("--pieces")
+                    theirs_cmd.remove("--ids")
+                ours, ours_err = run(ours_cmd, args.pieces)
+                theirs, theirs_err = run(theirs_cmd, args.pieces)
                 n_cases += 1
                 if ours is None and theirs is None:
                     n_match += 1
@@ -150,12 +159,15 @@ def main():
                     if args.verbose:
                         print("both fail: %s: nibble %s / llama.cpp %s" % (name, ours_err, theirs_err))
                     continue
-                if ours is not None and theirs is None and theirs_err.startswith("killed by signal"):
+                if ours is not None and theirs is None and str(theirs_err).startswith("killed by signal"):
                     crashes.append((name, parse_special, theirs_err))
                     continue
                 if ours == theirs:
                     n_match += 1
-                    n_tokens += ours.count(",") + 1 if ours not in ("[]", "") else 0
+                    if args.pieces:
+                        n_tokens += ours.count(b" -> '")
+                    else:
+                        n_tokens += ours.count(",") + 1 if ours not in ("[]", "") else 0
                     continue
                 mismatches.append((name, parse_special, text, ours or ours_err, theirs or theirs_err))
 

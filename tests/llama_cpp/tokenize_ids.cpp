@@ -4,7 +4,9 @@
 //   tokenize_ids MODEL.gguf FILE [--parse-special] [--add-special] [--words]
 //   tokenize_ids MODEL.gguf FILE --bench       (prints tokens and seconds)
 //
-// --words prints the pre-tokenizer's words instead (one per line, C-escaped).
+// --words prints the pre-tokenizer's words instead (one per line, C-escaped); --pieces
+// prints "%6d -> '<piece>'" lines as llama-tokenize does without --ids (token_to_piece
+// with special tokens rendered).
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -15,15 +17,17 @@
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: %s MODEL.gguf FILE [--parse-special] [--add-special] [--words] [--bench]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s MODEL.gguf FILE [--parse-special] [--add-special] [--words|--pieces|--bench]\n",
+                 argv[0]);
     return 2;
   }
-  bool parse_special = false, add_special = false, words = false, bench = false;
+  bool parse_special = false, add_special = false, words = false, bench = false, pieces = false;
   for (int i = 3; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--parse-special")) parse_special = true;
     else if (!std::strcmp(argv[i], "--add-special")) add_special = true;
     else if (!std::strcmp(argv[i], "--words")) words = true;
     else if (!std::strcmp(argv[i], "--bench")) bench = true;
+    else if (!std::strcmp(argv[i], "--pieces")) pieces = true;
     else {
       std::fprintf(stderr, "unknown option %s\n", argv[i]);
       return 2;
@@ -50,6 +54,15 @@ int main(int argc, char** argv) {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (bench) {
       std::printf("%zu bytes -> %zu tokens in %.3f s (%.1f MB/s)\n", text.size(), ids.size(), s, text.size() / s / 1e6);
+      return 0;
+    }
+    if (pieces) {
+      for (int id : ids) {
+        const std::string p = tok.token_to_piece(id, true);
+        std::printf("%6d -> '", id);
+        std::printf("%s", p.c_str());  // as llama-tokenize prints it: a NUL byte ends the piece
+        std::printf("'\n");
+      }
       return 0;
     }
     std::printf("[");

@@ -7,6 +7,7 @@
 #include "binary.hpp"
 #include "bnb_checkpoint.hpp"
 #include "gguf.hpp"
+#include "gguf_metadata.hpp"
 #include "gptq_checkpoint.hpp"
 #include "nibble_file.hpp"
 #include "safetensors.hpp"
