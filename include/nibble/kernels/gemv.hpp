@@ -54,6 +54,31 @@ inline std::size_t thread_count(std::size_t rows, std::size_t cols, std::size_t 
   return std::max<std::size_t>(1, std::min({static_cast<std::size_t>(t), tiles, work}));
 }
 
+// Runs rows(r0, r1) over [0, rows) split in whole row tiles among thread_count(...)
+// threads of the pool (shared by the 4-bit and the 8-bit gemm).
+template <class RunRows>
+void split_rows(std::size_t rows, std::size_t cols, std::size_t batch, int threads, RunRows&& run_rows_fn) {
+  const std::size_t tiles = (rows + kRowTile - 1) / kRowTile;
+  const std::size_t n = thread_count(rows, cols, batch, threads);
+  const std::function<void(std::size_t)> task = [&](std::size_t t) {
+    const std::size_t r0 = std::min(rows, tiles * t / n * kRowTile);
+    const std::size_t r1 = std::min(rows, tiles * (t + 1) / n * kRowTile);
+    if (r0 < r1) run_rows_fn(r0, r1);
+  };
+  ThreadPool::instance().run(n, task);
+}
+
+// gemv on Eigen vectors for any matrix type with a pointer gemm (size checks first).
+template <class Matrix>
+void gemv_vectors(const Matrix& W, const Eigen::Ref<const Eigen::VectorXf>& x, Eigen::Ref<Eigen::VectorXf> y,
+                  const GemvOptions& opt) {
+  require(static_cast<std::size_t>(x.size()) == W.cols(), "gemv: x has ", x.size(), " elements, expected ", W.cols(),
+          " (the matrix's cols)");
+  require(static_cast<std::size_t>(y.size()) == W.rows(), "gemv: y has ", y.size(), " elements, expected ", W.rows(),
+          " (the matrix's rows)");
+  gemm(W, x.data(), 1, y.data(), opt);
+}
+
 inline void run_rows(Isa isa, const PackedMatrix& W, ActivationMode mode, const float* X, std::size_t batch,
                      const PreparedActivations& p, float* Y, std::size_t r0, std::size_t r1) {
   switch (isa) {
@@ -99,15 +124,9 @@ inline void gemm(const PackedMatrix& W, const float* X, std::size_t batch, float
     for (std::size_t i = 0; i < batch * W.cols(); ++i)
       detail::check_finite_activation(X[i], i / W.cols(), i % W.cols());
 
-  const std::size_t tiles = (W.rows() + detail::kRowTile - 1) / detail::kRowTile;
-  const std::size_t n = detail::thread_count(W.rows(), W.cols(), batch, opt.threads);
   const detail::PreparedActivations& p = prepared;
-  const std::function<void(std::size_t)> task = [&](std::size_t t) {
-    const std::size_t r0 = std::min(W.rows(), tiles * t / n * detail::kRowTile);
-    const std::size_t r1 = std::min(W.rows(), tiles * (t + 1) / n * detail::kRowTile);
-    if (r0 < r1) detail::run_rows(isa, W, opt.mode, X, batch, p, Y, r0, r1);
-  };
-  detail::ThreadPool::instance().run(n, task);
+  detail::split_rows(W.rows(), W.cols(), batch, opt.threads,
+                     [&](std::size_t r0, std::size_t r1) { detail::run_rows(isa, W, opt.mode, X, batch, p, Y, r0, r1); });
 }
 
 inline void gemv(const PackedMatrix& W, const float* x, float* y, const GemvOptions& opt = {}) {
@@ -116,11 +135,7 @@ inline void gemv(const PackedMatrix& W, const float* x, float* y, const GemvOpti
 
 inline void gemv(const PackedMatrix& W, const Eigen::Ref<const Eigen::VectorXf>& x, Eigen::Ref<Eigen::VectorXf> y,
                  const GemvOptions& opt = {}) {
-  detail::require(static_cast<std::size_t>(x.size()) == W.cols(), "gemv: x has ", x.size(), " elements, expected ",
-                  W.cols(), " (the matrix's cols)");
-  detail::require(static_cast<std::size_t>(y.size()) == W.rows(), "gemv: y has ", y.size(), " elements, expected ",
-                  W.rows(), " (the matrix's rows)");
-  gemm(W, x.data(), 1, y.data(), opt);
+  detail::gemv_vectors(W, x, y, opt);
 }
 
 }  // namespace nibble

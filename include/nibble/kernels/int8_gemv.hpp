@@ -80,15 +80,10 @@ inline void gemm(const Int8Matrix& W, const float* X, std::size_t batch, float* 
   if (opt.mode == ActivationMode::fast) detail::prepare_int8_fast(W, X, batch, prepared);
   else detail::check_finite_activations(X, batch, W.cols());
 
-  const std::size_t tiles = (W.rows() + detail::kRowTile - 1) / detail::kRowTile;
-  const std::size_t n = detail::thread_count(W.rows(), W.cols(), batch, opt.threads);
   const detail::Int8Activations& p = prepared;
-  const std::function<void(std::size_t)> task = [&](std::size_t t) {
-    const std::size_t r0 = std::min(W.rows(), tiles * t / n * detail::kRowTile);
-    const std::size_t r1 = std::min(W.rows(), tiles * (t + 1) / n * detail::kRowTile);
-    if (r0 < r1) detail::run_int8_rows(isa, W, opt.mode, X, batch, p, Y, r0, r1);
-  };
-  detail::ThreadPool::instance().run(n, task);
+  detail::split_rows(W.rows(), W.cols(), batch, opt.threads, [&](std::size_t r0, std::size_t r1) {
+    detail::run_int8_rows(isa, W, opt.mode, X, batch, p, Y, r0, r1);
+  });
 }
 
 inline void gemv(const Int8Matrix& W, const float* x, float* y, const GemvOptions& opt = {}) {
@@ -97,11 +92,7 @@ inline void gemv(const Int8Matrix& W, const float* x, float* y, const GemvOption
 
 inline void gemv(const Int8Matrix& W, const Eigen::Ref<const Eigen::VectorXf>& x, Eigen::Ref<Eigen::VectorXf> y,
                  const GemvOptions& opt = {}) {
-  detail::require(static_cast<std::size_t>(x.size()) == W.cols(), "gemv: x has ", x.size(), " elements, expected ",
-                  W.cols(), " (the matrix's cols)");
-  detail::require(static_cast<std::size_t>(y.size()) == W.rows(), "gemv: y has ", y.size(), " elements, expected ",
-                  W.rows(), " (the matrix's rows)");
-  gemm(W, x.data(), 1, y.data(), opt);
+  detail::gemv_vectors(W, x, y, opt);
 }
 
 }  // namespace nibble
