@@ -590,6 +590,17 @@ TEST_F(HfModelBad, ConfigAbsurdOrInconsistentValues) {
   }
 }
 
+TEST_F(HfModelBad, HugeClaimedSizesFailBeforeAllocating) {
+  // Within validate_config's ranges, but the embedding alone would be 2^37 floats: the
+  // file's real shape must be checked before any buffer of the claimed size exists.
+  config_["hidden_size"] = 1 << 16;
+  config_["num_attention_heads"] = 1 << 9;
+  config_["num_key_value_heads"] = 1 << 9;
+  config_["vocab_size"] = 1 << 21;
+  config_["intermediate_size"] = 1 << 18;
+  EXPECT_LOAD_ERROR(write(), "model.embed_tokens.weight", "expected [2097152, 65536]");
+}
+
 TEST_F(HfModelBad, UnsupportedArchitectureFeatures) {
   const json good = config_;
   const std::pair<const char*, json> bad[] = {{"model_type", "mistral"},

@@ -356,15 +356,19 @@ class Tensors {
   const std::map<std::string, std::size_t>& names() const { return where_; }
   const std::string& source() const { return source_; }
 
-  // Row-major rows × cols in fp32, after checking dtype, shape and values.
+  // Row-major rows × cols in fp32, after checking dtype, shape and values. The shape is
+  // checked before anything is allocated, so a config claiming absurd sizes fails on the
+  // first tensor the file really holds instead of asking for the claimed memory.
   RowMatrixXf matrix(const std::string& name, Eigen::Index rows, Eigen::Index cols) const {
+    const Found f = find(name, {static_cast<std::uint64_t>(rows), static_cast<std::uint64_t>(cols)});
     RowMatrixXf m(rows, cols);
-    decode(name, {static_cast<std::uint64_t>(rows), static_cast<std::uint64_t>(cols)}, m.data());
+    decode(f, m.data());
     return m;
   }
   Eigen::VectorXf vector(const std::string& name, Eigen::Index n) const {
+    const Found f = find(name, {static_cast<std::uint64_t>(n)});
     Eigen::VectorXf v(n);
-    decode(name, {static_cast<std::uint64_t>(n)}, v.data());
+    decode(f, v.data());
     return v;
   }
 
@@ -390,29 +394,39 @@ class Tensors {
     return out + "]";
   }
 
-  void decode(const std::string& name, const std::vector<std::uint64_t>& shape, float* out) const {
+  struct Found {
+    const Shard* shard;
+    const io::TensorInfo* info;
+    io::GgmlType type;  // the ggml decoder of its dtype
+    std::string file;   // quoted path, for messages
+  };
+
+  Found find(const std::string& name, const std::vector<std::uint64_t>& shape) const {
     const auto it = where_.find(name);
     detail::require(it != where_.end(), "'", join(dir_, source_), "': missing tensor '", name, "'");
     const Shard& s = shards_[it->second];
-    const std::string file = "'" + join(dir_, s.file) + "'";
-    const io::TensorInfo& t = s.reader->info(name);
-    io::GgmlType type = io::GgmlType::F32;
-    switch (t.dtype) {
-      case io::DType::F32: type = io::GgmlType::F32; break;
-      case io::DType::F16: type = io::GgmlType::F16; break;
-      case io::DType::BF16: type = io::GgmlType::BF16; break;
+    Found f{&s, &s.reader->info(name), io::GgmlType::F32, "'" + join(dir_, s.file) + "'"};
+    switch (f.info->dtype) {
+      case io::DType::F32: f.type = io::GgmlType::F32; break;
+      case io::DType::F16: f.type = io::GgmlType::F16; break;
+      case io::DType::BF16: f.type = io::GgmlType::BF16; break;
       default:
-        detail::throw_error(file, ": tensor '", name, "' has dtype ", io::to_string(t.dtype),
+        detail::throw_error(f.file, ": tensor '", name, "' has dtype ", io::to_string(f.info->dtype),
                             ", expected F32, F16 or BF16");
     }
-    detail::require(t.shape == shape, file, ": tensor '", name, "' has shape ", shape_text(t.shape), ", expected ",
-                    shape_text(shape));
+    detail::require(f.info->shape == shape, f.file, ": tensor '", name, "' has shape ", shape_text(f.info->shape),
+                    ", expected ", shape_text(shape));
+    return f;
+  }
+
+  void decode(const Found& f, float* out) const {
+    const io::TensorInfo& t = *f.info;
     const std::size_t n = static_cast<std::size_t>(t.elements());
-    io::dequantize_ggml(static_cast<std::uint32_t>(type), s.reader->bytes(t), n, out, name);
+    io::dequantize_ggml(static_cast<std::uint32_t>(f.type), f.shard->reader->bytes(t), n, out, t.name);
     for (std::size_t i = 0; i < n; ++i)
-      detail::require(std::isfinite(out[i]), file, ": tensor '", name, "' has a non-finite value (", out[i],
+      detail::require(std::isfinite(out[i]), f.file, ": tensor '", t.name, "' has a non-finite value (", out[i],
                       ") at element ", i);
-    s.reader->release(t);
+    f.shard->reader->release(t);
   }
 
   std::string dir_, source_;
