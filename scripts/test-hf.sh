@@ -6,7 +6,8 @@
 # the logits must agree.
 #   stories260K (llama2.c):       f32 in one file, bf16 in 3 shards, f16 in 2
 #   SmolLM2-135M-Instruct (GGUF): f32 in 3 shards, bf16 in 2 shards (with tokenizer.json,
-#                                 which also tokenizes the text the logits are taken on)
+#                                 which tokenizes the text the logits are taken on and must
+#                                 give nibble-llm tokenize's ids)
 # f32: max |logit diff| ≤ 1e-4 of max |logit| and KL ≤ 1e-6; bf16 / f16 (a rounding of
 # every weight): reported, with a loose KL bound of 1e-3 nats that a wrong permutation breaks.
 # Needs build/pyenv (gguf, safetensors, numpy, tokenizers from PyPI) and the SmolLM2 file
@@ -35,7 +36,7 @@ if ! "$venv/bin/python" -c "import gguf, safetensors, numpy, tokenizers" 2>/dev/
 fi
 build=build/interop
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DNIBBLE_BUILD_BENCHMARKS=OFF -DNIBBLE_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build "$build" -j"$(nproc)" --target interop_hf_check >/dev/null
+cmake --build "$build" -j"$(nproc)" --target interop_hf_check nibble-llm >/dev/null
 check="$build/tests/interop_hf_check"
 py="$venv/bin/python"
 out=$(mktemp -d)
@@ -74,5 +75,22 @@ assert len(ids) == 300, len(ids)
 print(" ".join(map(str, ids)))
 PY
 "$check" gguf "$gguf" "$out/smol-f32" "$out/smol.tokens" 1e-4 1e-6
+# The generated tokenizer.json (HF tokenizers) against nibble's BPE tokenizer on the GGUF
+# (llama.cpp's rules): the same ids on text with digits, non-ASCII, runs of spaces and
+# ChatML special tokens.
+text="$out/tok.txt"
+head -c 6000 examples/data/tinystories_valid_first101.txt >"$text"
+printf '\n<|im_start|>user\nWhat is 2024+13? \303\234n\303\257code \342\200\224 quotes  and   spaces\t 12345678<|im_end|>\n' >>"$text"
+"$build/tools/nibble-llm" tokenize -m "$gguf" -f "$text" >"$out/tok.nibble"
+"$py" - "$out/smol-f32/tokenizer.json" "$text" "$out/tok.nibble" <<'PY'
+import sys
+from tokenizers import Tokenizer
+ids = Tokenizer.from_file(sys.argv[1]).encode(open(sys.argv[2], encoding="utf-8").read()).ids
+ref = [int(t) for t in open(sys.argv[3]).read().split()]
+if ids != ref:
+    i = next((k for k, (a, b) in enumerate(zip(ids, ref)) if a != b), min(len(ids), len(ref)))
+    sys.exit(f"hf: tokenizer.json and nibble's BPE tokenizer differ at token {i}: {ids[i:i + 5]} vs {ref[i:i + 5]}")
+print(f"tokenizer.json: the same {len(ids)} ids as nibble's BPE tokenizer on the GGUF")
+PY
 "$check" gguf "$gguf" "$out/smol-bf16" "$out/smol.tokens" 1 1e-3
 echo "hf: all checks passed"
