@@ -1,6 +1,7 @@
 // Writes the small valid files that seed the fuzzers' corpora (fuzz/corpus/<harness>/).
 //   make_seeds OUT_DIR
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -165,6 +166,31 @@ int main(int argc, char** argv) {
       w.add(logits);
     }
     w.finish();
+  }
+  {
+    // fuzz_hf_config: config.json text [NUL index text]; the first config describes the
+    // tiny model.safetensors the harness writes.
+    const std::string llama =
+        R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8, "intermediate_size": 12,)"
+        R"( "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4,)"
+        R"( "max_position_embeddings": 16, "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "rope_scaling": null,)"
+        R"( "tie_word_embeddings": false, "vocab_size": 5, "hidden_act": "silu", "torch_dtype": "float32"})";
+    const std::string index =
+        R"({"metadata": {"total_size": 1000}, "weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors",)"
+        R"( "model.norm.weight": "model-00002-of-00002.safetensors"}})";
+    const std::string qwen2 =
+        R"({"model_type": "qwen2", "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1,)"
+        R"( "num_attention_heads": 2, "num_key_value_heads": null, "vocab_size": 5, "tie_word_embeddings": true,)"
+        R"( "use_sliding_window": false, "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6}})";
+    auto put = [&](const std::string& name, const std::string& text) {
+      std::FILE* f = std::fopen((d + "/hf_config/" + name).c_str(), "wb");
+      if (f == nullptr) std::exit(1);
+      std::fwrite(text.data(), 1, text.size(), f);
+      std::fclose(f);
+    };
+    put("llama.txt", llama);
+    put("llama_index.txt", llama + std::string(1, '\0') + index);
+    put("qwen2.txt", qwen2);
   }
   return 0;
 }

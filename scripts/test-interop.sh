@@ -13,11 +13,11 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 venv=build/pyenv
-if ! "$venv/bin/python" -c "import gguf, safetensors, numpy" 2>/dev/null; then
-  echo "=== interop: creating $venv with gguf, safetensors, numpy from PyPI ==="
+if ! "$venv/bin/python" -c "import gguf, safetensors, numpy, tokenizers" 2>/dev/null; then
+  echo "=== interop: creating $venv with gguf, safetensors, numpy, tokenizers from PyPI ==="
   python3 -m venv "$venv"
-  if ! "$venv/bin/pip" install -q gguf safetensors numpy; then
-    echo "interop: FAILED to install gguf/safetensors/numpy from PyPI (network?); the interop check cannot run" >&2
+  if ! "$venv/bin/pip" install -q gguf safetensors numpy tokenizers; then
+    echo "interop: FAILED to install gguf/safetensors/numpy/tokenizers from PyPI (network?); the interop check cannot run" >&2
     exit 1
   fi
 fi

