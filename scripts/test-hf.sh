@@ -93,4 +93,21 @@ if ids != ref:
 print(f"tokenizer.json: the same {len(ids)} ids as nibble's BPE tokenizer on the GGUF")
 PY
 "$check" gguf "$gguf" "$out/smol-bf16" "$out/smol.tokens" 1 1e-3
+# nibble-llm on the directory (weights, tokenizer.json, chat template): the same
+# perplexity as the GGUF decoded to fp32, and a chat answer.
+ppl_hf=$("$build/tools/nibble-llm" perplexity -m "$out/smol-f32" -f examples/data/tinystories_valid_first101.txt \
+  --chunks 2 -t 2 --json 2>/dev/null)
+ppl_gguf=$("$build/tools/nibble-llm" perplexity -m "$gguf" --fp32 -f examples/data/tinystories_valid_first101.txt \
+  --chunks 2 -t 2 --json 2>/dev/null)
+"$py" - "$ppl_hf" "$ppl_gguf" <<'PY'
+import json, sys
+hf, gg = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+rel = abs(hf["perplexity"] / gg["perplexity"] - 1)
+print(f"nibble-llm perplexity: HF directory {hf['perplexity']:.6f}, GGUF decoded {gg['perplexity']:.6f}")
+if rel > 1e-4 or hf["scored"] != gg["scored"]:
+    sys.exit(f"hf: the HF directory's perplexity differs from the GGUF's by {rel:.2e}")
+PY
+answer=$("$build/tools/nibble-llm" run -m "$out/smol-f32" --chat -p "Name a color." -n 8 2>/dev/null)
+[ -n "$answer" ] || { echo "hf: nibble-llm --chat on the directory produced nothing" >&2; exit 1; }
+echo "nibble-llm --chat on the directory: $answer"
 echo "hf: all checks passed"

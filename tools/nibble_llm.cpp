@@ -36,9 +36,10 @@ const char* kHelp = R"(nibble-llm: run a Llama-family model on nibble's 4-bit ke
 
 usage: nibble-llm COMMAND -m MODEL [options]
 
-MODEL is a GGUF file (architectures llama, qwen2), or a llama2.c checkpoint with
---tokenizer tokenizer.bin. 4-bit tensors of the file (Q4_0, Q4_1, IQ4_NL) run as they
-are stored; other types are decoded to fp32.
+MODEL is a GGUF file (architectures llama, qwen2), a Hugging Face directory
+(config.json, model.safetensors or a sharded index, tokenizer.json) or a llama2.c
+checkpoint with --tokenizer tokenizer.bin. Tensors a GGUF file keeps at 4 bits (Q4_0,
+Q4_1, IQ4_NL) or 8 bits (Q8_0) run as they are stored; other types are decoded to fp32.
 
 commands:
   run         generate text from a prompt; the text goes to stdout, speed to stderr

@@ -1,6 +1,7 @@
 // Opens a model from whatever a user points at — a GGUF file, a Hugging Face directory
 // or a llama2.c checkpoint (+ its tokenizer.bin) — and returns the weights together
-// with the tokenizer that belongs to them, behind one small interface.
+// with the tokenizer that belongs to them, behind one small interface. Hugging Face
+// directories need nlohmann/json (CMake target nibble::io).
 #pragma once
 
 #include <sys/stat.h>
@@ -13,8 +14,15 @@
 
 #include "../core/error.hpp"
 #include "../io/gguf.hpp"
+#include <fstream>
+#include <iterator>
+
+#include <nlohmann/json.hpp>
+
 #include "bpe_tokenizer.hpp"
+#include "bpe_tokenizer_json.hpp"
 #include "gguf_model.hpp"
+#include "hf_model.hpp"
 #include "llama2c.hpp"
 #include "llama_weights.hpp"
 
@@ -110,8 +118,29 @@ inline LoadedModel load_gguf(const std::string& path, const LoadOptions& o) {
   return m;
 }
 
+// A Hugging Face directory: config.json + safetensors weights (hf_model.hpp) and
+// tokenizer.json (+ tokenizer_config.json for BOS/EOS rules and the chat template).
+inline LoadedModel load_hf(const std::string& dir) {
+  LoadedModel m;
+  m.format = "hf";
+  m.weights = load_hf_model(dir);
+  const std::string slash = dir.back() == '/' ? dir : dir + "/";
+  const std::string tok = slash + "tokenizer.json", cfg = slash + "tokenizer_config.json";
+  detail::require(std::ifstream(tok).good(), "HF model: '", dir, "' has no tokenizer.json");
+  const bool has_cfg = std::ifstream(cfg).good();
+  m.tokenizer = TextTokenizer(load_hf_bpe_tokenizer(tok, has_cfg ? cfg : std::string()));
+  if (has_cfg) {
+    std::ifstream in(cfg, std::ios::binary);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("chat_template") && j["chat_template"].is_string())
+      m.chat_template = j["chat_template"].get<std::string>();
+  }
+  return m;
+}
+
 inline LoadedModel load_model(const std::string& path, const LoadOptions& o = {}) {
-  detail::require(!is_directory(path), "'", path, "' is a directory: Hugging Face directories are not supported yet");
+  if (is_directory(path)) return load_hf(path);
   if (has_gguf_magic(path)) return load_gguf(path, o);
   LoadedModel m;
   m.format = "llama2c";
