@@ -20,10 +20,10 @@ inline const std::string& cli_dir() {
   return dir;
 }
 
-// Runs nibble-quant with `args` and returns its exit code; stdout and stderr go to `log`.
-inline int run_cli(const std::string& args, std::string* log = nullptr) {
+// Runs `program` with `args` and returns its exit code; stdout and stderr go to `log`.
+inline int run_program(const std::string& program, const std::string& args, std::string* log = nullptr) {
   const std::string log_path = cli_dir() + "run.log";
-  const std::string cmd = std::string(NIBBLE_QUANT_PATH) + " " + args + " >" + log_path + " 2>&1";
+  const std::string cmd = program + " " + args + " >" + log_path + " 2>&1";
   const int status = std::system(cmd.c_str());
   if (log) {
     std::ifstream in(log_path);
@@ -34,5 +34,12 @@ inline int run_cli(const std::string& args, std::string* log = nullptr) {
   std::remove(log_path.c_str());
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
+
+#if defined(NIBBLE_QUANT_PATH)
+// Runs nibble-quant with `args` (see run_program).
+inline int run_cli(const std::string& args, std::string* log = nullptr) {
+  return run_program(NIBBLE_QUANT_PATH, args, log);
+}
+#endif
 
 }  // namespace nibble::test
