@@ -115,21 +115,8 @@ inline std::string read_text(const std::string& path, const std::string& what) {
 inline nlohmann::json parse_object(const std::string& text, const std::string& what) {
   detail::require(text.size() <= kMaxJsonBytes, what, ": larger than the ", kMaxJsonBytes,
                   "-byte limit for a JSON file");
-  int depth = 0;
-  bool in_string = false;
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      detail::require(++depth <= kMaxJsonDepth, what, ": JSON nests deeper than ", kMaxJsonDepth, " levels");
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
+  const std::string json_what = what + ": JSON";
+  io::check_json_depth(text.data(), text.size(), kMaxJsonDepth, json_what.c_str());
   nlohmann::json j = nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
   detail::require(!j.is_discarded(), what, ": not valid JSON");
   detail::require(j.is_object(), what, ": the top level is not a JSON object");
