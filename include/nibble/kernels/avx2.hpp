@@ -231,30 +231,19 @@ NIBBLE_TARGET_AVX2 inline __m256 negated_zeros8(const PackedMatrix& W, std::size
 // f32 copy (read in place, not copied).
 NIBBLE_TARGET_AVX2 inline const float* tile_scales(const PackedMatrix& W, std::size_t r, std::size_t nr,
                                                    bool first_tile, float* sv, float* nov) {
-  const std::size_t G = W.groups_per_row();
-  // Tile-ordered copies (PackedMatrix::build_tile_order): widen 8 values per step.
-  const std::size_t t = r / kTileRows;
-  if (const std::uint16_t* s16 = W.tile_scales16(t)) {
-    for (std::size_t g = 0; g < G; ++g)
-      _mm256_storeu_ps(sv + 8 * g, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s16 + 8 * g))));
-    if (const float* o32 = W.tile_offsets32(t)) return o32;
-    if (const std::uint16_t* o16 = W.tile_offsets16(t)) {
-      for (std::size_t g = 0; g < G; ++g)
-        _mm256_storeu_ps(nov + 8 * g, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(o16 + 8 * g))));
-      return nov;
-    }
-    if (W.codebook() != Codebook::uint4_asym) {  // one offset for the whole matrix
-      if (first_tile) W.decode_negated_offsets(0, G, nov, 1), std::fill(nov + G, nov + 8 * G, nov[0]);
-      return nov;
-    }
-  }
+  const std::size_t G = W.groups_per_row(), t = r / kTileRows;
   const float k = W.int8_factor();
   std::size_t first[8];
   for (std::size_t i = 0; i < 8; ++i) first[i] = (r + std::min(i, nr - 1)) * G;
+  // Scales: widened 8 at a time from the tile-ordered fp16 copy (PackedMatrix::
+  // build_tile_order) where there is one, else decoded 8 groups × 8 rows at a time
+  // (each row's 8 scales times k, transposed into sv[8g + i]).
   std::size_t g_done = 0;  // groups whose scales are already in sv
-  if (W.scale_format() != ScaleFormat::bf16) {
-    // 8 groups × 8 rows at a time: decode each row's 8 scales, multiply by k, and
-    // transpose into sv[8g + i].
+  if (const std::uint16_t* s16 = W.tile_scales16(t)) {
+    for (; g_done < G; ++g_done)
+      _mm256_storeu_ps(sv + 8 * g_done,
+                       _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s16 + 8 * g_done))));
+  } else if (W.scale_format() != ScaleFormat::bf16) {
     const __m256 kv = _mm256_set1_ps(k);
     for (; g_done + 8 <= G; g_done += 8) {
       __m256 m[8];
@@ -263,21 +252,24 @@ NIBBLE_TARGET_AVX2 inline const float* tile_scales(const PackedMatrix& W, std::s
       for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(sv + 8 * (g_done + j), m[j]);
     }
   }
-  std::size_t nov_done = 0;  // groups whose −offsets are already in nov (zero points, the same way)
-  if (W.codebook() == Codebook::uint4_asym && W.zeros().format == ZeroFormat::uint4) {
+  // −Offsets: the tile-ordered f32 copy is read in place; fp16 ones are widened; uint4
+  // zero points are decoded 8 groups × 8 rows at a time.
+  const float* offsets = nov;
+  std::size_t nov_done = 0;  // groups whose −offsets are already in place
+  if (const float* o32 = W.tile_offsets32(t)) {  // float zero points (HQQ, GGUF Q4_1 imports)
+    offsets = o32;
+    nov_done = G;
+  } else if (const std::uint16_t* o16 = W.tile_offsets16(t)) {
+    for (; nov_done < G; ++nov_done)
+      _mm256_storeu_ps(nov + 8 * nov_done,
+                       _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(o16 + 8 * nov_done))));
+  } else if (W.codebook() == Codebook::uint4_asym && W.zeros().format == ZeroFormat::uint4) {
     for (; nov_done + 8 <= G; nov_done += 8) {
       __m256 m[8];
       for (std::size_t i = 0; i < 8; ++i) m[i] = negated_zeros8(W, first[i] + nov_done);
       transpose8(m);
       for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(nov + 8 * (nov_done + j), m[j]);
     }
-  } else if (const float* o32 = W.tile_offsets32(t)) {  // float zero points (HQQ, GGUF Q4_1 imports)
-    nov = const_cast<float*>(o32);  // read in place below (nov_done = G: nothing is written)
-    nov_done = G;
-  } else if (const std::uint16_t* o16 = W.tile_offsets16(t)) {
-    for (std::size_t g = 0; g < G; ++g)
-      _mm256_storeu_ps(nov + 8 * g, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(o16 + 8 * g))));
-    nov_done = G;
   }
   for (std::size_t i = 0; i < 8; ++i) {
     if (W.scale_format() == ScaleFormat::f16) {
@@ -289,7 +281,7 @@ NIBBLE_TARGET_AVX2 inline const float* tile_scales(const PackedMatrix& W, std::s
     if ((W.codebook() == Codebook::uint4_asym || first_tile) && nov_done < G)
       W.decode_negated_offsets(first[i] + nov_done, G - nov_done, nov + 8 * nov_done + i, 8);
   }
-  return nov;
+  return offsets;
 }
 
 // One block (any length, any position) of tile t for batch rows [b0, b0 + NB): the
