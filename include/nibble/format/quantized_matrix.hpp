@@ -182,6 +182,13 @@ class QuantizedMatrix {
 // projections, which share their input): same columns, group size, codebook, scale and
 // zero formats. Lossless: the codes, scale and zero bits are copied. Double-quantized
 // scales are refused (their second-level blocks would straddle the seams).
+// Whether b's rows can be stacked under a's (concat_rows).
+inline bool rows_stackable(const QuantizedMatrix& a, const QuantizedMatrix& b) {
+  return a.scales().format() != ScaleFormat::dq8 && a.cols() == b.cols() && a.group_size() == b.group_size() &&
+         a.codebook() == b.codebook() && a.scales().format() == b.scales().format() &&
+         a.zeros().format == b.zeros().format;
+}
+
 inline QuantizedMatrix concat_rows(const std::vector<const QuantizedMatrix*>& parts) {
   detail::require(!parts.empty() && parts.front() != nullptr, "concat_rows: no matrices");
   const QuantizedMatrix& a = *parts.front();
@@ -189,10 +196,7 @@ inline QuantizedMatrix concat_rows(const std::vector<const QuantizedMatrix*>& pa
   detail::require(sf != ScaleFormat::dq8, "concat_rows: double-quantized scales cannot be stacked");
   std::size_t rows = 0;
   for (const QuantizedMatrix* p : parts) {
-    detail::require(p != nullptr && p->cols() == a.cols() && p->group_size() == a.group_size() &&
-                        p->codebook() == a.codebook() && p->scales().format() == sf &&
-                        p->zeros().format == a.zeros().format,
-                    "concat_rows: the matrices differ in shape or format");
+    detail::require(p != nullptr && rows_stackable(a, *p), "concat_rows: the matrices differ in shape or format");
     rows += p->rows();
   }
   std::vector<std::uint8_t> codes;

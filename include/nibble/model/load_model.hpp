@@ -4,8 +4,6 @@
 // directories need nlohmann/json (CMake target nibble::io).
 #pragma once
 
-#include <sys/stat.h>
-
 #include <cstdio>
 #include <memory>
 #include <optional>
@@ -87,11 +85,6 @@ struct LoadOptions {
   std::string tokenizer_path;  // llama2.c only: tokenizer.bin
 };
 
-inline bool is_directory(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 inline bool has_gguf_magic(const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (f == nullptr) return false;
@@ -140,7 +133,7 @@ inline LoadedModel load_hf(const std::string& dir) {
 }
 
 inline LoadedModel load_model(const std::string& path, const LoadOptions& o = {}) {
-  if (is_directory(path)) return load_hf(path);
+  if (hf_detail::is_directory(path)) return load_hf(path);
   if (has_gguf_magic(path)) return load_gguf(path, o);
   LoadedModel m;
   m.format = "llama2c";

@@ -215,11 +215,7 @@ struct Transformer {
     for (const StoredMatrix* m : parts) {
       if (!m->is_quantized()) return nullptr;
       const QuantizedMatrix& a = *m->quantized_ptr();
-      const QuantizedMatrix& b = *parts.begin()[0]->quantized_ptr();
-      if (a.cols() != b.cols() || a.group_size() != b.group_size() || a.codebook() != b.codebook() ||
-          a.scales().format() != b.scales().format() || a.scales().format() == ScaleFormat::dq8 ||
-          a.zeros().format != b.zeros().format)
-        return nullptr;
+      if (!rows_stackable(*parts.begin()[0]->quantized_ptr(), a)) return nullptr;
       q.push_back(&a);
     }
     return std::make_shared<const QuantizedMatrix>(concat_rows(q));
