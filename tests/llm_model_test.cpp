@@ -23,61 +23,22 @@
 #include <nibble/model/perplexity.hpp>
 #include <nibble/model/transformer.hpp>
 
+#include "llm_test_models.hpp"
 #include "test_util.hpp"
 
 namespace {
 
 using namespace nibble;
 using namespace nibble::model;
+using test::random_matrix;
+using test::random_vector;
+using test::random_model;
+using test::WrittenModel;
 
 const std::string kData = std::string(NIBBLE_SOURCE_DIR) + "/examples/data/";
 
 std::string temp_path(const std::string& name) {
   return ::testing::TempDir() + "llm_model_" + std::to_string(::getpid()) + "_" + name;
-}
-
-RowMatrixXf random_matrix(Eigen::Index r, Eigen::Index c, std::uint32_t seed, float sd) {
-  return RowMatrixXf(test::gaussian_matrix(r, c, seed, sd));
-}
-
-Eigen::VectorXf random_vector(Eigen::Index n, std::uint32_t seed, float mean, float sd) {
-  Eigen::VectorXf v = test::gaussian_matrix(n, 1, seed, sd).col(0);
-  return v.array() + mean;
-}
-
-// A small random model: GQA (6 heads, 2 kv), head size 10 (so q_dim 60 != dim 48).
-LlamaWeights random_model(RopeStyle style, bool biases, std::uint32_t seed = 1) {
-  LlamaWeights w;
-  LlamaConfig& c = w.config;
-  c.architecture = biases ? "qwen2" : "llama";
-  c.dim = 48, c.hidden_dim = 80, c.n_layers = 2, c.n_heads = 6, c.n_kv_heads = 2, c.head_dim = 10;
-  c.vocab_size = 97, c.seq_len = 64, c.rope_base = 5000.0f, c.rope_scale = 2.0f, c.norm_eps = 1e-4f;
-  c.rope_style = style;
-  c.qkv_bias = biases;
-  c.shared_classifier = false;
-  std::uint32_t s = seed * 1000;
-  w.token_embedding = random_matrix(c.vocab_size, c.dim, ++s, 1.0f);
-  w.wcls = random_matrix(c.vocab_size, c.dim, ++s, 0.2f);
-  w.rms_final = random_vector(c.dim, ++s, 1.0f, 0.1f);
-  for (int l = 0; l < c.n_layers; ++l) {
-    LlamaLayer L;
-    L.rms_att = random_vector(c.dim, ++s, 1.0f, 0.1f);
-    L.rms_ffn = random_vector(c.dim, ++s, 1.0f, 0.1f);
-    L.wq = random_matrix(c.q_dim(), c.dim, ++s, 0.2f);
-    L.wk = random_matrix(c.kv_dim(), c.dim, ++s, 0.2f);
-    L.wv = random_matrix(c.kv_dim(), c.dim, ++s, 0.2f);
-    L.wo = random_matrix(c.dim, c.q_dim(), ++s, 0.2f);
-    L.w1 = random_matrix(c.hidden_dim, c.dim, ++s, 0.2f);
-    L.w2 = random_matrix(c.dim, c.hidden_dim, ++s, 0.2f);
-    L.w3 = random_matrix(c.hidden_dim, c.dim, ++s, 0.2f);
-    if (biases) {
-      L.bq = random_vector(c.q_dim(), ++s, 0.0f, 0.3f);
-      L.bk = random_vector(c.kv_dim(), ++s, 0.0f, 0.3f);
-      L.bv = random_vector(c.kv_dim(), ++s, 0.0f, 0.3f);
-    }
-    w.layers.push_back(L);
-  }
-  return w;
 }
 
 // The forward pass written out element by element in double precision, one position
@@ -213,79 +174,6 @@ TEST(Transformer, ThreadCountDoesNotChangeLogits) {
 
 // ---- GGUF model files ---------------------------------------------------------------
 
-// Writes w as a llama.cpp-style GGUF file: matrices whose rows split into blocks of 32 as
-// Q4_0 when `q4_0` (returning the quantized forms), the rest F32.
-struct WrittenModel {
-  std::string path;
-  std::map<std::string, QuantizedMatrix> quantized;
-};
-
-WrittenModel write_gguf(const LlamaWeights& w, bool q4_0, const std::string& name,
-                        const std::function<void(io::GgufWriter&)>& extra = {}, const std::string& skip = "") {
-  WrittenModel out;
-  out.path = temp_path(name);
-  const LlamaConfig& c = w.config;
-  io::GgufWriter g(out.path);
-  g.set_general(c.architecture, "test", q4_0 ? 2 : 0);
-  const std::string p = c.architecture + ".";
-  g.set_u32(p + "block_count", static_cast<std::uint32_t>(c.n_layers));
-  g.set_u32(p + "context_length", static_cast<std::uint32_t>(c.seq_len));
-  g.set_u32(p + "embedding_length", static_cast<std::uint32_t>(c.dim));
-  g.set_u32(p + "feed_forward_length", static_cast<std::uint32_t>(c.hidden_dim));
-  g.set_u32(p + "attention.head_count", static_cast<std::uint32_t>(c.n_heads));
-  g.set_u32(p + "attention.head_count_kv", static_cast<std::uint32_t>(c.n_kv_heads));
-  if (c.head_dim > 0) g.set_u32(p + "attention.key_length", static_cast<std::uint32_t>(c.head_dim));
-  g.set_u32(p + "rope.dimension_count", static_cast<std::uint32_t>(c.head_size()));
-  g.set_f32(p + "rope.freq_base", c.rope_base);
-  if (c.rope_scale != 1.0f) {
-    g.set_string(p + "rope.scaling.type", "linear");
-    g.set_f32(p + "rope.scaling.factor", c.rope_scale);
-  }
-  g.set_f32(p + "attention.layer_norm_rms_epsilon", c.norm_eps);
-  if (extra) extra(g);
-  auto matrix = [&](const std::string& n, const StoredMatrix& m) {
-    if (n == skip) return;
-    const RowMatrixXf& d = m.dense();
-    if (q4_0 && d.cols() % 32 == 0) {
-      QuantConfig qc;
-      qc.codebook = Codebook::int4_sym;
-      qc.group_size = 32;
-      qc.scale_format = ScaleFormat::f16;
-      QuantizedMatrix q = quantize(d, qc);
-      g.add_q4_0(n, q);
-      out.quantized.emplace(n, std::move(q));
-    } else {
-      g.add_f32(n, static_cast<std::size_t>(d.rows()), static_cast<std::size_t>(d.cols()), d.data());
-    }
-  };
-  auto vec = [&](const std::string& n, const Eigen::VectorXf& v) {
-    if (n != skip) g.add_f32(n, 1, static_cast<std::size_t>(v.size()), v.data());
-  };
-  matrix("token_embd.weight", w.token_embedding);
-  vec("output_norm.weight", w.rms_final);
-  if (!c.shared_classifier) matrix("output.weight", w.wcls);
-  for (int l = 0; l < c.n_layers; ++l) {
-    const LlamaLayer& L = w.layers[static_cast<std::size_t>(l)];
-    const std::string b = "blk." + std::to_string(l) + ".";
-    vec(b + "attn_norm.weight", L.rms_att);
-    vec(b + "ffn_norm.weight", L.rms_ffn);
-    matrix(b + "attn_q.weight", L.wq);
-    matrix(b + "attn_k.weight", L.wk);
-    matrix(b + "attn_v.weight", L.wv);
-    matrix(b + "attn_output.weight", L.wo);
-    matrix(b + "ffn_gate.weight", L.w1);
-    matrix(b + "ffn_down.weight", L.w2);
-    matrix(b + "ffn_up.weight", L.w3);
-    if (c.qkv_bias) {
-      vec(b + "attn_q.bias", L.bq);
-      vec(b + "attn_k.bias", L.bk);
-      vec(b + "attn_v.bias", L.bv);
-    }
-  }
-  g.finish();
-  return out;
-}
-
 RowMatrixXf logits_of(const LlamaWeights& w, const std::vector<int>& tokens) {
   const Transformer m = Transformer::from_weights(w);
   KvCache cache = m.new_cache(static_cast<int>(tokens.size()));
@@ -295,7 +183,7 @@ RowMatrixXf logits_of(const LlamaWeights& w, const std::vector<int>& tokens) {
 TEST(GgufModel, Fp32FileLoadsToTheSameModel) {
   for (bool qwen : {false, true}) {
     LlamaWeights w = random_model(qwen ? RopeStyle::halves : RopeStyle::adjacent_pairs, qwen, 3);
-    const WrittenModel f = write_gguf(w, false, qwen ? "qwen2.gguf" : "llama.gguf");
+    const WrittenModel f = test::write_gguf(w, false, temp_path(qwen ? "qwen2.gguf" : "llama.gguf"));
     const LlamaWeights got = load_gguf_model(f.path);
     EXPECT_EQ(got.config.architecture, w.config.architecture);
     EXPECT_EQ(got.config.head_size(), 10);
@@ -313,7 +201,7 @@ TEST(GgufModel, Fp32FileLoadsToTheSameModel) {
 
 TEST(GgufModel, Stories260KAsGgufRunsItsQ4_0TensorsWithoutRerounding) {
   LlamaWeights w = load_llama2c_checkpoint(kData + "stories260K.bin");
-  const WrittenModel f = write_gguf(w, true, "stories.gguf");
+  const WrittenModel f = test::write_gguf(w, true, temp_path("stories.gguf"));
   const LlamaWeights got = load_gguf_model(f.path);
   EXPECT_TRUE(got.config.shared_classifier);
   EXPECT_EQ(got.config.seq_len, 512);
@@ -377,7 +265,7 @@ TEST(GgufModel, BrokenFilesAreClearErrors) {
   const LlamaWeights w = random_model(RopeStyle::adjacent_pairs, false, 5);
   auto with_extra = [&](const std::function<void(io::GgufWriter&)>& extra, const LlamaWeights& x,
                         const std::string& skip = "") {
-    const std::string path = write_gguf(x, false, "broken.gguf", extra, skip).path;
+    const std::string path = test::write_gguf(x, false, temp_path("broken.gguf"), extra, skip).path;
     const std::string e = load_error(path);
     std::remove(path.c_str());
     return e;

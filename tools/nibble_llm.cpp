@@ -6,7 +6,6 @@
 //   nibble-llm perplexity -m model.gguf -f text.txt -c 512 --kl-fp32
 //   nibble-llm bench -m model.gguf -p 512 -n 128 -t 1,2
 // Run with --help for everything.
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,6 +24,8 @@
 #include <nibble/model/load_model.hpp>
 #include <nibble/model/perplexity.hpp>
 #include <nibble/model/transformer.hpp>
+
+#include "process_memory.hpp"
 
 namespace {
 
@@ -224,22 +225,8 @@ Transformer build(LoadedModel& m, const Options& o, int threads) {
   return t;
 }
 
-// Resident memory now, MiB (Linux /proc; 0 elsewhere).
-double current_rss_mib() {
-  std::FILE* f = std::fopen("/proc/self/statm", "r");
-  if (f == nullptr) return 0.0;
-  unsigned long pages = 0, resident = 0;
-  const int n = std::fscanf(f, "%lu %lu", &pages, &resident);
-  std::fclose(f);
-  return n == 2 ? static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / (1 << 20) : 0.0;
-}
-
-// Peak resident memory of this process so far, MiB.
-double peak_rss_mib() {
-  struct rusage u {};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<double>(u.ru_maxrss) / 1024.0;
-}
+using nibble_tools::current_rss_mib;
+using nibble_tools::peak_rss_mib;
 
 std::string prompt_text(const Options& o) {
   if (!o.file.empty()) return read_text_file(o.file);

@@ -30,6 +30,7 @@
 #include <nibble/quant/hqq.hpp>
 
 #include "awq_folding.hpp"
+#include "nibble_quant_model.hpp"
 
 namespace {
 
@@ -39,6 +40,8 @@ using Clock = std::chrono::steady_clock;
 const char* kHelp = R"(nibble-quant: quantize the weights of a safetensors checkpoint to 4 bits.
 
 usage: nibble-quant IN.safetensors OUT [options]
+       nibble-quant MODEL.gguf OUT.gguf [options]   a whole model for llama.cpp, optionally
+                                                     calibrated on text (MODEL.gguf --help)
 
 Every 2-D floating-point tensor (F32/F16/BF16) whose name does not match the skip
 pattern is quantized; everything else (embeddings, norms, biases, 1-D tensors) is
@@ -323,6 +326,7 @@ RowMatrixXf calibration_for(const io::SafetensorsReader& calib, const std::strin
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && is_model_input(argv[1])) return quantize_model_file_main(argc, argv);
   const Options o = parse(argc, argv);
   try {
     const io::SafetensorsReader in = io::SafetensorsReader::open(o.in);

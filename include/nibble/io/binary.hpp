@@ -291,12 +291,25 @@ class SpillFile {
   void finish(const std::vector<std::uint8_t>& header) {
     detail::require(spill_.is_open(), "file '", final_path_, "' was already finished");
     std::fflush(spill_.handle());
-    OutputFile out(final_path_, "wb");
-    out.write(header);
-    out.append_file(spill_.handle());
-    out.close();
+    // Assembled under a temporary name and renamed, so an interrupted or failed write
+    // never leaves a truncated file under the final name.
+    const std::string assembling = final_path_ + ".tmp";
+    try {
+      OutputFile out(assembling, "wb");
+      out.write(header);
+      out.append_file(spill_.handle());
+      out.close();
+    } catch (...) {
+      std::remove(assembling.c_str());
+      throw;
+    }
     spill_ = OutputFile();
     std::remove((final_path_ + ".part").c_str());
+    if (std::rename(assembling.c_str(), final_path_.c_str()) != 0) {
+      const int err = errno;
+      std::remove(assembling.c_str());
+      detail::throw_error("cannot rename '", assembling, "' to '", final_path_, "': ", std::strerror(err));
+    }
   }
 
  private:

@@ -305,6 +305,15 @@ class GgufWriter {
     begin_kv(key, GgufValueType::boolean);
     put<std::uint8_t>(kv_, value ? 1 : 0);
   }
+  // Any value read from another file (GgufReader::typed_metadata()), written as it was.
+  // general.alignment comes from the constructor instead.
+  void set_value(const std::string& key, const GgufValue& value) {
+    detail::require(key != "general.alignment", "GGUF: general.alignment is the writer's constructor argument");
+    detail::require(keys_.insert(key).second, "GGUF: metadata key '", key, "' set twice");
+    put_string(kv_, key);
+    append_gguf_value(kv_, value);
+    ++kv_count_;
+  }
   void set_string_array(const std::string& key, const std::vector<std::string>& values) {
     begin_kv(key, GgufValueType::array);
     put<std::uint32_t>(kv_, static_cast<std::uint32_t>(GgufValueType::string));

@@ -156,7 +156,12 @@ inline GgufValue read_gguf_value(Cursor& c, std::uint32_t type) {
 // key and the expected type when it throws.
 class GgufMetadata {
  public:
-  void set(const std::string& key, GgufValue v) { values_[key] = std::move(v); }
+  void set(const std::string& key, GgufValue v) {
+    if (values_.count(key) == 0) order_.push_back(key);
+    values_[key] = std::move(v);
+  }
+  // Keys in the order they were first set (a file's order, for a reader).
+  const std::vector<std::string>& keys() const { return order_; }
   bool contains(const std::string& key) const { return values_.count(key) != 0; }
   const std::map<std::string, GgufValue>& values() const { return values_; }
 
@@ -232,6 +237,48 @@ class GgufMetadata {
   }
 
   std::map<std::string, GgufValue> values_;
+  std::vector<std::string> order_;
 };
+
+// Appends v's encoding (type tag, then the value, as read_gguf_value reads it) to out, so
+// a value read from one file is written to another byte for byte.
+inline void append_gguf_value(std::vector<std::uint8_t>& out, const GgufValue& v) {
+  auto scalar = [&out](GgufValueType t, std::int64_t i, std::uint64_t u, double r, const std::string* text) {
+    switch (t) {
+      case GgufValueType::u8: case GgufValueType::boolean: put<std::uint8_t>(out, static_cast<std::uint8_t>(i)); return;
+      case GgufValueType::i8: put<std::int8_t>(out, static_cast<std::int8_t>(i)); return;
+      case GgufValueType::u16: put<std::uint16_t>(out, static_cast<std::uint16_t>(i)); return;
+      case GgufValueType::i16: put<std::int16_t>(out, static_cast<std::int16_t>(i)); return;
+      case GgufValueType::u32: put<std::uint32_t>(out, static_cast<std::uint32_t>(i)); return;
+      case GgufValueType::i32: put<std::int32_t>(out, static_cast<std::int32_t>(i)); return;
+      case GgufValueType::u64: put<std::uint64_t>(out, u); return;
+      case GgufValueType::i64: put<std::int64_t>(out, i); return;
+      case GgufValueType::f32: put<float>(out, static_cast<float>(r)); return;
+      case GgufValueType::f64: put<double>(out, r); return;
+      case GgufValueType::string:
+        put<std::uint64_t>(out, text->size());
+        put_bytes(out, text->data(), text->size());
+        return;
+      case GgufValueType::array: break;
+    }
+    detail::throw_error("GGUF: cannot write a value of type ", gguf_value_type_name(static_cast<std::uint32_t>(t)));
+  };
+  put<std::uint32_t>(out, static_cast<std::uint32_t>(v.type));
+  if (!v.is_array()) {
+    scalar(v.type, v.integer, v.unsigned_integer, v.real, &v.text);
+    return;
+  }
+  detail::require(v.element_type != GgufValueType::array, "GGUF: nested arrays are not supported");
+  put<std::uint32_t>(out, static_cast<std::uint32_t>(v.element_type));
+  put<std::uint64_t>(out, v.array_size);
+  for (std::uint64_t i = 0; i < v.array_size; ++i) {
+    const std::size_t k = static_cast<std::size_t>(i);
+    if (v.element_type == GgufValueType::string) scalar(v.element_type, 0, 0, 0.0, &v.strings.at(k));
+    else if (v.element_type == GgufValueType::f32 || v.element_type == GgufValueType::f64)
+      scalar(v.element_type, 0, 0, v.reals.at(k), nullptr);
+    else
+      scalar(v.element_type, v.integers.at(k), static_cast<std::uint64_t>(v.integers.at(k)), 0.0, nullptr);
+  }
+}
 
 }  // namespace nibble::io

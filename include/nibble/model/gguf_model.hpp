@@ -18,6 +18,7 @@
 // (the reference model of a quantized file).
 #pragma once
 
+#include <array>
 #include <string>
 
 #include "../core/error.hpp"
@@ -29,6 +30,23 @@ namespace nibble::model {
 struct GgufLoadOptions {
   bool dequantize = false;  // decode every matrix to fp32
 };
+
+// The seven linear weights of block N: "blk.N.<name>.weight" holds LlamaLayer::*matrix.
+struct GgufLayerLinear {
+  const char* name;
+  StoredMatrix LlamaLayer::*matrix;
+};
+inline const std::array<GgufLayerLinear, 7>& gguf_layer_linears() {
+  static const std::array<GgufLayerLinear, 7> table = {{{"attn_q", &LlamaLayer::wq},
+                                                        {"attn_k", &LlamaLayer::wk},
+                                                        {"attn_v", &LlamaLayer::wv},
+                                                        {"attn_output", &LlamaLayer::wo},
+                                                        {"ffn_gate", &LlamaLayer::w1},
+                                                        {"ffn_down", &LlamaLayer::w2},
+                                                        {"ffn_up", &LlamaLayer::w3}}};
+  return table;
+}
+inline std::string gguf_block_prefix(int layer) { return "blk." + std::to_string(layer) + "."; }
 
 namespace gguf_detail {
 
@@ -137,16 +155,10 @@ inline LlamaWeights load_gguf_model(const io::GgufReader& r, const GgufLoadOptio
   w.layers.resize(static_cast<std::size_t>(c.n_layers));
   for (int l = 0; l < c.n_layers; ++l) {
     LlamaLayer& L = w.layers[static_cast<std::size_t>(l)];
-    const std::string b = "blk." + std::to_string(l) + ".";
+    const std::string b = gguf_block_prefix(l);
     L.rms_att = load_vector(r, b + "attn_norm.weight");
     L.rms_ffn = load_vector(r, b + "ffn_norm.weight");
-    L.wq = load_matrix(r, b + "attn_q.weight", o);
-    L.wk = load_matrix(r, b + "attn_k.weight", o);
-    L.wv = load_matrix(r, b + "attn_v.weight", o);
-    L.wo = load_matrix(r, b + "attn_output.weight", o);
-    L.w1 = load_matrix(r, b + "ffn_gate.weight", o);
-    L.w2 = load_matrix(r, b + "ffn_down.weight", o);
-    L.w3 = load_matrix(r, b + "ffn_up.weight", o);
+    for (const GgufLayerLinear& t : gguf_layer_linears()) L.*t.matrix = load_matrix(r, b + t.name + ".weight", o);
     if (c.qkv_bias) {
       L.bq = load_vector(r, b + "attn_q.bias");
       L.bk = load_vector(r, b + "attn_k.bias");

@@ -7,7 +7,9 @@
 #include <array>
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -142,6 +144,12 @@ struct ModelQuantOptions {
   // Per-matrix group sizes that replace group_size, by slot name: {"w2", 16} (mixed
   // precision: smaller groups where errors cost the most).
   std::vector<std::pair<std::string, int>> group_overrides;
+  // When set, every method fits this storage — codebook, symmetric scale rule, scale
+  // format and group size — instead of its own (e.g. GGUF Q4_0: int4_sym, full_range,
+  // f16, group 32); the method keeps its algorithm (GPTQ, AWQ, act-order, clip search).
+  std::optional<QuantConfig> storage;
+  // Called after each calibrated block with (blocks done, blocks in all): progress.
+  std::function<void(int, int)> on_block;
 
   int group_size_for(const char* slot) const {
     for (const auto& [name, g] : group_overrides)
@@ -232,6 +240,18 @@ inline QuantConfig rtn_config(Method m, int group_size, ScaleFormat int_scales) 
   return c;
 }
 
+// rtn_config with options.storage, when set, in place of the method's own storage.
+inline QuantConfig method_config(const ModelQuantOptions& o, Method m, int group_size) {
+  QuantConfig c = rtn_config(m, group_size, o.int_scale_format);
+  if (o.storage) {
+    c.codebook = o.storage->codebook;
+    c.sym_scale = o.storage->sym_scale;
+    c.scale_format = o.storage->scale_format;
+    c.group_size = o.storage->group_size;
+  }
+  return c;
+}
+
 // Inputs of one block's linear layers, stacked over all calibration tokens.
 struct BlockActivations {
   RowMatrixXf attention_input, attention_output, ffn_input, ffn_hidden;
@@ -254,7 +274,7 @@ struct BlockActivations {
 // the error of earlier ones) or through the block as it was captured (fp32: AWQ).
 template <class QuantizeBlock>
 void calibrate_blockwise(Transformer& model, const std::vector<std::vector<int>>& sequences, bool propagate_quantized,
-                         int threads, QuantizeBlock&& quantize_block) {
+                         int threads, const std::function<void(int, int)>& on_block, QuantizeBlock&& quantize_block) {
   detail::require(!sequences.empty(), "calibration needs at least one sequence");
   const std::size_t n = sequences.size();
   std::vector<RowMatrixXf> hidden(n);
@@ -293,6 +313,68 @@ void calibrate_blockwise(Transformer& model, const std::vector<std::vector<int>>
     } else {
       hidden = std::move(fp_out);
     }
+    if (on_block) on_block(l + 1, model.config.n_layers);
+  }
+}
+
+// Stacks the rows of parts (all with the same columns) into one matrix.
+inline RowMatrixXf stack_rows(const std::vector<RowMatrixXf>& parts) {
+  Eigen::Index rows = 0;
+  for (const auto& p : parts) rows += p.rows();
+  RowMatrixXf out(rows, parts.empty() ? 0 : parts.front().cols());
+  Eigen::Index at = 0;
+  for (const auto& p : parts) {
+    out.middleRows(at, p.rows()) = p;
+    at += p.rows();
+  }
+  return out;
+}
+
+// GPTQ's sequential scheme at its finest ("true sequential", GPTQModel's default): the
+// calibration sequences go through the model one linear stage at a time. Block l's
+// q/k/v inputs are captured and quantize_stage(l, LinearSite::attention_input, X)
+// replaces wq, wk and wv; wo's inputs are then computed with the quantized q/k/v, and
+// so on through gate/up and down. Every linear is calibrated on exactly the inputs the
+// finished quantized model gives it, and every product is computed once (capturing a
+// whole block and then re-running it quantized computes each twice). Memory: the hidden
+// states plus one stage's inputs, twice (per sequence and stacked).
+template <class QuantizeStage>
+void calibrate_sequential(Transformer& model, const std::vector<std::vector<int>>& sequences, int threads,
+                          const std::function<void(int, int)>& on_block, QuantizeStage&& quantize_stage) {
+  detail::require(!sequences.empty(), "calibration needs at least one sequence");
+  const std::size_t n = sequences.size();
+  std::vector<RowMatrixXf> hidden(n), part(n);
+  parallel_for(n, threads, [&](std::size_t s) { hidden[s] = model.embed(sequences[s]); });
+  const LlamaConfig& c = model.config;
+  for (int l = 0; l < c.n_layers; ++l) {
+    const TransformerLayer& L = model.layers[static_cast<std::size_t>(l)];  // quantize_stage updates it
+    parallel_for(n, threads, [&](std::size_t s) { model.rms_norm(hidden[s], L.rms_att, part[s]); });
+    quantize_stage(l, LinearSite::attention_input, static_cast<const RowMatrixXf&>(stack_rows(part)));
+    parallel_for(n, threads, [&](std::size_t s) {
+      const RowMatrixXf xb = std::move(part[s]);
+      RowMatrixXf K(xb.rows(), c.kv_dim()), V(xb.rows(), c.kv_dim());
+      model.attention(l, xb, K, V, 0, part[s]);
+    });
+    quantize_stage(l, LinearSite::attention_output, static_cast<const RowMatrixXf&>(stack_rows(part)));
+    parallel_for(n, threads, [&](std::size_t s) {
+      RowMatrixXf out;
+      L.wo.apply(part[s], out);
+      hidden[s] += out;
+      model.rms_norm(hidden[s], L.rms_ffn, part[s]);
+    });
+    quantize_stage(l, LinearSite::ffn_input, static_cast<const RowMatrixXf&>(stack_rows(part)));
+    parallel_for(n, threads, [&](std::size_t s) {
+      const RowMatrixXf xb = std::move(part[s]);
+      model.ffn_hidden(l, xb, part[s]);
+    });
+    quantize_stage(l, LinearSite::ffn_hidden, static_cast<const RowMatrixXf&>(stack_rows(part)));
+    parallel_for(n, threads, [&](std::size_t s) {
+      RowMatrixXf out;
+      L.w2.apply(part[s], out);
+      hidden[s] += out;
+      part[s].resize(0, 0);
+    });
+    if (on_block) on_block(l + 1, c.n_layers);
   }
 }
 
@@ -320,7 +402,13 @@ inline QuantizedModel quantize_model(const LlamaWeights& w, const ModelQuantOpti
                                      const std::vector<std::vector<int>>& calibration = {}) {
   const auto t0 = std::chrono::steady_clock::now();
   QuantizedModel out;
-  out.model = Transformer::from_weights(w);
+  // Unstacked q|k|v and gate|up: blocks are replaced one linear at a time below, and a
+  // stacked copy of the source weights would keep running in their place.
+  RuntimeOptions runtime;
+  runtime.backend = options.backend;
+  runtime.threads = options.kernel_threads;
+  runtime.stack_projections = false;
+  out.model = Transformer::from_weights(w, runtime);
   out.other_bytes = fp32_other_bytes(w);
   const int L = w.config.n_layers;
   std::vector<std::shared_ptr<const QuantizedMatrix>> qs(static_cast<std::size_t>(L) * linear_slots().size());
@@ -342,8 +430,7 @@ inline QuantizedModel quantize_model(const LlamaWeights& w, const ModelQuantOpti
     case Method::iq4_nl_clip: {
       for (int l = 0; l < L; ++l)
         for (std::size_t k = 0; k < linear_slots().size(); ++k) {
-          const QuantConfig c = rtn_config(options.method, options.group_size_for(linear_slots()[k].name),
-                                           options.int_scale_format);
+          const QuantConfig c = method_config(options, options.method, options.group_size_for(linear_slots()[k].name));
           put(l, k, quantize((w.layers[static_cast<std::size_t>(l)].*(linear_slots()[k].weights)).dense(), c));
         }
       break;
@@ -362,37 +449,34 @@ inline QuantizedModel quantize_model(const LlamaWeights& w, const ModelQuantOpti
     case Method::gptq_iq4_nl_act_clip: {
       detail::require(!calibration.empty(), method_info(options.method).name, " needs calibration sequences");
       GptqConfig g;
-      g.quant = rtn_config(options.method, options.group_size, options.int_scale_format);
+      g.quant = method_config(options, options.method, options.group_size);
       g.damp = options.gptq_damp;
       g.act_order = options.method != Method::gptq;
       g.threads = options.threads;
-      // GPTQ's sequential scheme: block l is calibrated on inputs that went through the
-      // already-quantized blocks 0..l-1; all linears of a block share that block's pass.
-      calibrate_blockwise(out.model, calibration, true, options.threads, [&](int l, const BlockActivations& acts) {
-        Eigen::MatrixXd H[4];
-        for (int site = 0; site < 4; ++site) {
-          const RowMatrixXf& X = acts.at(static_cast<LinearSite>(site));
-          HessianAccumulator acc(static_cast<std::size_t>(X.cols()), options.threads);
-          acc.add(X);
-          H[site] = acc.hessian();
-        }
+      // GPTQ's sequential scheme, stage by stage (calibrate_sequential): each linear's
+      // Hessian comes from the inputs the already-quantized layers before it produce.
+      calibrate_sequential(out.model, calibration, options.threads, options.on_block,
+                           [&](int l, LinearSite site, const RowMatrixXf& X) {
+        HessianAccumulator acc(static_cast<std::size_t>(X.cols()), options.threads);
+        acc.add(X);
+        const Eigen::MatrixXd H = acc.hessian();
         for (std::size_t k = 0; k < linear_slots().size(); ++k) {
           const LinearSlot& slot = linear_slots()[k];
+          if (slot.input != site) continue;
           GptqConfig gk = g;
-          gk.quant.group_size = options.group_size_for(slot.name);
+          if (!options.storage) gk.quant.group_size = options.group_size_for(slot.name);
           // Mixed precision: the FFN up/gate projections (w1, w3) get half-size groups
           // (per-row → 32), which measured better per extra bit than any other matrix.
-          if (options.method == Method::gptq_mixed && (k == 4 || k == 6))
+          if (options.method == Method::gptq_mixed && !options.storage && (k == 4 || k == 6))
             gk.quant.group_size = gk.quant.group_size == kPerRow ? 32 : std::max(16, gk.quant.group_size / 2);
-          put(l, k, gptq_quantize((w.layers[static_cast<std::size_t>(l)].*(slot.weights)).dense(),
-                                  H[static_cast<int>(slot.input)], gk).matrix);
+          put(l, k, gptq_quantize((w.layers[static_cast<std::size_t>(l)].*(slot.weights)).dense(), H, gk).matrix);
         }
       });
       break;
     }
     case Method::hqq: {
       HqqConfig h;
-      h.quant = rtn_config(options.method, options.group_size, options.int_scale_format);
+      h.quant = method_config(options, options.method, options.group_size);
       h.zero_format = options.int_scale_format == ScaleFormat::dq8 ? ScaleFormat::f32 : options.int_scale_format;
       for (int l = 0; l < L; ++l)
         for (std::size_t k = 0; k < linear_slots().size(); ++k)
@@ -402,7 +486,7 @@ inline QuantizedModel quantize_model(const LlamaWeights& w, const ModelQuantOpti
     case Method::awq: {
       detail::require(!calibration.empty(), "awq needs calibration sequences");
       AwqConfig search;
-      search.quant = rtn_config(options.method, options.group_size, options.int_scale_format);
+      search.quant = method_config(options, options.method, options.group_size);
       search.clip_search = false;
       search.threads = options.threads;
       AwqConfig clip_only = search;  // grid 1: s ≡ 1, then the clip search
@@ -413,7 +497,7 @@ inline QuantizedModel quantize_model(const LlamaWeights& w, const ModelQuantOpti
       // its final (scaled) weights. Groups: rms_att → [wq wk wv]; rms_ffn → [w1 w3];
       // w3 → [w2]. wv → wo is skipped: with grouped-query attention wv has fewer output
       // rows than wo has inputs (algorithms.md §3.1). wq and wk get no clip search.
-      calibrate_blockwise(out.model, calibration, false, options.threads, [&](int l, const BlockActivations& acts) {
+      calibrate_blockwise(out.model, calibration, false, options.threads, options.on_block, [&](int l, const BlockActivations& acts) {
         const LlamaLayer& fp = w.layers[static_cast<std::size_t>(l)];
         const AwqLayerScales scales =
             search_and_fold_awq_scales(fp, out.model.layers[static_cast<std::size_t>(l)], acts, search);
@@ -443,7 +527,7 @@ inline QuantizedModel quantize_model(const LlamaWeights& w, const ModelQuantOpti
     case Method::awq_gptq_clip_dq: {
       detail::require(!calibration.empty(), method_info(options.method).name, " needs calibration sequences");
       GptqConfig g;
-      g.quant = rtn_config(options.method, options.group_size, options.int_scale_format);
+      g.quant = method_config(options, options.method, options.group_size);
       g.damp = options.gptq_damp;
       g.act_order = true;
       g.threads = options.threads;
@@ -456,7 +540,7 @@ inline QuantizedModel quantize_model(const LlamaWeights& w, const ModelQuantOpti
       // AWQ's scales make the loud input channels' weights relatively finer; GPTQ then
       // rounds the scaled weights with the Hessian of the scaled inputs (x / s), in
       // GPTQ's sequential scheme.
-      calibrate_blockwise(out.model, calibration, true, options.threads, [&](int l, const BlockActivations& acts) {
+      calibrate_blockwise(out.model, calibration, true, options.threads, options.on_block, [&](int l, const BlockActivations& acts) {
         const LlamaLayer& fp = w.layers[static_cast<std::size_t>(l)];
         const AwqLayerScales scales =
             search_and_fold_awq_scales(fp, out.model.layers[static_cast<std::size_t>(l)], acts, search);
@@ -491,6 +575,21 @@ inline QuantizedModel quantize_model(const LlamaWeights& w, const ModelQuantOpti
   out.matrices = std::move(qs);
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return out;
+}
+
+// The source weights with q's linears and norm gains (AWQ folds scales into the gains)
+// in place of the source's: a LlamaWeights to run, evaluate or write (gguf_model_writer).
+inline LlamaWeights with_quantized_linears(LlamaWeights w, const QuantizedModel& q) {
+  detail::require(q.matrices.size() == w.layers.size() * linear_slots().size() &&
+                      q.model.layers.size() == w.layers.size(),
+                  "quantized model has ", q.matrices.size(), " matrices for ", w.layers.size(), " blocks");
+  for (std::size_t l = 0; l < w.layers.size(); ++l) {
+    for (std::size_t k = 0; k < linear_slots().size(); ++k)
+      w.layers[l].*(linear_slots()[k].weights) = StoredMatrix(q.matrices[l * linear_slots().size() + k]);
+    w.layers[l].rms_att = q.model.layers[l].rms_att;
+    w.layers[l].rms_ffn = q.model.layers[l].rms_ffn;
+  }
+  return w;
 }
 
 }  // namespace nibble::model

@@ -29,6 +29,7 @@
 #include "../kernels/gemv.hpp"
 #include "../kernels/int8_gemv.hpp"
 #include "../kernels/packed_matrix.hpp"
+#include "../quant/linalg.hpp"
 #include "../quant/rtn.hpp"
 #include "llama2c.hpp"
 #include "llama_weights.hpp"
@@ -133,10 +134,18 @@ class Linear {
   // thread count, so neither does the result. A product too small to pay for waking a
   // thread runs all blocks on the caller's.
   static constexpr Eigen::Index kDenseBlockRows = 64;
+  // Each block Y[:, r0:r0+r] = X·W[r0:r0+r]ᵀ is computed as its transpose, a column-major
+  // view of Y's storage, by detail::gemm: Eigen's product, or a BLAS's where the program
+  // enables one (quant/linalg.hpp) — Eigen is compiled for SSE2 only, OpenBLAS picks
+  // AVX2 / AVX-512 kernels at run time, which is what fp32 calibration passes need.
+  void dense_block(const RowMatrixXf& X, RowMatrixXf& Y, Eigen::Index r0, Eigen::Index r) const {
+    Eigen::Map<Eigen::MatrixXf, 0, Eigen::OuterStride<>> Yt(Y.data() + r0, r, X.rows(), Eigen::OuterStride<>(rows_));
+    detail::gemm(Yt, dense_->middleRows(r0, r), X.transpose(), 1.0f, false);
+  }
   void apply_dense(const RowMatrixXf& X, RowMatrixXf& Y) const {
     const Eigen::Index blocks = (rows_ + kDenseBlockRows - 1) / kDenseBlockRows;
     if (blocks <= 1) {
-      Y.noalias() = X * dense_->transpose();
+      dense_block(X, Y, 0, rows_);
       return;
     }
     constexpr Eigen::Index kMinWeightsPerThread = Eigen::Index{1} << 17;
@@ -145,7 +154,7 @@ class Linear {
     const std::function<void(std::size_t)> task = [&](std::size_t t) {
       for (Eigen::Index b = blocks * static_cast<Eigen::Index>(t) / n; b < blocks * static_cast<Eigen::Index>(t + 1) / n; ++b) {
         const Eigen::Index r0 = b * kDenseBlockRows, r = std::min(kDenseBlockRows, rows_ - r0);
-        Y.middleCols(r0, r).noalias() = X * dense_->middleRows(r0, r).transpose();
+        dense_block(X, Y, r0, r);
       }
     };
     detail::ThreadPool::instance().run(static_cast<std::size_t>(n), task);
@@ -328,15 +337,37 @@ struct Transformer {
   // Writes the layer's keys/values into the cache but leaves cache.length alone.
   void run_layer(int l, RowMatrixXf& X, KvCache& cache, const ActivationHook* hook = nullptr) const {
     const TransformerLayer& L = layers[static_cast<std::size_t>(l)];
-    const Eigen::Index T = X.rows();
     const int start = cache.length;
-    detail::require(start + T <= cache.capacity(), "sequence of ", start + T, " positions exceeds the KV cache (",
-                    cache.capacity(), " positions)");
-    const int hs = config.head_size();
-    const int group = config.n_heads / config.n_kv_heads;
-    RowMatrixXf xb, q, k, v, att(T, config.q_dim()), out;
+    detail::require(start + X.rows() <= cache.capacity(), "sequence of ", start + X.rows(),
+                    " positions exceeds the KV cache (", cache.capacity(), " positions)");
+    RowMatrixXf xb, att, h, out;
     rms_norm(X, L.rms_att, xb);
     if (hook) (*hook)(l, LinearSite::attention_input, xb);
+    attention(l, xb, cache.keys[static_cast<std::size_t>(l)], cache.values[static_cast<std::size_t>(l)], start, att);
+    if (hook) (*hook)(l, LinearSite::attention_output, att);
+    L.wo.apply(att, out);
+    X += out;
+    rms_norm(X, L.rms_ffn, xb);
+    if (hook) (*hook)(l, LinearSite::ffn_input, xb);
+    ffn_hidden(l, xb, h);
+    if (hook) (*hook)(l, LinearSite::ffn_hidden, h);
+    L.w2.apply(h, out);
+    X += out;
+  }
+
+  // Block l's attention for the normed rows xb at positions start, start+1, …: the q/k/v
+  // projections (+ biases), RoPE, this block's keys/values written into rows start… of
+  // K and V (which hold the earlier positions), causal softmax per head. att gets the
+  // heads' outputs side by side: the input of wo.
+  void attention(int l, const RowMatrixXf& xb, RowMatrixXf& K, RowMatrixXf& V, int start, RowMatrixXf& att) const {
+    const TransformerLayer& L = layers[static_cast<std::size_t>(l)];
+    const Eigen::Index T = xb.rows();
+    detail::require(start + T <= K.rows() && start + T <= V.rows(), "attention: ", start + T,
+                    " positions exceed the ", K.rows(), " rows of the keys");
+    const int hs = config.head_size();
+    const int group = config.n_heads / config.n_kv_heads;
+    RowMatrixXf q, k, v;
+    att.resize(T, config.q_dim());
     if (!L.wqkv.empty()) {
       RowMatrixXf qkv;
       L.wqkv.apply(xb, qkv);
@@ -353,8 +384,6 @@ struct Transformer {
       k.rowwise() += L.bk.transpose();
       v.rowwise() += L.bv.transpose();
     }
-    RowMatrixXf& K = cache.keys[static_cast<std::size_t>(l)];
-    RowMatrixXf& V = cache.values[static_cast<std::size_t>(l)];
     for (Eigen::Index t = 0; t < T; ++t) {
       rope(q, t, start + static_cast<int>(t));
       rope(k, t, start + static_cast<int>(t));
@@ -386,30 +415,27 @@ struct Transformer {
         att.block(t0, h * hs, rows, hs).noalias() = S * V.block(0, kv_off, n, hs);
       }
     }
-    if (hook) (*hook)(l, LinearSite::attention_output, att);
-    L.wo.apply(att, out);
-    X += out;
+  }
 
-    RowMatrixXf h1, h3;
-    rms_norm(X, L.rms_ffn, xb);
-    if (hook) (*hook)(l, LinearSite::ffn_input, xb);
+  // Block l's feed-forward hidden state for the normed rows xb: silu(w1·xb) ⊙ w3·xb,
+  // the input of w2.
+  void ffn_hidden(int l, const RowMatrixXf& xb, RowMatrixXf& h) const {
+    const TransformerLayer& L = layers[static_cast<std::size_t>(l)];
+    RowMatrixXf h3;
     if (!L.w13.empty()) {
       RowMatrixXf h13;
       L.w13.apply(xb, h13);
-      h1 = h13.leftCols(config.hidden_dim);
+      h = h13.leftCols(config.hidden_dim);
       h3 = h13.rightCols(config.hidden_dim);
     } else {
-      L.w1.apply(xb, h1);
+      L.w1.apply(xb, h);
       L.w3.apply(xb, h3);
     }
-    for (Eigen::Index t = 0; t < h1.rows(); ++t)
-      for (Eigen::Index i = 0; i < h1.cols(); ++i) {
-        const float a = h1(t, i);
-        h1(t, i) = a / (1.0f + std::exp(-a)) * h3(t, i);
+    for (Eigen::Index t = 0; t < h.rows(); ++t)
+      for (Eigen::Index i = 0; i < h.cols(); ++i) {
+        const float a = h(t, i);
+        h(t, i) = a / (1.0f + std::exp(-a)) * h3(t, i);
       }
-    if (hook) (*hook)(l, LinearSite::ffn_hidden, h1);
-    L.w2.apply(h1, out);
-    X += out;
   }
 
   RowMatrixXf logits(const RowMatrixXf& X) const {

@@ -1,0 +1,148 @@
+// nibble-quant's model mode from the outside, on a tiny generated GGUF model with a BPE
+// vocabulary (fuzz/corpus/model/tiny.gguf): RTN output equal to the library's llama.cpp
+// rounding, GPTQ from calibration text, and bad input (a clear message, the input never
+// modified, no output left behind). llama.cpp loading real outputs is checked by
+// scripts/test-real-model.sh.
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include <nibble/io/gguf.hpp>
+#include <nibble/model/gguf_model.hpp>
+
+#include "cli_util.hpp"
+
+namespace {
+
+using namespace nibble;
+using nibble::test::cli_dir;
+
+const std::string kTiny = std::string(NIBBLE_SOURCE_DIR) + "/fuzz/corpus/model/tiny.gguf";
+
+int quant(const std::string& args, std::string* log = nullptr) {
+  return nibble::test::run_program(NIBBLE_QUANT_PATH, args, log);
+}
+
+std::string file_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+bool exists(const std::string& path) { return std::ifstream(path).good(); }
+
+// "Hello " again and again: words the tiny vocabulary tokenizes.
+std::string calibration_text(int words) {
+  const std::string path = cli_dir() + "model_calib_" + std::to_string(words) + ".txt";
+  std::ofstream out(path, std::ios::binary);
+  for (int i = 0; i < words; ++i) out << "Hello ";
+  return path;
+}
+
+TEST(NibbleQuantModel, RtnWritesLlamaCppsQ4_0AndKeepsEverythingElse) {
+  const std::string before = file_text(kTiny);
+  const std::string out = cli_dir() + "tiny_rtn.gguf";
+  std::remove(out.c_str());
+  std::string log;
+  ASSERT_EQ(quant(kTiny + " " + out, &log), 0) << log;
+  EXPECT_EQ(file_text(kTiny), before) << "the input was modified";
+  const io::GgufReader src = io::GgufReader::open(kTiny), got = io::GgufReader::open(out);
+  EXPECT_EQ(got.typed_metadata().keys(), src.typed_metadata().keys());
+  EXPECT_EQ(got.typed_metadata().get_int("general.file_type"), 2);
+  EXPECT_EQ(got.typed_metadata().string_array("tokenizer.ggml.merges"),
+            src.typed_metadata().string_array("tokenizer.ggml.merges"));
+  ASSERT_EQ(got.tensors().size(), src.tensors().size());
+  for (const auto& t : src.tensors()) {
+    const io::ByteView a = src.bytes(t), b = got.bytes(got.info(t.name));
+    const bool linear = t.name.find("attn_") != std::string::npos || t.name.find("ffn_") != std::string::npos;
+    const bool norm = t.name.find("_norm") != std::string::npos;
+    if (linear && !norm) {
+      // The source's matrix decoded to fp32, rounded as llama-quantize does.
+      EXPECT_EQ(got.info(t.name).type, static_cast<std::uint32_t>(io::GgmlType::Q4_0)) << t.name;
+      const auto want = io::to_q4_0_blocks(io::quantize_q4_0(src.load_float(t.name)));
+      EXPECT_EQ(std::vector<std::uint8_t>(b.data, b.data + b.size), want) << t.name;
+    } else {
+      EXPECT_EQ(std::string(a.data, a.data + a.size), std::string(b.data, b.data + b.size)) << t.name;
+    }
+  }
+  // It loads as a model, and nibble-quant refuses to overwrite it without --force.
+  EXPECT_NO_THROW(model::load_gguf_model(out));
+  const std::string written = file_text(out);
+  EXPECT_EQ(quant(kTiny + " " + out + " --format gguf-iq4_nl", &log), 1);
+  EXPECT_NE(log.find("--force"), std::string::npos) << log;
+  EXPECT_EQ(file_text(out), written);
+  ASSERT_EQ(quant(kTiny + " " + out + " --format gguf-iq4_nl --force", &log), 0) << log;
+  EXPECT_EQ(io::GgufReader::open(out).typed_metadata().get_int("general.file_type"), 25);
+  std::remove(out.c_str());
+}
+
+TEST(NibbleQuantModel, GptqAndAwqFromCalibrationText) {
+  const std::string calib = calibration_text(200);
+  for (const char* method : {"gptq", "awq", "awq+gptq"}) {
+    const std::string out = cli_dir() + "tiny_" + std::string(method) + ".gguf";
+    std::remove(out.c_str());
+    std::string log;
+    ASSERT_EQ(quant(kTiny + " " + out + " --method " + method + " --calib " + calib +
+                        " --calib-seq 16 --calib-tokens 64 --threads 2",
+                    &log),
+              0)
+        << log;
+    EXPECT_NE(log.find("4 sequences of 16 tokens"), std::string::npos) << log;
+    EXPECT_NE(log.find("block 1/1"), std::string::npos) << log;
+    const model::LlamaWeights w = model::load_gguf_model(out);
+    EXPECT_TRUE(w.layers[0].wq.is_quantized());
+    EXPECT_TRUE(w.layers[0].w2.is_quantized());
+    std::remove(out.c_str());
+  }
+  std::remove(calib.c_str());
+}
+
+TEST(NibbleQuantModel, BadInputIsAClearErrorAndWritesNothing) {
+  const std::string out = cli_dir() + "tiny_bad.gguf";
+  std::remove(out.c_str());
+  const std::string before = file_text(kTiny);
+  std::string log;
+  // Usage errors: exit code 2.
+  EXPECT_EQ(quant(kTiny + " " + out + " --method gptq", &log), 2);
+  EXPECT_NE(log.find("--calib"), std::string::npos) << log;
+  EXPECT_EQ(quant(kTiny + " " + out + " --format gptq", &log), 2);
+  EXPECT_EQ(quant(kTiny + " " + out + " --method magic", &log), 2);
+  EXPECT_EQ(quant(kTiny + " " + out + " --calib-seq 4", &log), 2);
+  // Calibration text shorter than one sequence.
+  const std::string short_text = calibration_text(3);
+  EXPECT_EQ(quant(kTiny + " " + out + " --method gptq --calib " + short_text, &log), 1);
+  EXPECT_NE(log.find("fewer than one sequence"), std::string::npos) << log;
+  // Missing calibration file, output over the input.
+  EXPECT_EQ(quant(kTiny + " " + out + " --method gptq --calib " + cli_dir() + "no_such.txt", &log), 1);
+  EXPECT_NE(log.find("no_such.txt"), std::string::npos) << log;
+  EXPECT_EQ(quant(kTiny + " " + kTiny + " --force", &log), 1);
+  EXPECT_NE(log.find("is the input file"), std::string::npos) << log;
+  // An architecture nibble does not run: the tiny model relabelled.
+  const std::string falcon = cli_dir() + "tiny_falcon.gguf";
+  {
+    const io::GgufReader src = io::GgufReader::open(kTiny);
+    io::GgufWriter w(falcon, src.alignment());
+    for (const std::string& key : src.typed_metadata().keys())
+      if (key == "general.architecture") w.set_string(key, "falcon");
+      else w.set_value(key, src.typed_metadata().at(key));
+    for (const auto& t : src.tensors()) {
+      const io::ByteView b = src.bytes(t);
+      w.add_tensor(t.name, t.type, t.ne, b.data, b.size);
+    }
+    w.finish();
+  }
+  EXPECT_EQ(quant(falcon + " " + out, &log), 1);
+  EXPECT_NE(log.find("falcon"), std::string::npos) << log;
+  EXPECT_EQ(file_text(kTiny), before) << "the input was modified";
+  EXPECT_FALSE(exists(out));
+  EXPECT_FALSE(exists(out + ".part"));
+  EXPECT_FALSE(exists(out + ".tmp"));
+  std::remove(falcon.c_str());
+  std::remove(short_text.c_str());
+}
+
+}  // namespace

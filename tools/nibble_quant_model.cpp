@@ -1,0 +1,267 @@
+// nibble-quant's model mode: a whole Llama-family model (GGUF) in, a GGUF model that
+// llama.cpp runs out, the linears rounded by plain RTN or calibrated on text (GPTQ, AWQ).
+#include "nibble_quant_model.hpp"
+
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nibble/model/gguf_model_writer.hpp>
+#include <nibble/model/load_model.hpp>
+#include <nibble/model/quantize_model.hpp>
+
+#include "process_memory.hpp"
+
+namespace {
+
+using namespace nibble;
+using namespace nibble::model;
+using Clock = std::chrono::steady_clock;
+
+const char* kHelp = R"(nibble-quant MODEL.gguf OUT.gguf: quantize a whole model for llama.cpp.
+
+usage: nibble-quant MODEL.gguf OUT.gguf [--format gguf-q4_0|gguf-iq4_nl] [--method M]
+                    [--calib TEXT.txt [--calib-tokens N] [--calib-seq N]] [--force]
+
+MODEL is a Llama-family GGUF model (architecture llama or qwen2), quantized or not; its
+weights are decoded to fp32 first (requantizing a quantized file, as llama-quantize
+--allow-requantize does). OUT is a GGUF model llama.cpp loads: every metadata key
+(tokenizer, chat template, hyper-parameters) and every tensor other than the seven
+linears of each block copied unchanged, the linears written as Q4_0 or IQ4_NL.
+
+options:
+  --format F        gguf-q4_0 (default): llama.cpp Q4_0, 4.5 bits/weight
+                    gguf-iq4_nl: llama.cpp IQ4_NL (non-linear table), 4.5 bits/weight
+  --method M        rtn (default): llama.cpp's own rounding (the bytes llama-quantize
+                           writes without an importance matrix)
+                    clip:  per-block search for the clipping range with least error
+                    gptq:  GPTQ with act-order and the clip search, on calibration text
+                    awq:   AWQ scales (folded into the norms and ffn_up rows) + clip search
+                    awq+gptq: AWQ's scales, then GPTQ on the scaled weights
+  --calib FILE      calibration text for gptq / awq / awq+gptq (plain UTF-8 text, e.g.
+                    training stories; never the text you evaluate on)
+  --calib-tokens N  use at most N calibration tokens (default 65536)
+  --calib-seq N     tokens per calibration sequence (default 512); each starts with BOS
+                    when the model's tokenizer adds one
+  --damp F          GPTQ dampening, a fraction of the Hessian's mean diagonal (default 0.01)
+  --threads N       worker threads (default: all cores)
+  --force           overwrite OUT if it exists
+  -h, --help        this text
+
+Calibration runs block by block, as GPTQ and llm-awq do: the calibration sequences go
+through block 0, the inputs of its linears are captured, the block is quantized, and the
+outputs of the quantized block (AWQ: of the fp32 block) are block 1's inputs. Memory:
+the model in fp32 (4 bytes per weight) plus one block's captured inputs — about
+4 x tokens x (3 x hidden + intermediate) bytes (1.1 GB for SmolLM2-135M at 65536 tokens).
+Progress is printed per block with the elapsed time and an estimate of what is left.
+OUT is written under a temporary name and renamed when complete.
+)";
+
+struct Options {
+  std::string in, out, format = "gguf-q4_0", method = "rtn", calib;
+  long calib_tokens = 65536, calib_seq = 512;
+  double damp = 0.01;
+  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  bool force = false;
+};
+
+[[noreturn]] void usage_error(const std::string& msg) {
+  std::fprintf(stderr, "nibble-quant: %s\n(run nibble-quant MODEL.gguf OUT.gguf --help for usage)\n", msg.c_str());
+  std::exit(2);
+}
+
+long parse_long(const std::string& option, const std::string& text, long lo, long hi) {
+  char* end = nullptr;
+  const long v = std::strtol(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || v < lo || v > hi)
+    usage_error(option + " must be a whole number from " + std::to_string(lo) + " to " + std::to_string(hi) +
+                ", got '" + text + "'");
+  return v;
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  std::vector<std::string> positional;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) usage_error("option " + a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "-h" || a == "--help") {
+      std::fputs(kHelp, stdout);
+      std::exit(0);
+    } else if (a == "--format") o.format = value();
+    else if (a == "--method") o.method = value();
+    else if (a == "--calib") o.calib = value();
+    else if (a == "--calib-tokens") o.calib_tokens = parse_long(a, value(), 1, 1L << 24);
+    else if (a == "--calib-seq") o.calib_seq = parse_long(a, value(), 16, 1 << 16);
+    else if (a == "--damp") {
+      const std::string v = value();
+      char* end = nullptr;
+      o.damp = std::strtod(v.c_str(), &end);
+      if (v.empty() || *end != '\0' || !(o.damp >= 0.0 && o.damp <= 10.0)) usage_error("--damp must be from 0 to 10");
+    } else if (a == "--threads") o.threads = static_cast<int>(parse_long(a, value(), 1, 1024));
+    else if (a == "--force") o.force = true;
+    else if (!a.empty() && a[0] == '-') usage_error("unknown option " + a);
+    else positional.push_back(a);
+  }
+  if (positional.size() != 2) usage_error("expected MODEL.gguf and OUT.gguf");
+  o.in = positional[0];
+  o.out = positional[1];
+  if (o.format != "gguf-q4_0" && o.format != "gguf-iq4_nl")
+    usage_error("a model is written as --format gguf-q4_0 or gguf-iq4_nl, not '" + o.format + "'");
+  static const char* methods[] = {"rtn", "clip", "gptq", "awq", "awq+gptq"};
+  if (std::find(std::begin(methods), std::end(methods), o.method) == std::end(methods))
+    usage_error("unknown --method '" + o.method + "' (rtn, clip, gptq, awq, awq+gptq)");
+  const bool calibrated = o.method == "gptq" || o.method == "awq" || o.method == "awq+gptq";
+  if (calibrated && o.calib.empty()) usage_error("--method " + o.method + " needs calibration text: --calib FILE.txt");
+  if (!calibrated && !o.calib.empty()) usage_error("--calib is used by --method gptq, awq and awq+gptq only");
+  return o;
+}
+
+bool exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+bool same_file(const std::string& a, const std::string& b) {
+  struct stat sa {}, sb {};
+  return ::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  detail::require(in.good(), "cannot open calibration text '", path, "'");
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Consecutive windows of `seq` tokens of the text, at most max_tokens in all; each
+// window's first token becomes BOS when the tokenizer adds one (llama-imatrix and
+// llama-perplexity do the same with their chunks).
+std::vector<std::vector<int>> calibration_sequences(const LoadedModel& m, const Options& o) {
+  const std::string text = read_text(o.calib);
+  const std::vector<int> tokens = m.tokenizer.encode(text, false, false);
+  const std::size_t seq = static_cast<std::size_t>(o.calib_seq);
+  detail::require(tokens.size() >= seq, "calibration text '", o.calib, "' has ", tokens.size(),
+                  " tokens, fewer than one sequence of ", seq, " (--calib-seq)");
+  const std::size_t count = std::min(tokens.size() / seq, std::max<std::size_t>(1, static_cast<std::size_t>(o.calib_tokens) / seq));
+  std::vector<std::vector<int>> out(count);
+  for (std::size_t s = 0; s < count; ++s) {
+    out[s].assign(tokens.begin() + static_cast<std::ptrdiff_t>(s * seq),
+                  tokens.begin() + static_cast<std::ptrdiff_t>((s + 1) * seq));
+    if (m.tokenizer.adds_bos()) out[s][0] = m.tokenizer.bos();
+  }
+  return out;
+}
+
+// The storage of a GGUF block type: groups of 32 with fp16 scales; Q4_0 is int4 with
+// llama.cpp's scale rule (signed extreme / −8), IQ4_NL its non-linear table.
+QuantConfig gguf_storage(io::GgmlType type) {
+  QuantConfig c;
+  c.group_size = 32;
+  c.scale_format = ScaleFormat::f16;
+  if (type == io::GgmlType::Q4_0) {
+    c.codebook = Codebook::int4_sym;
+    c.sym_scale = SymScale::full_range;
+  } else {
+    c.codebook = Codebook::iq4_nl;
+  }
+  return c;
+}
+
+Method method_for(const std::string& name) {
+  if (name == "clip") return Method::iq4_nl_clip;  // clip search; the storage decides the table
+  if (name == "gptq") return Method::gptq_int4_act_clip;
+  if (name == "awq") return Method::awq;
+  return Method::awq_gptq_clip_dq;  // awq+gptq (the scale format comes from the storage)
+}
+
+int run(const Options& o) {
+  const auto t0 = Clock::now();
+  auto seconds = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
+  detail::require(exists(o.in), "'", o.in, "' does not exist");
+  detail::require(!hf_detail::is_directory(o.in), "'", o.in,
+                  "' is a Hugging Face directory: nibble-quant writes GGUF models from GGUF input only so far");
+  detail::require(has_gguf_magic(o.in), "'", o.in, "' is not a GGUF file");
+  detail::require(!same_file(o.in, o.out), "OUT '", o.out, "' is the input file");
+  detail::require(o.force || !exists(o.out), "'", o.out, "' exists: pass --force to overwrite it");
+  const io::GgmlType type = o.format == "gguf-q4_0" ? io::GgmlType::Q4_0 : io::GgmlType::IQ4_NL;
+
+  LoadOptions lo;
+  lo.dequantize = true;  // the fp32 model the methods start from
+  const LoadedModel m = load_model(o.in, lo);
+  const LlamaConfig& c = m.weights.config;
+  std::fprintf(stderr, "nibble-quant: %s: %d blocks, dim %d, ffn %d, %d heads (%d kv), vocab %d; loaded in %.1f s\n",
+               o.in.c_str(), c.n_layers, c.dim, c.hidden_dim, c.n_heads, c.n_kv_heads, c.vocab_size, seconds());
+
+  LlamaWeights out = m.weights;
+  std::size_t calib_tokens = 0;
+  if (o.method == "rtn") {
+    // llama.cpp's reference rounding, matrix by matrix.
+    for (auto& L : out.layers)
+      for (const GgufLayerLinear& t : gguf_layer_linears()) {
+        const RowMatrixXf& W = (L.*t.matrix).dense();
+        L.*t.matrix = StoredMatrix(type == io::GgmlType::Q4_0 ? io::quantize_q4_0(W) : io::quantize_iq4_nl(W));
+      }
+  } else {
+    std::vector<std::vector<int>> calib;
+    if (!o.calib.empty()) {
+      calib = calibration_sequences(m, o);
+      calib_tokens = calib.size() * calib.front().size();
+      std::fprintf(stderr, "nibble-quant: calibration: %zu sequences of %zu tokens from '%s'\n", calib.size(),
+                   calib.front().size(), o.calib.c_str());
+    }
+    ModelQuantOptions q;
+    q.method = method_for(o.method);
+    q.storage = gguf_storage(type);
+    q.group_size = 32;
+    q.int_scale_format = ScaleFormat::f16;
+    q.threads = o.threads;
+    q.kernel_threads = 1;
+    // Quantized blocks propagate the calibration data as fp32 products of their decoded
+    // weights (Eigen's GEMM): the same values as the kernels, and the fastest at 512 rows.
+    q.backend = LinearBackend::dequantized;
+    q.gptq_damp = o.damp;
+    const double start = seconds();
+    q.on_block = [&](int done, int total) {
+      const double spent = seconds() - start;
+      std::fprintf(stderr, "nibble-quant: block %d/%d  %.1f s, about %.0f s left\n", done, total, seconds(),
+                   spent / done * (total - done));
+    };
+    out = with_quantized_linears(std::move(out), quantize_model(m.weights, q, calib));
+  }
+
+  std::fprintf(stderr, "nibble-quant: writing %s\n", o.out.c_str());
+  write_quantized_gguf(io::GgufReader::open(o.in), out, type, o.out);
+  struct stat st {};
+  ::stat(o.out.c_str(), &st);
+  std::printf("%s -> %s: %s %s%s, %.1f MiB, %.1f s, peak RSS %.0f MiB\n", o.in.c_str(), o.out.c_str(), o.method.c_str(),
+              o.format.c_str(),
+              calib_tokens ? (" on " + std::to_string(calib_tokens) + " calibration tokens").c_str() : "",
+              static_cast<double>(st.st_size) / (1 << 20), seconds(), nibble_tools::peak_rss_mib());
+  return 0;
+}
+
+}  // namespace
+
+bool is_model_input(const std::string& path) { return has_gguf_magic(path) || hf_detail::is_directory(path); }
+
+int quantize_model_file_main(int argc, char** argv) {
+  const Options o = parse(argc, argv);
+  try {
+    return run(o);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "nibble-quant: error: %s\n", e.what());
+    return 1;
+  }
+}
