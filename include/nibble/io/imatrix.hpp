@@ -242,8 +242,7 @@ inline ImportanceMatrix parse_gguf(const GgufReader& r, const std::string& what)
                           " has count 0 but a non-zero sum at column ", j);
         std::fill(out, out + e.cols, 1.0f);  // never used: no information, uniform importance
       } else {
-        const float inv = 1.0f / c;
-        for (std::size_t j = 0; j < e.cols; ++j) out[j] *= inv;
+        for (std::size_t j = 0; j < e.cols; ++j) out[j] /= c;  // a division, as llama-quantize does
       }
     }
     m.per_tensor.emplace(name, std::move(e));
