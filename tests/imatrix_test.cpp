@@ -524,6 +524,28 @@ TEST(WeightedFit, RoundTripsThroughGgufBlocksBitExactly) {
   }
 }
 
+TEST(WeightedFit, SameResultOnAnyThreadCount) {
+  const RowMatrixXf W = heavy_matrix(37, 128, 21);
+  const auto imp = heavy_importance(128, 22);
+  const QuantizedMatrix one = quantize_weighted(W, Codebook::iq4_nl, imp);
+  for (int threads : {2, 3, 8, 64}) {
+    WeightedFitOptions o;
+    o.threads = threads;
+    const QuantizedMatrix many = quantize_weighted(W, Codebook::iq4_nl, imp, o);
+    EXPECT_EQ(io::to_gguf_blocks(io::GgmlType::IQ4_NL, many), io::to_gguf_blocks(io::GgmlType::IQ4_NL, one));
+  }
+  RowMatrixXf huge = W;
+  huge(30, 70) = huge(12, 5) = 1e9f;  // two failing rows in different workers' ranges
+  for (int threads : {1, 4}) {
+    WeightedFitOptions o;
+    o.threads = threads;
+    expect_error([&] { quantize_weighted(huge, Codebook::int4_sym, imp, o); }, "row 12, block 0");
+  }
+  WeightedFitOptions bad;
+  bad.threads = 0;
+  expect_error([&] { quantize_weighted(W, Codebook::int4_sym, imp, bad); }, "threads is 0");
+}
+
 TEST(WeightedFit, EdgeCases) {
   // An all-zero block decodes to exactly zero; a block with zero importance is fitted
   // as plain MSE (no worse than reference rounding).
