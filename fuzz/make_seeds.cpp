@@ -192,5 +192,39 @@ int main(int argc, char** argv) {
     put("llama_index.txt", llama + std::string(1, '\0') + index);
     put("qwen2.txt", qwen2);
   }
+  {
+    // fuzz_imatrix: a GGUF imatrix (a 2-D entry and a 3-expert MoE entry with one unused
+    // expert) and a legacy imatrix.dat with its trailer.
+    io::GgufWriter w(d + "/imatrix/small.imatrix.gguf");
+    w.set_string("general.type", "imatrix");
+    w.set_string_array("imatrix.datasets", {"train.txt"});
+    w.set_u32("imatrix.chunk_count", 2);
+    w.set_u32("imatrix.chunk_size", 512);
+    std::vector<float> sums(64), moe(96, 0.0f);
+    for (int j = 0; j < 64; ++j) sums[j] = 0.5f + static_cast<float>(j);
+    for (int j = 0; j < 32; ++j) moe[j] = moe[64 + j] = static_cast<float>(j % 5);
+    const float count = 1024.0f, moe_counts[3] = {7.0f, 0.0f, 3.0f};
+    w.add_f32("blk.0.attn_q.weight.in_sum2", 1, 64, sums.data());
+    w.add_f32("blk.0.attn_q.weight.counts", 1, 1, &count);
+    w.add_f32("blk.0.ffn_up_exps.weight.in_sum2", 3, 32, moe.data());
+    w.add_f32("blk.0.ffn_up_exps.weight.counts", 3, 1, moe_counts);
+    w.finish();
+    std::vector<std::uint8_t> dat;
+    auto i32 = [&](std::int32_t v) { io::put(dat, v); };
+    i32(1);
+    const std::string name = "blk.0.attn_q.weight", dataset = "train.txt";
+    i32(static_cast<std::int32_t>(name.size()));
+    io::put_bytes(dat, name.data(), name.size());
+    i32(2);   // ncall
+    i32(32);  // nval
+    for (int j = 0; j < 32; ++j) io::put(dat, 0.25f * static_cast<float>(j));
+    i32(2);
+    i32(static_cast<std::int32_t>(dataset.size()));
+    io::put_bytes(dat, dataset.data(), dataset.size());
+    std::FILE* f = std::fopen((d + "/imatrix/small.imatrix.dat").c_str(), "wb");
+    if (f == nullptr) std::exit(1);
+    std::fwrite(dat.data(), 1, dat.size(), f);
+    std::fclose(f);
+  }
   return 0;
 }

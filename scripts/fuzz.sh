@@ -16,7 +16,7 @@ out="$root/build/fuzz"
 mkdir -p "$out"
 flags=(-std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
        -DNIBBLE_FUZZ_NO_CHECKSUMS -I"$root/include" -I/usr/include/eigen3)
-for harness in safetensors nibble_file gguf checkpoints bpe model llama_logits hf_config; do
+for harness in safetensors nibble_file gguf checkpoints bpe model llama_logits hf_config imatrix; do
   echo "=== fuzz $harness (${seconds}s) ==="
   "$cxx" "${flags[@]}" "$root/fuzz/fuzz_$harness.cpp" -o "$out/fuzz_$harness"
   work=$(mktemp -d)

@@ -22,3 +22,4 @@
 #include "quant/linalg.hpp"
 #include "quant/metrics.hpp"
 #include "quant/rtn.hpp"
+#include "quant/weighted_fit.hpp"

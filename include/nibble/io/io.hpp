@@ -9,5 +9,6 @@
 #include "gguf.hpp"
 #include "gguf_metadata.hpp"
 #include "gptq_checkpoint.hpp"
+#include "imatrix.hpp"
 #include "nibble_file.hpp"
 #include "safetensors.hpp"
