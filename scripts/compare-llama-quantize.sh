@@ -4,8 +4,9 @@
 # to Q4_0 and IQ4_NL by
 #   * llama-quantize (llama.cpp 0c1e570), plain and with an importance matrix made by
 #     llama-imatrix on the calibration text;
-#   * nibble-quant: rtn (llama.cpp's rounding: must give the same tensors), clip, gptq,
-#     awq+gptq on the same calibration text.
+#   * nibble-quant: rtn (llama.cpp's rounding: must give the same tensors), imatrix (rtn
+#     weighted by the same llama-imatrix file), clip, gptq and awq+gptq on the same
+#     calibration text.
 # Every file keeps the source's Q8_0 token embedding (llama-quantize --pure
 # --token-embedding-type q8_0) so only the block linears differ. Each file is scored by
 # llama-perplexity itself: perplexity and mean KL against the source model's logits
@@ -20,7 +21,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 formats=${FORMATS:-"Q4_0 IQ4_NL"}
-methods=${METHODS:-"rtn clip gptq awq+gptq"}
+methods=${METHODS:-"rtn imatrix clip gptq awq+gptq"}
 calib_tokens=${CALIB_TOKENS:-65536}
 chunks=${CHUNKS:-0}   # 0: the whole evaluation text
 calib=${CALIB:-$root/examples/data/tinystories_train_sample_2MiB.txt}
@@ -87,12 +88,17 @@ for fmt in $formats; do
   done
   for method in $methods; do
     file="$out/nibble-$lower-${method/+/-}.gguf"
-    calib_flags=()
-    [ "$method" != rtn ] && [ "$method" != clip ] && calib_flags=(--calib "$calib" --calib-tokens "$calib_tokens")
+    flags=(--method "$method")
+    case $method in
+      rtn | clip) ;;
+      imatrix) flags=(--method rtn --imatrix "$out/imatrix.gguf") ;;
+      *) flags+=(--calib "$calib" --calib-tokens "$calib_tokens") ;;
+    esac
     t0=$(now)
-    "$quant" "$source_model" "$file" --force --format "gguf-$lower" --method "$method" "${calib_flags[@]}" \
+    "$quant" "$source_model" "$file" --force --format "gguf-$lower" "${flags[@]}" \
       >"$out/nibble-$lower-${method/+/-}.log" 2>&1
     seconds=$(python3 -c "print($(now) - $t0)")
+    [ "$method" = imatrix ] && seconds=$(python3 -c "print($seconds + $imatrix_seconds)")
     peak=$(sed -n 's/.*peak RSS \([0-9]*\) MiB.*/\1/p' "$out/nibble-$lower-${method/+/-}.log" | tail -1)
     if [ "$method" = rtn ]; then
       # llama.cpp's rounding: the tensors must be llama-quantize's, byte for byte.

@@ -5,6 +5,8 @@
 // scripts/test-real-model.sh.
 #include <cstdio>
 #include <fstream>
+#include <map>
+#include <vector>
 #include <sstream>
 #include <string>
 
@@ -12,6 +14,7 @@
 
 #include <nibble/io/gguf.hpp>
 #include <nibble/model/gguf_model.hpp>
+#include <nibble/quant/weighted_fit.hpp>
 
 #include "cli_util.hpp"
 
@@ -78,6 +81,64 @@ TEST(NibbleQuantModel, RtnWritesLlamaCppsQ4_0AndKeepsEverythingElse) {
   ASSERT_EQ(quant(kTiny + " " + out + " --format gguf-iq4_nl --force", &log), 0) << log;
   EXPECT_EQ(io::GgufReader::open(out).typed_metadata().get_int("general.file_type"), 25);
   std::remove(out.c_str());
+}
+
+// An importance matrix in llama-imatrix's GGUF form for some of the linears: the output
+// is the weighted fit with those importances, the plain fit elsewhere.
+TEST(NibbleQuantModel, ImatrixWeightsTheFit) {
+  const io::GgufReader src = io::GgufReader::open(kTiny);
+  const std::string imatrix = cli_dir() + "tiny.imatrix.gguf";
+  const std::vector<std::string> weighted = {"blk.0.attn_q.weight", "blk.0.ffn_down.weight"};
+  std::map<std::string, std::vector<float>> importance;
+  {
+    io::GgufWriter w(imatrix);
+    w.set_string("general.type", "imatrix");
+    w.set_u32("imatrix.chunk_count", 4);
+    for (std::size_t i = 0; i < weighted.size(); ++i) {
+      const std::size_t cols = src.info(weighted[i]).ne[0];
+      std::vector<float> sums(cols), mean(cols);
+      for (std::size_t j = 0; j < cols; ++j) {
+        mean[j] = static_cast<float>(1 + (j * 7 + i * 3) % 11) * (j % 5 == 0 ? 40.0f : 1.0f);  // a few loud columns
+        sums[j] = mean[j] * 4.0f;  // 4 calls: the reader divides the sums by the count
+      }
+      const float count = 4.0f;
+      w.add_tensor(weighted[i] + ".in_sum2", static_cast<std::uint32_t>(io::GgmlType::F32), {cols, 1}, sums.data(),
+                   cols * 4);
+      w.add_tensor(weighted[i] + ".counts", static_cast<std::uint32_t>(io::GgmlType::F32), {1, 1}, &count, 4);
+      importance[weighted[i]] = mean;
+    }
+    w.finish();
+  }
+  for (const char* format : {"gguf-q4_0", "gguf-iq4_nl"}) {
+    const bool q4_0 = std::string(format) == "gguf-q4_0";
+    const std::string out = cli_dir() + "tiny_imatrix.gguf";
+    std::string log;
+    ASSERT_EQ(quant(kTiny + " " + out + " --force --format " + format + " --imatrix " + imatrix, &log), 0) << log;
+    EXPECT_NE(log.find("2 matrices weighted, 5 without an entry"), std::string::npos) << log;
+    const io::GgufReader got = io::GgufReader::open(out);
+    std::size_t differs_from_plain = 0;
+    for (const auto& t : src.tensors()) {
+      if (t.name.find("_norm") != std::string::npos || t.name.find("blk.") != 0) continue;
+      const auto it = importance.find(t.name);
+      const std::vector<float> none;
+      const QuantizedMatrix want = quantize_weighted(src.load_float(t.name), q4_0 ? Codebook::int4_sym : Codebook::iq4_nl,
+                                                     it == importance.end() ? none : it->second);
+      const io::GgmlType type = q4_0 ? io::GgmlType::Q4_0 : io::GgmlType::IQ4_NL;
+      const io::ByteView b = got.bytes(got.info(t.name));
+      EXPECT_EQ(std::vector<std::uint8_t>(b.data, b.data + b.size), io::to_gguf_blocks(type, want)) << t.name;
+      if (it != importance.end())
+        differs_from_plain += io::to_gguf_blocks(type, quantize_weighted(src.load_float(t.name),
+                                                                          q4_0 ? Codebook::int4_sym : Codebook::iq4_nl,
+                                                                          none)) != io::to_gguf_blocks(type, want);
+    }
+    EXPECT_GT(differs_from_plain, 0u) << "the importances changed nothing";
+    std::remove(out.c_str());
+  }
+  std::string log;
+  EXPECT_EQ(quant(kTiny + " " + cli_dir() + "never.gguf --method clip --imatrix " + imatrix, &log), 2);
+  EXPECT_EQ(quant(kTiny + " " + cli_dir() + "never.gguf --imatrix " + kTiny, &log), 1);  // a model, not an imatrix
+  EXPECT_NE(log.find("imatrix"), std::string::npos) << log;
+  std::remove(imatrix.c_str());
 }
 
 TEST(NibbleQuantModel, GptqAndAwqFromCalibrationText) {

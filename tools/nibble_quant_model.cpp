@@ -13,9 +13,11 @@
 #include <thread>
 #include <vector>
 
+#include <nibble/io/imatrix.hpp>
 #include <nibble/model/gguf_model_writer.hpp>
 #include <nibble/model/load_model.hpp>
 #include <nibble/model/quantize_model.hpp>
+#include <nibble/quant/weighted_fit.hpp>
 
 #include "process_memory.hpp"
 
@@ -45,6 +47,11 @@ options:
                     gptq:  GPTQ with act-order and the clip search, on calibration text
                     awq:   AWQ scales (folded into the norms and ffn_up rows) + clip search
                     awq+gptq: AWQ's scales, then GPTQ on the scaled weights
+  --imatrix FILE    rtn only: weight the fit of every block by an importance matrix from
+                    llama.cpp's llama-imatrix (imatrix.dat or its GGUF form): the codes and
+                    scale with least importance-weighted error (quant/weighted_fit.hpp).
+                    Needs no calibration run here; tensors the file lacks are fitted with
+                    equal weights.
   --calib FILE      calibration text for gptq / awq / awq+gptq (plain UTF-8 text, e.g.
                     training stories; never the text you evaluate on)
   --calib-tokens N  use at most N calibration tokens (default 65536)
@@ -65,7 +72,7 @@ OUT is written under a temporary name and renamed when complete.
 )";
 
 struct Options {
-  std::string in, out, format = "gguf-q4_0", method = "rtn", calib;
+  std::string in, out, format = "gguf-q4_0", method = "rtn", calib, imatrix;
   long calib_tokens = 65536, calib_seq = 512;
   double damp = 0.01;
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -101,6 +108,7 @@ Options parse(int argc, char** argv) {
     } else if (a == "--format") o.format = value();
     else if (a == "--method") o.method = value();
     else if (a == "--calib") o.calib = value();
+    else if (a == "--imatrix") o.imatrix = value();
     else if (a == "--calib-tokens") o.calib_tokens = parse_long(a, value(), 1, 1L << 24);
     else if (a == "--calib-seq") o.calib_seq = parse_long(a, value(), 16, 1 << 16);
     else if (a == "--damp") {
@@ -124,6 +132,7 @@ Options parse(int argc, char** argv) {
   const bool calibrated = o.method == "gptq" || o.method == "awq" || o.method == "awq+gptq";
   if (calibrated && o.calib.empty()) usage_error("--method " + o.method + " needs calibration text: --calib FILE.txt");
   if (!calibrated && !o.calib.empty()) usage_error("--calib is used by --method gptq, awq and awq+gptq only");
+  if (!o.imatrix.empty() && o.method != "rtn") usage_error("--imatrix weights the rtn fit: use it with --method rtn");
   return o;
 }
 
@@ -206,7 +215,27 @@ int run(const Options& o) {
 
   LlamaWeights out = m.weights;
   std::size_t calib_tokens = 0;
-  if (o.method == "rtn") {
+  if (o.method == "rtn" && !o.imatrix.empty()) {
+    // The importance-weighted fit, block by block; threads split each matrix's rows.
+    const io::ImportanceMatrix imatrix = io::load_imatrix(o.imatrix);
+    WeightedFitOptions fit;
+    fit.threads = o.threads;
+    std::size_t weighted = 0, plain = 0;
+    for (int l = 0; l < c.n_layers; ++l)
+      for (const GgufLayerLinear& t : gguf_layer_linears()) {
+        LlamaLayer& L = out.layers[static_cast<std::size_t>(l)];
+        const RowMatrixXf& W = (L.*t.matrix).dense();
+        const std::string name = gguf_block_prefix(l) + t.name + ".weight";
+        const bool has = imatrix.contains(name);
+        (has ? weighted : plain) += 1;
+        const std::vector<float> none;
+        L.*t.matrix = StoredMatrix(quantize_weighted(
+            W, type == io::GgmlType::Q4_0 ? Codebook::int4_sym : Codebook::iq4_nl,
+            has ? imatrix.for_weight(name, static_cast<std::size_t>(W.cols())) : none, fit));
+      }
+    std::fprintf(stderr, "nibble-quant: imatrix '%s' (%u chunks): %zu matrices weighted, %zu without an entry\n",
+                 o.imatrix.c_str(), imatrix.chunks, weighted, plain);
+  } else if (o.method == "rtn") {
     // llama.cpp's reference rounding, matrix by matrix.
     for (auto& L : out.layers)
       for (const GgufLayerLinear& t : gguf_layer_linears()) {
@@ -245,7 +274,8 @@ int run(const Options& o) {
   write_quantized_gguf(io::GgufReader::open(o.in), out, type, o.out);
   struct stat st {};
   ::stat(o.out.c_str(), &st);
-  std::printf("%s -> %s: %s %s%s, %.1f MiB, %.1f s, peak RSS %.0f MiB\n", o.in.c_str(), o.out.c_str(), o.method.c_str(),
+  std::printf("%s -> %s: %s%s %s%s, %.1f MiB, %.1f s, peak RSS %.0f MiB\n", o.in.c_str(), o.out.c_str(), o.method.c_str(),
+              o.imatrix.empty() ? "" : " + imatrix",
               o.format.c_str(),
               calib_tokens ? (" on " + std::to_string(calib_tokens) + " calibration tokens").c_str() : "",
               static_cast<double>(st.st_size) / (1 << 20), seconds(), nibble_tools::peak_rss_mib());
