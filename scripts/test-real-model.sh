@@ -8,6 +8,11 @@
 #   * KL(llama.cpp ‖ nibble) on the same Q4_1 weights, and KL between nibble's fp32
 #     (dequantized) model and llama.cpp's Q4_1 run measured by llama-perplexity
 #     itself, both ≤ 0.01;
+#   * nibble-quant's GGUF models: rtn has llama-quantize's Q4_0 tensors byte for byte and
+#     the source's metadata; a GPTQ file (4096 calibration tokens) is loaded, scored,
+#     run and benchmarked by llama-perplexity / llama-simple / llama-bench, its KL to the
+#     source well below rtn's, and nibble's runtime agrees with llama.cpp's on it;
+#   * llama-imatrix's files (both formats) read by nibble exactly (check_imatrix.sh);
 #   * run (plain and chat), bench and tokenize work end to end.
 # Skipped, with the reason printed, only when PyPI cannot be reached.
 #
@@ -67,6 +72,61 @@ for name, v in (("KL(llama.cpp||nibble Q4_1)", q41["llama_mean_kl"]), ("KL(nibbl
 if problems:
     sys.exit("test-real-model: FAILED: " + "; ".join(problems))
 PY
+
+echo "--- nibble-quant writes models llama.cpp runs"
+quant="$build/tools/nibble-quant"
+[ -x "$quant" ] || fail "$quant not built"
+py=${NIBBLE_PYTHON:-$root/build/pyenv/bin/python}  # PyPI gguf (scripts/test-interop.sh sets it up)
+"$py" -c "import gguf, numpy" 2>/dev/null || fail "$py cannot import gguf (run scripts/test-interop.sh first)"
+# rtn is llama.cpp's rounding: the same tensors as llama-quantize's (same Q8_0 embedding).
+"$bin/llama-quantize" --allow-requantize --pure --token-embedding-type q8_0 --output-tensor-type q8_0 \
+  "$model" "$out/llama-q4_0.gguf" Q4_0 >"$out/llama-quantize.log" 2>&1 || { tail "$out/llama-quantize.log"; fail "llama-quantize"; }
+"$quant" "$model" "$out/rtn.gguf" >"$out/rtn.log" 2>&1 || { cat "$out/rtn.log"; fail "nibble-quant rtn"; }
+"$py" - "$out/rtn.gguf" "$out/llama-q4_0.gguf" "$model" <<'PY' || fail "nibble-quant rtn is not llama-quantize's Q4_0"
+import sys, gguf, numpy as np
+ours, theirs, source = (gguf.GGUFReader(p) for p in sys.argv[1:4])
+def raw(t): return np.asarray(t.data).tobytes()
+tt = {t.name: t for t in theirs.tensors}
+bad = [t.name for t in ours.tensors if t.tensor_type != tt[t.name].tensor_type or raw(t) != raw(tt[t.name])]
+def kv(r):
+    return {f.name: (f.types, [bytes(f.parts[i]) for i in f.data]) for f in r.fields.values() if not f.name.startswith("GGUF.")}
+ko, ks = kv(ours), kv(source)
+changed = sorted(k for k in ks if ko.get(k) != ks[k]) + sorted(k for k in ko if k not in ks)
+print(f"  rtn: {len(ours.tensors)} tensors, {len(bad)} differ from llama-quantize's; metadata changed: {changed}")
+sys.exit(1 if bad or len(ours.tensors) != len(theirs.tensors) or changed != ["general.file_type"] else 0)
+PY
+# GPTQ on a little of the training text, then llama.cpp scores both files against the
+# source model's logits, runs and benchmarks the GPTQ one, and nibble's runtime on the
+# written file agrees with llama.cpp's on it.
+train="$root/examples/data/tinystories_train_sample_2MiB.txt"
+"$quant" "$model" "$out/gptq.gguf" --method gptq --calib "$train" --calib-tokens 4096 >"$out/gptq.log" 2>&1 ||
+  { tail "$out/gptq.log"; fail "nibble-quant gptq"; }
+tail -1 "$out/gptq.log"
+for f in rtn gptq; do
+  "$bin/llama-perplexity" -m "$out/$f.gguf" -f "$text" -c 512 -t 2 --chunks "$chunks" --kl-divergence \
+    --kl-divergence-base "$out/llama.kld" >"$out/$f-kl.log" 2>&1 || { tail -20 "$out/$f-kl.log"; fail "llama-perplexity on $f.gguf"; }
+done
+"$bin/llama-perplexity" -m "$out/gptq.gguf" -f "$text" -c 512 -t 2 --chunks "$chunks" \
+  --kl-divergence-base "$out/gptq.kld" >"$out/gptq-base.log" 2>&1 || fail "llama-perplexity base on gptq.gguf"
+"$llm" perplexity -m "$out/gptq.gguf" -f "$text" -t 2 --kl-llama "$out/gptq.kld" --json >"$out/gptq-nibble.json"
+python3 - "$out" <<'PY'
+import json, re, sys
+out = sys.argv[1]
+kl = {f: float(re.search(r"Mean\s+KLD:\s+([0-9.]+)", open(f"{out}/{f}-kl.log").read()).group(1)) for f in ("rtn", "gptq")}
+runtime = json.load(open(f"{out}/gptq-nibble.json"))["llama_mean_kl"]
+print(f"  KL to the source model (llama-perplexity): rtn Q4_0 {kl['rtn']:.5f}, gptq Q4_0 (4096 tokens) {kl['gptq']:.5f}")
+print(f"  KL(llama.cpp || nibble) on the gptq file: {runtime:.6f}")
+problems = []
+if not kl["gptq"] < 0.8 * kl["rtn"]: problems.append("GPTQ's KL is not 20% below RTN's")
+if not 0 <= runtime <= 0.01: problems.append(f"nibble and llama.cpp disagree on the written file (KL {runtime})")
+if problems: sys.exit("test-real-model: FAILED: " + "; ".join(problems))
+PY
+said=$("$bin/llama-simple" -m "$out/gptq.gguf" -n 16 "Once upon a time" 2>"$out/simple.log") || { tail "$out/simple.log"; fail "llama-simple"; }
+echo "  llama-simple on the gptq file: $(echo "$said" | tr '\n' ' ' | cut -c1-100)"
+[ "${#said}" -gt 30 ] || fail "llama-simple wrote too little"
+"$bin/llama-bench" -m "$out/gptq.gguf" -p 32 -n 8 -r 1 -t 2 >"$out/bench.log" 2>&1 || { tail "$out/bench.log"; fail "llama-bench"; }
+echo "--- llama-imatrix files read by nibble (tests/llama_cpp/check_imatrix.sh)"
+NIBBLE_PYTHON="$py" tests/llama_cpp/check_imatrix.sh "$bin" "$model" "$train" "$build"
 
 echo "--- run, chat, bench, tokenize"
 story=$("$llm" run -m "$model" -p "Once upon a time" -n 24 2>"$out/run.log")

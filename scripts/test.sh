@@ -38,8 +38,8 @@ if [ $# -eq 0 ]; then
   scripts/test-hf.sh
   echo "=== bitsandbytes-exact mode against bitsandbytes 0.50.2 itself (torch CPU) ==="
   scripts/test-bnb.sh
-  echo "=== fuzz every file reader (20 s each) ==="
-  scripts/fuzz.sh 20
+  echo "=== fuzz every file reader (10 s each) ==="
+  scripts/fuzz.sh 10
 fi
 echo "all presets: ${presets[*]}"
 echo "${total} passed, 0 failed"

@@ -135,7 +135,19 @@ TEST(NibbleQuantModel, ImatrixWeightsTheFit) {
     std::remove(out.c_str());
   }
   std::string log;
-  EXPECT_EQ(quant(kTiny + " " + cli_dir() + "never.gguf --method clip --imatrix " + imatrix, &log), 2);
+  // --method clip: the same fit with equal weights.
+  const std::string clip = cli_dir() + "tiny_clip.gguf";
+  ASSERT_EQ(quant(kTiny + " " + clip + " --force --method clip", &log), 0) << log;
+  const io::GgufReader clipped = io::GgufReader::open(clip);
+  for (const auto& t : src.tensors()) {
+    if (t.name.find("_norm") != std::string::npos || t.name.find("blk.") != 0) continue;
+    const io::ByteView b = clipped.bytes(clipped.info(t.name));
+    EXPECT_EQ(std::vector<std::uint8_t>(b.data, b.data + b.size),
+              io::to_q4_0_blocks(quantize_weighted(src.load_float(t.name), Codebook::int4_sym, {})))
+        << t.name;
+  }
+  std::remove(clip.c_str());
+  EXPECT_EQ(quant(kTiny + " " + cli_dir() + "never.gguf --method gptq --calib x.txt --imatrix " + imatrix, &log), 2);
   EXPECT_EQ(quant(kTiny + " " + cli_dir() + "never.gguf --imatrix " + kTiny, &log), 1);  // a model, not an imatrix
   EXPECT_NE(log.find("imatrix"), std::string::npos) << log;
   std::remove(imatrix.c_str());

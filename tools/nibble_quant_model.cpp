@@ -43,11 +43,12 @@ options:
                     gguf-iq4_nl: llama.cpp IQ4_NL (non-linear table), 4.5 bits/weight
   --method M        rtn (default): llama.cpp's own rounding (the bytes llama-quantize
                            writes without an importance matrix)
-                    clip:  per-block search for the clipping range with least error
+                    clip:  per block, the scale (sign included, clipping allowed) and codes
+                           with least squared error (quant/weighted_fit.hpp, equal weights)
                     gptq:  GPTQ with act-order and the clip search, on calibration text
                     awq:   AWQ scales (folded into the norms and ffn_up rows) + clip search
                     awq+gptq: AWQ's scales, then GPTQ on the scaled weights
-  --imatrix FILE    rtn only: weight the fit of every block by an importance matrix from
+  --imatrix FILE    rtn / clip: weight the fit of every block by an importance matrix from
                     llama.cpp's llama-imatrix (imatrix.dat or its GGUF form): the codes and
                     scale with least importance-weighted error (quant/weighted_fit.hpp).
                     Needs no calibration run here; tensors the file lacks are fitted with
@@ -132,7 +133,8 @@ Options parse(int argc, char** argv) {
   const bool calibrated = o.method == "gptq" || o.method == "awq" || o.method == "awq+gptq";
   if (calibrated && o.calib.empty()) usage_error("--method " + o.method + " needs calibration text: --calib FILE.txt");
   if (!calibrated && !o.calib.empty()) usage_error("--calib is used by --method gptq, awq and awq+gptq only");
-  if (!o.imatrix.empty() && o.method != "rtn") usage_error("--imatrix weights the rtn fit: use it with --method rtn");
+  if (!o.imatrix.empty() && o.method != "rtn" && o.method != "clip")
+    usage_error("--imatrix weights the rtn / clip fit: use it with --method rtn or clip");
   return o;
 }
 
@@ -189,7 +191,6 @@ QuantConfig gguf_storage(io::GgmlType type) {
 }
 
 Method method_for(const std::string& name) {
-  if (name == "clip") return Method::iq4_nl_clip;  // clip search; the storage decides the table
   if (name == "gptq") return Method::gptq_int4_act_clip;
   if (name == "awq") return Method::awq;
   return Method::awq_gptq_clip_dq;  // awq+gptq (the scale format comes from the storage)
@@ -215,9 +216,9 @@ int run(const Options& o) {
 
   LlamaWeights out = m.weights;
   std::size_t calib_tokens = 0;
-  if (o.method == "rtn" && !o.imatrix.empty()) {
-    // The importance-weighted fit, block by block; threads split each matrix's rows.
-    const io::ImportanceMatrix imatrix = io::load_imatrix(o.imatrix);
+  if (o.method == "clip" || !o.imatrix.empty()) {
+    // The (importance-)weighted fit, block by block; threads split each matrix's rows.
+    const io::ImportanceMatrix imatrix = o.imatrix.empty() ? io::ImportanceMatrix() : io::load_imatrix(o.imatrix);
     WeightedFitOptions fit;
     fit.threads = o.threads;
     std::size_t weighted = 0, plain = 0;
@@ -233,8 +234,9 @@ int run(const Options& o) {
             W, type == io::GgmlType::Q4_0 ? Codebook::int4_sym : Codebook::iq4_nl,
             has ? imatrix.for_weight(name, static_cast<std::size_t>(W.cols())) : none, fit));
       }
-    std::fprintf(stderr, "nibble-quant: imatrix '%s' (%u chunks): %zu matrices weighted, %zu without an entry\n",
-                 o.imatrix.c_str(), imatrix.chunks, weighted, plain);
+    if (!o.imatrix.empty())
+      std::fprintf(stderr, "nibble-quant: imatrix '%s' (%u chunks): %zu matrices weighted, %zu without an entry\n",
+                   o.imatrix.c_str(), imatrix.chunks, weighted, plain);
   } else if (o.method == "rtn") {
     // llama.cpp's reference rounding, matrix by matrix.
     for (auto& L : out.layers)
