@@ -40,8 +40,9 @@ using Clock = std::chrono::steady_clock;
 const char* kHelp = R"(nibble-quant: quantize the weights of a safetensors checkpoint to 4 bits.
 
 usage: nibble-quant IN.safetensors OUT [options]
-       nibble-quant MODEL.gguf OUT.gguf [options]   a whole model for llama.cpp, optionally
-                                                     calibrated on text (MODEL.gguf --help)
+       nibble-quant MODEL OUT.gguf [options]        a whole model (GGUF file or Hugging Face
+                                                     directory) for llama.cpp, optionally
+                                                     calibrated on text (MODEL --help)
 
 Every 2-D floating-point tensor (F32/F16/BF16) whose name does not match the skip
 pattern is quantized; everything else (embeddings, norms, biases, 1-D tensors) is

@@ -1,5 +1,6 @@
-// nibble-quant's model mode: a whole Llama-family model (GGUF) in, a GGUF model that
-// llama.cpp runs out, the linears rounded by plain RTN or calibrated on text (GPTQ, AWQ).
+// nibble-quant's model mode: a whole Llama-family model (a GGUF file or a Hugging Face
+// directory) in, a GGUF model that llama.cpp runs out, the linears rounded by plain RTN
+// or calibrated on text (GPTQ, AWQ).
 #include "nibble_quant_model.hpp"
 
 #include <sys/stat.h>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include <nibble/io/imatrix.hpp>
+#include <nibble/model/gguf_model_from_hf.hpp>
 #include <nibble/model/gguf_model_writer.hpp>
 #include <nibble/model/load_model.hpp>
 #include <nibble/model/quantize_model.hpp>
@@ -27,16 +29,24 @@ using namespace nibble;
 using namespace nibble::model;
 using Clock = std::chrono::steady_clock;
 
-const char* kHelp = R"(nibble-quant MODEL.gguf OUT.gguf: quantize a whole model for llama.cpp.
+const char* kHelp = R"(nibble-quant MODEL OUT.gguf: quantize a whole model for llama.cpp.
 
-usage: nibble-quant MODEL.gguf OUT.gguf [--format gguf-q4_0|gguf-iq4_nl] [--method M]
-                    [--calib TEXT.txt [--calib-tokens N] [--calib-seq N]] [--force]
+usage: nibble-quant MODEL OUT.gguf [--format gguf-q4_0|gguf-iq4_nl] [--method M]
+                    [--calib TEXT.txt [--calib-tokens N] [--calib-seq N]]
+                    [--imatrix FILE] [--embedding q8_0|f16|f32] [--force]
 
-MODEL is a Llama-family GGUF model (architecture llama or qwen2), quantized or not; its
-weights are decoded to fp32 first (requantizing a quantized file, as llama-quantize
---allow-requantize does). OUT is a GGUF model llama.cpp loads: every metadata key
-(tokenizer, chat template, hyper-parameters) and every tensor other than the seven
-linears of each block copied unchanged, the linears written as Q4_0 or IQ4_NL.
+MODEL is a Llama-family model (architecture llama or qwen2), either
+  * a GGUF file, quantized or not: its weights are decoded to fp32 first (requantizing a
+    quantized file, as llama-quantize --allow-requantize does). OUT keeps every metadata
+    key (tokenizer, chat template, hyper-parameters) and every tensor other than the
+    seven linears of each block unchanged; or
+  * a Hugging Face directory (LlamaForCausalLM or Qwen2ForCausalLM: config.json,
+    safetensors in F32/F16/BF16, tokenizer.json, tokenizer_config.json). OUT gets the
+    metadata and tokenizer llama.cpp's convert_hf_to_gguf.py writes, the embedding (and
+    an untied lm_head) as --embedding, the norms and biases as F32, and llama's q/k rows
+    in llama.cpp's RoPE order (model/gguf_model_from_hf.hpp).
+Either way the seven linears of each block are written as Q4_0 or IQ4_NL and OUT is a
+GGUF model llama.cpp loads.
 
 options:
   --format F        gguf-q4_0 (default): llama.cpp Q4_0, 4.5 bits/weight
@@ -53,6 +63,8 @@ options:
                     scale with least importance-weighted error (quant/weighted_fit.hpp).
                     Needs no calibration run here; tensors the file lacks are fitted with
                     equal weights.
+  --embedding T     Hugging Face input only: token_embd (and output) as q8_0 (default,
+                    llama.cpp's Q8_0 rounding), f16 or f32
   --calib FILE      calibration text for gptq / awq / awq+gptq (plain UTF-8 text, e.g.
                     training stories; never the text you evaluate on)
   --calib-tokens N  use at most N calibration tokens (default 65536)
@@ -73,7 +85,7 @@ OUT is written under a temporary name and renamed when complete.
 )";
 
 struct Options {
-  std::string in, out, format = "gguf-q4_0", method = "rtn", calib, imatrix;
+  std::string in, out, format = "gguf-q4_0", method = "rtn", calib, imatrix, embedding;
   long calib_tokens = 65536, calib_seq = 512;
   double damp = 0.01;
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -81,7 +93,7 @@ struct Options {
 };
 
 [[noreturn]] void usage_error(const std::string& msg) {
-  std::fprintf(stderr, "nibble-quant: %s\n(run nibble-quant MODEL.gguf OUT.gguf --help for usage)\n", msg.c_str());
+  std::fprintf(stderr, "nibble-quant: %s\n(run nibble-quant MODEL OUT.gguf --help for usage)\n", msg.c_str());
   std::exit(2);
 }
 
@@ -110,6 +122,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--method") o.method = value();
     else if (a == "--calib") o.calib = value();
     else if (a == "--imatrix") o.imatrix = value();
+    else if (a == "--embedding") o.embedding = value();
     else if (a == "--calib-tokens") o.calib_tokens = parse_long(a, value(), 1, 1L << 24);
     else if (a == "--calib-seq") o.calib_seq = parse_long(a, value(), 16, 1 << 16);
     else if (a == "--damp") {
@@ -122,7 +135,7 @@ Options parse(int argc, char** argv) {
     else if (!a.empty() && a[0] == '-') usage_error("unknown option " + a);
     else positional.push_back(a);
   }
-  if (positional.size() != 2) usage_error("expected MODEL.gguf and OUT.gguf");
+  if (positional.size() != 2) usage_error("expected MODEL (a GGUF file or a Hugging Face directory) and OUT.gguf");
   o.in = positional[0];
   o.out = positional[1];
   if (o.format != "gguf-q4_0" && o.format != "gguf-iq4_nl")
@@ -135,6 +148,8 @@ Options parse(int argc, char** argv) {
   if (!calibrated && !o.calib.empty()) usage_error("--calib is used by --method gptq, awq and awq+gptq only");
   if (!o.imatrix.empty() && o.method != "rtn" && o.method != "clip")
     usage_error("--imatrix weights the rtn / clip fit: use it with --method rtn or clip");
+  if (!o.embedding.empty() && o.embedding != "q8_0" && o.embedding != "f16" && o.embedding != "f32")
+    usage_error("--embedding must be q8_0, f16 or f32, not '" + o.embedding + "'");
   return o;
 }
 
@@ -200,10 +215,11 @@ int run(const Options& o) {
   const auto t0 = Clock::now();
   auto seconds = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
   detail::require(exists(o.in), "'", o.in, "' does not exist");
-  detail::require(!hf_detail::is_directory(o.in), "'", o.in,
-                  "' is a Hugging Face directory: nibble-quant writes GGUF models from GGUF input only so far");
-  detail::require(has_gguf_magic(o.in), "'", o.in, "' is not a GGUF file");
-  detail::require(!same_file(o.in, o.out), "OUT '", o.out, "' is the input file");
+  const bool hf = hf_detail::is_directory(o.in);
+  detail::require(hf || has_gguf_magic(o.in), "'", o.in, "' is neither a GGUF file nor a directory");
+  detail::require(!same_file(o.in, o.out), "OUT '", o.out, "' is the input ", hf ? "directory" : "file");
+  detail::require(hf || o.embedding.empty(), "--embedding is for Hugging Face input; a GGUF input's embedding is ",
+                  "copied as it is");
   detail::require(o.force || !exists(o.out), "'", o.out, "' exists: pass --force to overwrite it");
   const io::GgmlType type = o.format == "gguf-q4_0" ? io::GgmlType::Q4_0 : io::GgmlType::IQ4_NL;
 
@@ -273,7 +289,15 @@ int run(const Options& o) {
   }
 
   std::fprintf(stderr, "nibble-quant: writing %s\n", o.out.c_str());
-  write_quantized_gguf(io::GgufReader::open(o.in), out, type, o.out);
+  if (hf) {
+    HfGgufOptions ho;
+    ho.embedding_type = o.embedding == "f16" ? io::GgmlType::F16
+                        : o.embedding == "f32" ? io::GgmlType::F32
+                                               : io::GgmlType::Q8_0;
+    write_gguf_from_hf(o.in, out, type, o.out, ho);
+  } else {
+    write_quantized_gguf(io::GgufReader::open(o.in), out, type, o.out);
+  }
   struct stat st {};
   ::stat(o.out.c_str(), &st);
   std::printf("%s -> %s: %s%s %s%s, %.1f MiB, %.1f s, peak RSS %.0f MiB\n", o.in.c_str(), o.out.c_str(), o.method.c_str(),

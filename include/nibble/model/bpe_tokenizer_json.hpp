@@ -124,8 +124,26 @@ inline int config_token(const json& cfg, const char* key, const std::vector<std:
 
 }  // namespace bpe_json_detail
 
+// Everything parse_hf_bpe_tokenizer reads from the two files, before it becomes a
+// BpeTokenizer: the vocabulary in id order, the merges in rank order, and the rules.
+// (A GGUF writer needs these lists as they are; BpeTokenizer keeps them indexed.)
+struct HfBpeVocabulary {
+  std::vector<std::string> tokens;  // id → text (byte-level encoded; added tokens as written)
+  std::vector<TokenType> types;     // normal; added: control (special) or user_defined
+  std::vector<std::pair<std::string, std::string>> merges;
+  PreTokenizer pre = PreTokenizer::gpt2;
+  BpeSpecialIds ids;
+  BpeFlags flags;
+  struct Strip {
+    int id;
+    bool lstrip, rstrip;
+  };
+  std::vector<Strip> strips;  // lstrip / rstrip of added tokens
+};
+
 // tokenizer_config_json may be empty (no config).
-inline BpeTokenizer parse_hf_bpe_tokenizer(const std::string& tokenizer_json, const std::string& tokenizer_config_json = "") {
+inline HfBpeVocabulary parse_hf_bpe_vocabulary(const std::string& tokenizer_json,
+                                               const std::string& tokenizer_config_json = "") {
   using bpe_json_detail::json;
   const json root = bpe_json_detail::parse(tokenizer_json, "tokenizer.json");
   detail::require(root.is_object() && root.contains("model") && root["model"].is_object(),
@@ -221,9 +239,26 @@ inline BpeTokenizer parse_hf_bpe_tokenizer(const std::string& tokenizer_json, co
   } else {
     flags.add_bos = false;  // without a config there is no BOS id to add
   }
-  BpeTokenizer tok(std::move(tokens), std::move(types), std::move(merges), pre, ids, flags);
-  for (const auto& [id, s] : strips) tok.set_strip(id, s.first, s.second);
+  HfBpeVocabulary v;
+  v.tokens = std::move(tokens);
+  v.types = std::move(types);
+  v.merges = std::move(merges);
+  v.pre = pre;
+  v.ids = ids;
+  v.flags = flags;
+  for (const auto& [id, s] : strips) v.strips.push_back({id, s.first, s.second});
+  return v;
+}
+
+inline BpeTokenizer to_bpe_tokenizer(HfBpeVocabulary v) {
+  BpeTokenizer tok(std::move(v.tokens), std::move(v.types), std::move(v.merges), v.pre, v.ids, v.flags);
+  for (const auto& s : v.strips) tok.set_strip(s.id, s.lstrip, s.rstrip);
   return tok;
+}
+
+// tokenizer_config_json may be empty (no config).
+inline BpeTokenizer parse_hf_bpe_tokenizer(const std::string& tokenizer_json, const std::string& tokenizer_config_json = "") {
+  return to_bpe_tokenizer(parse_hf_bpe_vocabulary(tokenizer_json, tokenizer_config_json));
 }
 
 inline BpeTokenizer load_hf_bpe_tokenizer(const std::string& tokenizer_json_path,
