@@ -14,7 +14,7 @@ cxx=${CXX_FUZZ:-clang++-14}
 command -v "$cxx" >/dev/null || cxx=clang++
 out="$root/build/fuzz"
 mkdir -p "$out"
-flags=(-std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+flags=(-std=c++17 -O1 -gline-tables-only -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
        -DNIBBLE_FUZZ_NO_CHECKSUMS -I"$root/include" -I/usr/include/eigen3)
 for harness in safetensors nibble_file gguf checkpoints bpe model llama_logits hf_config imatrix; do
   echo "=== fuzz $harness (${seconds}s) ==="
