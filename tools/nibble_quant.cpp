@@ -270,22 +270,6 @@ class Progress {
   Clock::time_point start_;
 };
 
-// Float values as bytes of a float dtype (F32, F16 or BF16, round to nearest even).
-std::vector<std::uint8_t> encode_floats(const std::vector<float>& v, io::DType dtype) {
-  std::vector<std::uint8_t> out(v.size() * io::dtype_size(dtype));
-  for (std::size_t i = 0; i < v.size(); ++i) {
-    if (dtype == io::DType::F32) {
-      std::memcpy(out.data() + 4 * i, &v[i], 4);
-    } else {
-      detail::require(dtype != io::DType::F16 || std::fabs(v[i]) < 65520.0f, "value ", v[i],
-                      " (after folding AWQ scales) overflows F16");
-      const std::uint16_t h = dtype == io::DType::F16 ? float_to_half(v[i]) : float_to_bf16(v[i]);
-      std::memcpy(out.data() + 2 * i, &h, 2);
-    }
-  }
-  return out;
-}
-
 bool calibrated_method(const Options& o) { return o.method == "gptq" || o.method == "awq"; }
 
 bool is_float(io::DType t) { return t == io::DType::F32 || t == io::DType::F16 || t == io::DType::BF16; }
@@ -537,7 +521,8 @@ int main(int argc, char** argv) {
         io::ByteView b = in.bytes(t);
         std::vector<std::uint8_t> changed;
         if (layer && layer->replaced.count(t.name)) {
-          changed = encode_floats(layer->replaced.at(t.name), t.dtype);
+          const std::vector<float>& v = layer->replaced.at(t.name);
+          changed = io::encode_floats(v.data(), v.size(), t.dtype, t.name + " (after folding AWQ scales)");
           b = io::ByteView{changed.data(), changed.size()};
           row.note += std::string(row.note.empty() ? "" : "; ") + "awq scales folded in";
         }

@@ -1,10 +1,12 @@
 // nibble-quant's model mode: a whole Llama-family model (a GGUF file or a Hugging Face
-// directory) in, a GGUF model that llama.cpp runs out, the linears rounded by plain RTN
-// or calibrated on text (GPTQ, AWQ).
+// directory) in; out, a GGUF model that llama.cpp runs or a quantized Hugging Face
+// directory (GPTQ, AutoAWQ, bitsandbytes); the linears rounded by plain RTN or calibrated
+// on text (GPTQ, AWQ).
 #include "nibble_quant_model.hpp"
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -17,6 +19,7 @@
 #include <nibble/io/imatrix.hpp>
 #include <nibble/model/gguf_model_from_hf.hpp>
 #include <nibble/model/gguf_model_writer.hpp>
+#include <nibble/model/hf_quantized_writer.hpp>
 #include <nibble/model/load_model.hpp>
 #include <nibble/model/quantize_model.hpp>
 #include <nibble/quant/weighted_fit.hpp>
@@ -29,11 +32,13 @@ using namespace nibble;
 using namespace nibble::model;
 using Clock = std::chrono::steady_clock;
 
-const char* kHelp = R"(nibble-quant MODEL OUT.gguf: quantize a whole model for llama.cpp.
+const char* kHelp = R"(nibble-quant MODEL OUT: quantize a whole model for llama.cpp or Hugging Face.
 
 usage: nibble-quant MODEL OUT.gguf [--format gguf-q4_0|gguf-iq4_nl] [--method M]
                     [--calib TEXT.txt [--calib-tokens N] [--calib-seq N]]
                     [--imatrix FILE] [--embedding q8_0|f16|f32] [--force]
+       nibble-quant HF_DIR OUT_DIR --format gptq|gptq-v1|awq|bnb-nf4|bnb-fp4 [--method M]
+                    [--group N] [--double-quant] [--calib TEXT.txt ...] [--force]
 
 MODEL is a Llama-family model (architecture llama or qwen2), either
   * a GGUF file, quantized or not: its weights are decoded to fp32 first (requantizing a
@@ -48,17 +53,36 @@ MODEL is a Llama-family model (architecture llama or qwen2), either
 Either way the seven linears of each block are written as Q4_0 or IQ4_NL and OUT is a
 GGUF model llama.cpp loads.
 
+With an HF-format --format, MODEL must be a Hugging Face directory and OUT is a new
+directory a Hugging Face user loads (model/hf_quantized_writer.hpp): model.safetensors
+with every tensor under its own name — the seven linears of each block packed as the
+format stores them, the norm gains as quantization left them (AWQ folds into them), the
+rest byte for byte —, config.json with a quantization_config, and every other non-weight
+file of MODEL (tokenizer, generation config, chat template) copied. nibble-llm and
+load_hf_model read it back.
+
 options:
   --format F        gguf-q4_0 (default): llama.cpp Q4_0, 4.5 bits/weight
                     gguf-iq4_nl: llama.cpp IQ4_NL (non-linear table), 4.5 bits/weight
+                    gptq:    GPTQ checkpoint, int4 symmetric (zero point 8), fp16 scales,
+                             zero points stored as GPTQModel's gptq_v2
+                    gptq-v1: the same with AutoGPTQ's v1 zero points (checkpoint_format gptq)
+                    awq:     AutoAWQ GEMM, uint4 with zero points, fp16 scales
+                    bnb-nf4 / bnb-fp4: bitsandbytes 4-bit, fp32 absmax per block
+  --group N         HF formats: group size (blocksize for bnb). Default for gptq / awq: 128,
+                    or the largest of 64, 32 that divides every linear's in_features (AWQ
+                    needs that; GPTQ allows a shorter last group); bnb: 64.
+  --double-quant    bnb-nf4 / bnb-fp4: double-quantized absmax (bnb_4bit_use_double_quant)
   --method M        rtn (default): llama.cpp's own rounding (the bytes llama-quantize
-                           writes without an importance matrix)
+                           writes without an importance matrix); for HF formats plain
+                           rounding (bnb: the bytes bitsandbytes' quantize_4bit writes)
                     clip:  per block, the scale (sign included, clipping allowed) and codes
-                           with least squared error (quant/weighted_fit.hpp, equal weights)
+                           with least squared error (quant/weighted_fit.hpp, equal weights;
+                           gguf formats)
                     gptq:  GPTQ with act-order and the clip search, on calibration text
                     awq:   AWQ scales (folded into the norms and ffn_up rows) + clip search
                     awq+gptq: AWQ's scales, then GPTQ on the scaled weights
-  --imatrix FILE    rtn / clip: weight the fit of every block by an importance matrix from
+  --imatrix FILE    rtn / clip, gguf formats: weight the fit of every block by an importance matrix from
                     llama.cpp's llama-imatrix (imatrix.dat or its GGUF form): the codes and
                     scale with least importance-weighted error (quant/weighted_fit.hpp).
                     Needs no calibration run here; tensors the file lacks are fitted with
@@ -72,7 +96,7 @@ options:
                     when the model's tokenizer adds one
   --damp F          GPTQ dampening, a fraction of the Hessian's mean diagonal (default 0.01)
   --threads N       worker threads (default: all cores)
-  --force           overwrite OUT if it exists
+  --force           overwrite OUT if it exists (an output directory is replaced whole)
   -h, --help        this text
 
 Calibration runs block by block, as GPTQ and llm-awq do: the calibration sequences go
@@ -86,7 +110,8 @@ OUT is written under a temporary name and renamed when complete.
 
 struct Options {
   std::string in, out, format = "gguf-q4_0", method = "rtn", calib, imatrix, embedding;
-  long calib_tokens = 65536, calib_seq = 512;
+  long calib_tokens = 65536, calib_seq = 512, group = 0;  // group 0: the format's default
+  bool double_quant = false;
   double damp = 0.01;
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   bool force = false;
@@ -124,6 +149,8 @@ Options parse(int argc, char** argv) {
     else if (a == "--imatrix") o.imatrix = value();
     else if (a == "--embedding") o.embedding = value();
     else if (a == "--calib-tokens") o.calib_tokens = parse_long(a, value(), 1, 1L << 24);
+    else if (a == "--group") o.group = parse_long(a, value(), 8, 1 << 16);
+    else if (a == "--double-quant") o.double_quant = true;
     else if (a == "--calib-seq") o.calib_seq = parse_long(a, value(), 16, 1 << 16);
     else if (a == "--damp") {
       const std::string v = value();
@@ -135,11 +162,19 @@ Options parse(int argc, char** argv) {
     else if (!a.empty() && a[0] == '-') usage_error("unknown option " + a);
     else positional.push_back(a);
   }
-  if (positional.size() != 2) usage_error("expected MODEL (a GGUF file or a Hugging Face directory) and OUT.gguf");
+  if (positional.size() != 2) usage_error("expected MODEL (a GGUF file or a Hugging Face directory) and OUT");
   o.in = positional[0];
   o.out = positional[1];
-  if (o.format != "gguf-q4_0" && o.format != "gguf-iq4_nl")
-    usage_error("a model is written as --format gguf-q4_0 or gguf-iq4_nl, not '" + o.format + "'");
+  static const char* formats[] = {"gguf-q4_0", "gguf-iq4_nl", "gptq", "gptq-v1", "awq", "bnb-nf4", "bnb-fp4"};
+  if (std::find(std::begin(formats), std::end(formats), o.format) == std::end(formats))
+    usage_error("a model is written as --format gguf-q4_0, gguf-iq4_nl, gptq, gptq-v1, awq, bnb-nf4 or bnb-fp4, not '" +
+                o.format + "'");
+  const bool gguf = o.format.rfind("gguf", 0) == 0, bnb = o.format.rfind("bnb", 0) == 0;
+  if (gguf && o.group) usage_error("--group is for the HF formats; GGUF blocks hold 32 weights");
+  if (o.double_quant && !bnb) usage_error("--double-quant is for bnb-nf4 / bnb-fp4");
+  if (!gguf && (o.method == "clip" || !o.imatrix.empty()))
+    usage_error("--method clip and --imatrix fit GGUF blocks: use them with gguf-q4_0 / gguf-iq4_nl");
+  if (!gguf && !o.embedding.empty()) usage_error("--embedding is for GGUF output (HF formats copy the embedding)");
   static const char* methods[] = {"rtn", "clip", "gptq", "awq", "awq+gptq"};
   if (std::find(std::begin(methods), std::end(methods), o.method) == std::end(methods))
     usage_error("unknown --method '" + o.method + "' (rtn, clip, gptq, awq, awq+gptq)");
@@ -205,6 +240,46 @@ QuantConfig gguf_storage(io::GgmlType type) {
   return c;
 }
 
+// The storage of an HF checkpoint format in groups of `group`: GPTQ int4 symmetric (zero
+// point 8) with fp16 scales, AWQ uint4 with zero points, bitsandbytes NF4 / FP4 with fp32
+// (or double-quantized) absmax and bitsandbytes' own code choice for plain rounding.
+QuantConfig hf_storage(const Options& o, int group) {
+  if (o.format == "bnb-nf4" || o.format == "bnb-fp4") return io::bnb_quant_config(o.format == "bnb-nf4", group, o.double_quant);
+  QuantConfig c;
+  c.group_size = group;
+  c.scale_format = ScaleFormat::f16;
+  c.codebook = o.format == "awq" ? Codebook::uint4_asym : Codebook::int4_sym;
+  c.sym_scale = SymScale::full_range;
+  return c;
+}
+
+// --group, or the format's default for this model (see --help).
+int hf_group(const Options& o, const LlamaConfig& c) {
+  const int ins[] = {c.dim, c.q_dim(), c.hidden_dim};  // in_features of the linears
+  auto divides = [&](long g) { return std::all_of(std::begin(ins), std::end(ins), [&](int n) { return n % g == 0; }); };
+  long g = o.group;
+  if (g == 0) {
+    g = o.format.rfind("bnb", 0) == 0 ? 64 : 128;
+    if (o.format == "gptq" || o.format == "gptq-v1" || o.format == "awq")
+      for (long candidate : {128L, 64L, 32L})
+        if (divides(candidate)) {
+          g = candidate;
+          break;
+        }
+    if (g != 128) std::fprintf(stderr, "nibble-quant: group size %ld (128 does not divide every in_features)\n", g);
+  }
+  detail::require(o.format.rfind("gptq", 0) == 0 || divides(g), "--group ", g, " must divide every linear's in_features (",
+                  c.dim, ", ", c.q_dim(), ", ", c.hidden_dim, "): ", o.format, " stores whole groups");
+  return static_cast<int>(g);
+}
+
+HfCheckpointFormat hf_format(const std::string& f) {
+  if (f == "gptq") return HfCheckpointFormat::gptq;
+  if (f == "gptq-v1") return HfCheckpointFormat::gptq_v1;
+  if (f == "awq") return HfCheckpointFormat::awq;
+  return HfCheckpointFormat::bnb;
+}
+
 Method method_for(const std::string& name) {
   if (name == "gptq") return Method::gptq_int4_act_clip;
   if (name == "awq") return Method::awq;
@@ -221,6 +296,9 @@ int run(const Options& o) {
   detail::require(hf || o.embedding.empty(), "--embedding is for Hugging Face input; a GGUF input's embedding is ",
                   "copied as it is");
   detail::require(o.force || !exists(o.out), "'", o.out, "' exists: pass --force to overwrite it");
+  const bool gguf = o.format.rfind("gguf", 0) == 0;
+  detail::require(gguf || hf, "--format ", o.format, " writes a Hugging Face directory and needs one as MODEL; '", o.in,
+                  "' is a GGUF file");
   const io::GgmlType type = o.format == "gguf-q4_0" ? io::GgmlType::Q4_0 : io::GgmlType::IQ4_NL;
 
   LoadOptions lo;
@@ -230,6 +308,7 @@ int run(const Options& o) {
   std::fprintf(stderr, "nibble-quant: %s: %d blocks, dim %d, ffn %d, %d heads (%d kv), vocab %d; loaded in %.1f s\n",
                o.in.c_str(), c.n_layers, c.dim, c.hidden_dim, c.n_heads, c.n_kv_heads, c.vocab_size, seconds());
 
+  const QuantConfig storage = gguf ? gguf_storage(type) : hf_storage(o, hf_group(o, c));
   LlamaWeights out = m.weights;
   std::size_t calib_tokens = 0;
   if (o.method == "clip" || !o.imatrix.empty()) {
@@ -254,11 +333,13 @@ int run(const Options& o) {
       std::fprintf(stderr, "nibble-quant: imatrix '%s' (%u chunks): %zu matrices weighted, %zu without an entry\n",
                    o.imatrix.c_str(), imatrix.chunks, weighted, plain);
   } else if (o.method == "rtn") {
-    // llama.cpp's reference rounding, matrix by matrix.
+    // Matrix by matrix: llama.cpp's reference rounding for GGUF, plain rounding otherwise.
     for (auto& L : out.layers)
       for (const GgufLayerLinear& t : gguf_layer_linears()) {
         const RowMatrixXf& W = (L.*t.matrix).dense();
-        L.*t.matrix = StoredMatrix(type == io::GgmlType::Q4_0 ? io::quantize_q4_0(W) : io::quantize_iq4_nl(W));
+        L.*t.matrix = StoredMatrix(!gguf                       ? quantize(W, storage)
+                                   : type == io::GgmlType::Q4_0 ? io::quantize_q4_0(W)
+                                                                : io::quantize_iq4_nl(W));
       }
   } else {
     std::vector<std::vector<int>> calib;
@@ -270,9 +351,9 @@ int run(const Options& o) {
     }
     ModelQuantOptions q;
     q.method = method_for(o.method);
-    q.storage = gguf_storage(type);
-    q.group_size = 32;
-    q.int_scale_format = ScaleFormat::f16;
+    q.storage = storage;
+    q.group_size = storage.group_size;
+    q.int_scale_format = storage.scale_format;
     q.threads = o.threads;
     q.kernel_threads = 1;
     // Quantized blocks propagate the calibration data as fp32 products of their decoded
@@ -289,7 +370,11 @@ int run(const Options& o) {
   }
 
   std::fprintf(stderr, "nibble-quant: writing %s\n", o.out.c_str());
-  if (hf) {
+  if (!gguf) {
+    HfWriteOptions wo;
+    wo.replace_existing = o.force;
+    write_quantized_hf(o.in, out, hf_format(o.format), o.out, wo);
+  } else if (hf) {
     HfGgufOptions ho;
     ho.embedding_type = o.embedding == "f16" ? io::GgmlType::F16
                         : o.embedding == "f32" ? io::GgmlType::F32
@@ -299,7 +384,7 @@ int run(const Options& o) {
     write_quantized_gguf(io::GgufReader::open(o.in), out, type, o.out);
   }
   struct stat st {};
-  ::stat(o.out.c_str(), &st);
+  ::stat(gguf ? o.out.c_str() : hf_detail::join(o.out, "model.safetensors").c_str(), &st);
   std::printf("%s -> %s: %s%s %s%s, %.1f MiB, %.1f s, peak RSS %.0f MiB\n", o.in.c_str(), o.out.c_str(), o.method.c_str(),
               o.imatrix.empty() ? "" : " + imatrix",
               o.format.c_str(),

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -47,6 +48,25 @@ inline std::size_t dtype_size(DType t) {
     case DType::F16: case DType::BF16: case DType::I16: case DType::U16: return 2;
     default: return 1;
   }
+}
+
+// Float values as the bytes of a float dtype (F32, F16 or BF16; round to nearest even).
+// A value F16 cannot hold (|v| ≥ 65520, which would round to infinity) is an error naming
+// `what`.
+inline std::vector<std::uint8_t> encode_floats(const float* v, std::size_t n, DType dtype, const std::string& what) {
+  detail::require(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16, what, ": cannot store floats as ",
+                  to_string(dtype));
+  std::vector<std::uint8_t> out(n * dtype_size(dtype));
+  if (dtype == DType::F32) {
+    if (n) std::memcpy(out.data(), v, 4 * n);
+    return out;
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    detail::require(dtype != DType::F16 || std::fabs(v[i]) < 65520.0f, what, ": value ", v[i], " overflows F16");
+    const std::uint16_t h = dtype == DType::F16 ? float_to_half(v[i]) : float_to_bf16(v[i]);
+    std::memcpy(out.data() + 2 * i, &h, 2);
+  }
+  return out;
 }
 
 inline DType dtype_from_string(const std::string& s) {

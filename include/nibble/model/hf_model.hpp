@@ -23,9 +23,12 @@
 //                            transformers' configuration_llama.py / configuration_qwen2.py),
 //                            so an untied config needs lm_head.weight; when tied,
 //                            lm_head.weight is ignored if a file holds it anyway.
-//   hidden_act must be "silu"; attention_bias, mlp_bias, use_sliding_window and a
-//   quantization_config (GPTQ/AWQ/bnb checkpoints: see io/) are rejected, since the
-//   runtime would silently compute something else.
+//   hidden_act must be "silu"; attention_bias, mlp_bias and use_sliding_window are
+//   rejected, since the runtime would silently compute something else.
+//   quantization_config: 4-bit GPTQ (v1 / v2 zero points, contiguous groups), AutoAWQ GEMM
+//                            and bitsandbytes NF4 / FP4 checkpoints load with their linears
+//                            as QuantizedMatrix (hf_quantization; packings in io/); other
+//                            methods are errors. hf_quantized_writer.hpp writes these.
 //
 // Tensor names → LlamaWeights: model.embed_tokens.weight, model.norm.weight,
 // lm_head.weight, and per layer N model.layers.N.{input_layernorm, post_attention_layernorm}
@@ -42,6 +45,7 @@
 // Needs nlohmann/json.hpp (CMake target nibble::io).
 #pragma once
 
+#include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -57,7 +61,10 @@
 #include <nlohmann/json.hpp>
 
 #include "../core/error.hpp"
+#include "../io/awq_checkpoint.hpp"
+#include "../io/bnb_checkpoint.hpp"
 #include "../io/ggml_types.hpp"
+#include "../io/gptq_checkpoint.hpp"
 #include "../io/safetensors.hpp"
 #include "llama_weights.hpp"
 
@@ -230,9 +237,6 @@ inline LlamaConfig hf_llama_config(const std::string& json_text, const std::stri
   const std::string type = k.string("model_type", "", true);
   detail::require(type == "llama" || type == "qwen2", what, ": model_type '", type,
                   "' is not supported (expected llama or qwen2)");
-  detail::require(!k.has("quantization_config"), what,
-                  ": has a quantization_config (a GPTQ/AWQ/bitsandbytes checkpoint); load_hf_model reads "
-                  "unquantized F32/F16/BF16 weights only");
   const std::string act = k.string("hidden_act", "silu", false);
   detail::require(act == "silu", what, ": hidden_act '", act, "' is not supported (expected silu)");
   detail::require(!k.boolean("attention_bias", false), what,
@@ -268,6 +272,44 @@ inline LlamaConfig hf_llama_config(const std::string& json_text, const std::stri
   c.qkv_bias = type == "qwen2";
   validate_config(c, what);
   return c;
+}
+
+// How the linears of a checkpoint are stored: config.json's quantization_config.
+enum class HfQuantization { none, gptq_v1, gptq_v2, awq, bnb };
+
+// Reads config.json's quantization_config (absent or null: none). Supported: 4-bit GPTQ
+// (checkpoint_format "gptq" = v1, the default, or "gptq_v2"), 4-bit AutoAWQ GEMM with zero
+// points, bitsandbytes load_in_4bit (NF4 / FP4 from each tensor's quant_state). Anything
+// else is an error: the runtime would compute another model.
+inline HfQuantization hf_quantization(const std::string& json_text, const std::string& what = "config.json") {
+  using namespace hf_detail;
+  const nlohmann::json j = parse_object(json_text, what);
+  const auto it = j.find("quantization_config");
+  if (it == j.end() || it->is_null()) return HfQuantization::none;
+  const std::string sub = what + " quantization_config";
+  detail::require(it->is_object(), sub, " is ", json_kind(*it), ", expected an object");
+  const ConfigKeys q(*it, sub);
+  const std::string method = q.string("quant_method", "", true);
+  if (method == "gptq") {
+    detail::require(q.integer("bits", 1, 64, 0, true) == 4, sub, ": bits must be 4 (nibble reads 4-bit GPTQ)");
+    const std::string f = q.string("checkpoint_format", "gptq", false);
+    detail::require(f == "gptq" || f == "gptq_v2", sub, ": checkpoint_format '", f, "' is not supported (gptq, gptq_v2)");
+    return f == "gptq" ? HfQuantization::gptq_v1 : HfQuantization::gptq_v2;
+  }
+  if (method == "awq") {
+    const int bits = q.find("bits") ? q.integer("bits", 1, 64, 0, true) : q.integer("w_bit", 1, 64, 4, false);
+    detail::require(bits == 4, sub, ": bits must be 4");
+    std::string version = q.string("version", "gemm", false);
+    for (auto& ch : version) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    detail::require(version == "gemm", sub, ": version '", version, "' is not supported (AutoAWQ GEMM only)");
+    detail::require(q.boolean("zero_point", true), sub, ": zero_point = false is not supported");
+    return HfQuantization::awq;
+  }
+  if (method == "bitsandbytes") {
+    detail::require(q.boolean("load_in_4bit", false), sub, ": only load_in_4bit (NF4 / FP4) checkpoints are supported");
+    return HfQuantization::bnb;
+  }
+  detail::throw_error(sub, ": quant_method '", method, "' is not supported (gptq, awq, bitsandbytes)");
 }
 
 // The weight_map of a model.safetensors.index.json (its text): tensor name → shard file
@@ -340,6 +382,14 @@ class Tensors {
   }
 
   bool contains(const std::string& name) const { return where_.count(name) != 0; }
+  // The file that holds `name` (to copy its bytes as they are, or to read a packed
+  // 4-bit layer's parts).
+  const io::SafetensorsReader& reader_of(const std::string& name) const {
+    const auto it = where_.find(name);
+    detail::require(it != where_.end(), "'", join(dir_, source_), "': missing tensor '", name, "'");
+    return *shards_[it->second].reader;
+  }
+
   const std::map<std::string, std::size_t>& names() const { return where_; }
   const std::string& source() const { return source_; }
 
@@ -450,7 +500,9 @@ inline LlamaWeights load_hf_model(const std::string& dir) {
     detail::require(is_regular_file(config_path), "'", dir, "' has no config.json");
     const std::string config_what = "'" + config_path + "'";
     LlamaWeights w;
-    w.config = hf_llama_config(read_text(config_path, config_what), config_what);
+    const std::string config_text = read_text(config_path, config_what);
+    w.config = hf_llama_config(config_text, config_what);
+    const HfQuantization quantization = hf_quantization(config_text, config_what);
     const LlamaConfig& c = w.config;
     const Tensors T(dir);
 
@@ -458,6 +510,38 @@ inline LlamaWeights load_hf_model(const std::string& dir) {
     auto mat = [&](const std::string& name, Eigen::Index rows, Eigen::Index cols) -> StoredMatrix {
       used.insert(name);
       return T.matrix(name, rows, cols);
+    };
+    // A linear layer "<p>.weight", or its packed parts "<p>.qweight" … in a 4-bit checkpoint.
+    auto linear = [&](const std::string& p, Eigen::Index rows, Eigen::Index cols) -> StoredMatrix {
+      if (quantization == HfQuantization::none) return mat(p + ".weight", rows, cols);
+      const bool bnb = quantization == HfQuantization::bnb;
+      const std::string first = bnb ? p + ".weight" : p + ".qweight";
+      detail::require(T.contains(first), "'", join(dir, T.source()), "': missing tensor '", first,
+                      "' (config.json has a quantization_config)");
+      const io::SafetensorsReader& r = T.reader_of(first);
+      QuantizedMatrix q;
+      try {
+        if (bnb) q = io::read_bnb(r, first);
+        else if (quantization == HfQuantization::awq) q = io::read_awq(r, p);
+        else q = io::read_gptq(r, p, quantization == HfQuantization::gptq_v1 ? io::GptqFormat::v1 : io::GptqFormat::v2);
+      } catch (const Error& e) {
+        detail::throw_error("'", join(dir, T.source()), "': layer '", p, "' (its parts must be in one file): ", bare(e));
+      }
+      detail::require(q.rows() == static_cast<std::size_t>(rows) && q.cols() == static_cast<std::size_t>(cols), "'",
+                      join(dir, T.source()), "': layer '", p, "' is ", q.rows(), " x ", q.cols(), ", expected ", rows,
+                      " x ", cols);
+      const std::vector<float> scales = q.scales().decode();
+      for (std::size_t i = 0; i < scales.size(); ++i)
+        detail::require(std::isfinite(scales[i]), "'", join(dir, T.source()), "': layer '", p, "' has a non-finite scale (",
+                        scales[i], ") in group ", i);
+      if (bnb) {  // "<p>.weight" and its quant state "<p>.weight.absmax", …
+        for (const auto& entry : T.names())
+          if (entry.first == first || entry.first.rfind(first + ".", 0) == 0) used.insert(entry.first);
+      } else {
+        for (const char* part : {".qweight", ".qzeros", ".scales", ".g_idx"})
+          if (T.contains(p + part)) used.insert(p + part);
+      }
+      return StoredMatrix(std::move(q));
     };
     auto vec = [&](const std::string& name, Eigen::Index n) {
       used.insert(name);
@@ -477,13 +561,13 @@ inline LlamaWeights load_hf_model(const std::string& dir) {
       const std::string p = "model.layers." + std::to_string(l) + ".";
       L.rms_att = vec(p + "input_layernorm.weight", c.dim);
       L.rms_ffn = vec(p + "post_attention_layernorm.weight", c.dim);
-      L.wq = mat(p + "self_attn.q_proj.weight", c.q_dim(), c.dim);
-      L.wk = mat(p + "self_attn.k_proj.weight", c.kv_dim(), c.dim);
-      L.wv = mat(p + "self_attn.v_proj.weight", c.kv_dim(), c.dim);
-      L.wo = mat(p + "self_attn.o_proj.weight", c.dim, c.q_dim());
-      L.w1 = mat(p + "mlp.gate_proj.weight", c.hidden_dim, c.dim);
-      L.w3 = mat(p + "mlp.up_proj.weight", c.hidden_dim, c.dim);
-      L.w2 = mat(p + "mlp.down_proj.weight", c.dim, c.hidden_dim);
+      L.wq = linear(p + "self_attn.q_proj", c.q_dim(), c.dim);
+      L.wk = linear(p + "self_attn.k_proj", c.kv_dim(), c.dim);
+      L.wv = linear(p + "self_attn.v_proj", c.kv_dim(), c.dim);
+      L.wo = linear(p + "self_attn.o_proj", c.dim, c.q_dim());
+      L.w1 = linear(p + "mlp.gate_proj", c.hidden_dim, c.dim);
+      L.w3 = linear(p + "mlp.up_proj", c.hidden_dim, c.dim);
+      L.w2 = linear(p + "mlp.down_proj", c.dim, c.hidden_dim);
       if (c.qkv_bias) {
         L.bq = vec(p + "self_attn.q_proj.bias", c.q_dim());
         L.bk = vec(p + "self_attn.k_proj.bias", c.kv_dim());

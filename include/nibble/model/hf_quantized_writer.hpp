@@ -1,0 +1,250 @@
+// A quantized Llama / Qwen2 model written as a Hugging Face directory in one of the
+// 4-bit checkpoint layouts the Python tools load: GPTQ (AutoGPTQ / GPTQModel, v1 or v2
+// zero points), AutoAWQ GEMM, or bitsandbytes NF4 / FP4 — the HF counterpart of
+// gguf_model_from_hf.hpp. load_hf_model reads such a directory back.
+//
+// Input: the source HF directory and the model loaded from it (load_hf_model) with the
+// seven linears of every block replaced by QuantizedMatrix:
+//   gptq / gptq_v1: int4_sym (written as zero point 8, "sym") or uint4_asym, f16 scales;
+//   awq:            uint4_asym, f16 scales, in_features divisible by the group size;
+//   bnb:            nf4 or fp4, f32 absmax or double-quantized (dq8) absmax,
+//                   in_features divisible by the blocksize (a power of two, 32..4096).
+// Every linear must share one codebook, scale format and group size (one
+// quantization_config describes them all).
+//
+// Output directory:
+//   model.safetensors  every tensor of the source under its own name: the linears in the
+//                      format's packing (io/gptq_checkpoint.hpp, awq_checkpoint.hpp,
+//                      bnb_checkpoint.hpp); the norm gains as the model holds them, in the
+//                      source's dtype (AWQ folds its scales into them); everything else
+//                      (embedding, lm_head, biases) byte for byte;
+//   config.json        the source's, keys in their order, plus "quantization_config";
+//   quantize_config.json  GPTQ only: the same object (what AutoGPTQ reads);
+//   every other file of the source directory that is not a weight file (tokenizer.json,
+//   tokenizer_config.json, generation_config.json, chat_template.jinja, …), copied.
+// The directory is assembled under "<out>.tmp" and renamed at the end, so an error leaves
+// nothing under the final name; an existing output directory is an error unless
+// HfWriteOptions::replace_existing (then it is removed once the new one is complete).
+//
+// Needs nlohmann/json.hpp (CMake target nibble::io).
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "../core/error.hpp"
+#include "../io/awq_checkpoint.hpp"
+#include "../io/bnb_checkpoint.hpp"
+#include "../io/gptq_checkpoint.hpp"
+#include "../io/safetensors.hpp"
+#include "hf_model.hpp"
+#include "llama_weights.hpp"
+
+namespace nibble::model {
+
+enum class HfCheckpointFormat { gptq, gptq_v1, awq, bnb };
+
+struct HfWriteOptions {
+  bool replace_existing = false;
+};
+
+namespace hf_detail {
+
+// The seven linears of a block under their HF names.
+struct HfLinear {
+  const char* name;  // after "model.layers.N."
+  StoredMatrix LlamaLayer::*matrix;
+};
+
+inline const std::vector<HfLinear>& hf_layer_linears() {
+  static const std::vector<HfLinear> linears = {
+      {"self_attn.q_proj", &LlamaLayer::wq}, {"self_attn.k_proj", &LlamaLayer::wk},
+      {"self_attn.v_proj", &LlamaLayer::wv}, {"self_attn.o_proj", &LlamaLayer::wo},
+      {"mlp.gate_proj", &LlamaLayer::w1},    {"mlp.up_proj", &LlamaLayer::w3},
+      {"mlp.down_proj", &LlamaLayer::w2}};
+  return linears;
+}
+
+// Files of a model directory that hold weights (never copied into the output).
+inline bool is_weight_file(const std::string& name) {
+  static const char* suffixes[] = {".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json",
+                                   ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt", ".onnx"};
+  for (const char* s : suffixes)
+    if (ends_with(name, s)) return true;
+  return false;
+}
+
+// quantization_config for the linears of `w` in `format` (checking they agree).
+inline nlohmann::ordered_json quantization_config(const LlamaWeights& w, HfCheckpointFormat format) {
+  const QuantizedMatrix* first = nullptr;
+  for (std::size_t l = 0; l < w.layers.size(); ++l)
+    for (const HfLinear& t : hf_layer_linears()) {
+      const StoredMatrix& s = w.layers[l].*t.matrix;
+      const std::string name = "model.layers." + std::to_string(l) + "." + t.name;
+      detail::require(s.is_quantized(), name, " is ", s.describe(), ", expected a 4-bit matrix");
+      const QuantizedMatrix& q = *s.quantized_ptr();
+      if (first == nullptr) {
+        first = &q;
+        continue;
+      }
+      detail::require(q.codebook() == first->codebook() && q.group_size() == first->group_size() &&
+                          q.scales().format() == first->scales().format(),
+                      name, " is ", to_string(q.codebook()), " in groups of ", q.group_size(),
+                      "; the first linear is ", to_string(first->codebook()), " in groups of ", first->group_size(),
+                      ": one quantization_config must describe every linear");
+    }
+  detail::require(first != nullptr, "the model has no layers");
+  const Codebook cb = first->codebook();
+  const int group = static_cast<int>(first->group_size());
+  std::string text;
+  switch (format) {
+    case HfCheckpointFormat::gptq:
+    case HfCheckpointFormat::gptq_v1:
+      detail::require(cb == Codebook::int4_sym || cb == Codebook::uint4_asym, "GPTQ stores int4_sym or uint4_asym, got ",
+                      to_string(cb));
+      text = io::gptq_quantize_config(group, cb == Codebook::int4_sym,
+                                      format == HfCheckpointFormat::gptq ? io::GptqFormat::v2 : io::GptqFormat::v1);
+      break;
+    case HfCheckpointFormat::awq:
+      detail::require(cb == Codebook::uint4_asym, "AutoAWQ GEMM stores uint4_asym (zero points), got ", to_string(cb));
+      text = io::awq_quantization_config(group);
+      break;
+    case HfCheckpointFormat::bnb:
+      detail::require(cb == Codebook::nf4 || cb == Codebook::fp4, "bitsandbytes 4-bit stores nf4 or fp4, got ",
+                      to_string(cb));
+      text = io::bnb_quantization_config(cb == Codebook::nf4, first->scales().format() == ScaleFormat::dq8);
+      break;
+  }
+  return nlohmann::ordered_json::parse(text);
+}
+
+inline void write_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  out.close();
+  detail::require(out.good(), "cannot write '", path, "'");
+}
+
+// The gain a norm tensor of the source holds in the model (nullptr: not a norm).
+inline const Eigen::VectorXf* norm_gain(const LlamaWeights& w, const std::string& name) {
+  if (name == "model.norm.weight") return &w.rms_final;
+  const long long l = layer_of(name);
+  if (l < 0 || l >= static_cast<long long>(w.layers.size())) return nullptr;
+  const std::string p = "model.layers." + std::to_string(l) + ".";
+  if (name == p + "input_layernorm.weight") return &w.layers[static_cast<std::size_t>(l)].rms_att;
+  if (name == p + "post_attention_layernorm.weight") return &w.layers[static_cast<std::size_t>(l)].rms_ffn;
+  return nullptr;
+}
+
+}  // namespace hf_detail
+
+// Writes `model` (quantized from the directory source_dir) as a quantized HF directory
+// out_dir (see the top of this file).
+inline void write_quantized_hf(const std::string& source_dir, const LlamaWeights& model, HfCheckpointFormat format,
+                               const std::string& out_dir, const HfWriteOptions& options = {}) {
+  using namespace hf_detail;
+  namespace fs = std::filesystem;
+  detail::require(is_directory(source_dir), "HF output: the source '", source_dir, "' is not a directory");
+  detail::require(!out_dir.empty(), "HF output: empty output path");
+  std::error_code ec;
+  detail::require(!fs::exists(out_dir, ec) || options.replace_existing, "HF output: '", out_dir,
+                  "' exists (replace_existing / --force to overwrite it)");
+  detail::require(!fs::exists(out_dir, ec) || fs::is_directory(out_dir, ec), "HF output: '", out_dir,
+                  "' exists and is not a directory");
+  detail::require(!fs::exists(out_dir, ec) || !fs::equivalent(out_dir, source_dir, ec), "HF output: '", out_dir,
+                  "' is the source directory");
+  const nlohmann::ordered_json qconfig = quantization_config(model, format);
+
+  const std::string config_path = join(source_dir, "config.json");
+  const std::string config_text = read_text(config_path, "'" + config_path + "'");
+  io::check_json_depth(config_text.data(), config_text.size(), kMaxJsonDepth, "config.json");
+  nlohmann::ordered_json config = nlohmann::ordered_json::parse(config_text, nullptr, false);
+  detail::require(config.is_object(), "'", config_path, "' is not a JSON object");
+  config["quantization_config"] = qconfig;
+
+  const std::string tmp = out_dir + ".tmp";
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  detail::require(!ec, "HF output: cannot create '", tmp, "': ", ec.message());
+  try {
+    // Which source tensor each quantized linear replaces.
+    std::map<std::string, const QuantizedMatrix*> linears;
+    for (std::size_t l = 0; l < model.layers.size(); ++l)
+      for (const HfLinear& t : hf_layer_linears())
+        linears["model.layers." + std::to_string(l) + "." + t.name + ".weight"] =
+            (model.layers[l].*t.matrix).quantized_ptr().get();
+
+    const Tensors source(source_dir);
+    for (const auto& [name, q] : linears)
+      detail::require(source.contains(name), "HF output: the source has no '", name, "': the model is not from '",
+                      source_dir, "'");
+    io::SafetensorsWriter st(join(tmp, "model.safetensors"));
+    st.set_metadata("format", "pt");
+    for (const auto& entry : source.names()) {
+      const std::string& name = entry.first;
+      const io::SafetensorsReader& r = source.reader_of(name);
+      const io::TensorInfo& info = r.info(name);
+      const auto linear = linears.find(name);
+      if (linear != linears.end()) {
+        const QuantizedMatrix& q = *linear->second;
+        detail::require(info.shape.size() == 2 && info.shape[0] == q.rows() && info.shape[1] == q.cols(), "HF output: '",
+                        name, "' is ", q.rows(), " x ", q.cols(), " in the model but not in the source");
+        const std::string prefix = name.substr(0, name.size() - 7);  // without ".weight"
+        switch (format) {
+          case HfCheckpointFormat::gptq: io::write_gptq(st, prefix, q, io::GptqFormat::v2); break;
+          case HfCheckpointFormat::gptq_v1: io::write_gptq(st, prefix, q, io::GptqFormat::v1); break;
+          case HfCheckpointFormat::awq: io::write_awq(st, prefix, q); break;
+          case HfCheckpointFormat::bnb:
+            io::write_bnb(st, name, q,
+                          info.dtype == io::DType::F16    ? "float16"
+                          : info.dtype == io::DType::BF16 ? "bfloat16"
+                                                          : "float32");
+            break;
+        }
+      } else if (const Eigen::VectorXf* gain = norm_gain(model, name)) {
+        detail::require(info.shape.size() == 1 && info.shape[0] == static_cast<std::uint64_t>(gain->size()),
+                        "HF output: '", name, "' has another shape in the source");
+        const std::vector<std::uint8_t> bytes =
+            io::encode_floats(gain->data(), static_cast<std::size_t>(gain->size()), info.dtype, name);
+        st.add(name, info.dtype, info.shape, bytes.data(), bytes.size());
+      } else {
+        const io::ByteView b = r.bytes(info);
+        st.add(name, info.dtype, info.shape, b.data, b.size);
+      }
+      r.release(info);
+    }
+    st.finish();
+
+    write_file(join(tmp, "config.json"), config.dump(2) + "\n");
+    if (format == HfCheckpointFormat::gptq || format == HfCheckpointFormat::gptq_v1)
+      write_file(join(tmp, "quantize_config.json"), qconfig.dump(2) + "\n");
+    for (const auto& f : fs::directory_iterator(source_dir)) {
+      const std::string name = f.path().filename().string();
+      if (!f.is_regular_file() || name == "config.json" || is_weight_file(name)) continue;
+      fs::copy_file(f.path(), fs::path(tmp) / name, fs::copy_options::overwrite_existing, ec);
+      detail::require(!ec, "HF output: cannot copy '", f.path().string(), "': ", ec.message());
+    }
+
+    // The new directory replaces the old one only once it is complete.
+    const std::string old = out_dir + ".old";
+    fs::remove_all(old, ec);
+    if (fs::exists(out_dir)) {
+      fs::rename(out_dir, old, ec);
+      detail::require(!ec, "HF output: cannot move the existing '", out_dir, "' aside: ", ec.message());
+    }
+    fs::rename(tmp, out_dir, ec);
+    detail::require(!ec, "HF output: cannot rename '", tmp, "' to '", out_dir, "': ", ec.message());
+    fs::remove_all(old, ec);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
+}  // namespace nibble::model
