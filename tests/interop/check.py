@@ -2,7 +2,7 @@
 
 Every file written by write_fixtures is read with these packages and dequantized by
 code that knows only the published layouts (gguf-py's own dequantize for GGUF; numpy
-below, written from reference/algorithms.md §1.6, §2.3, §3.3, for GPTQ/AWQ/bnb). The
+in packed_formats.py, written from reference/algorithms.md §1.6, §2.3, §3.3, for GPTQ/AWQ/bnb). The
 result must equal nibble's dequantization bit for bit; Q4_0 bytes must also equal
 gguf-py's own Q4_0 quantizer run on the original weights.
 
@@ -16,6 +16,8 @@ import gguf
 from gguf.quants import dequantize, quantize
 from safetensors import safe_open
 from safetensors.numpy import load_file
+
+from packed_formats import dequant_awq, dequant_bnb, dequant_gptq
 
 failures = []
 
@@ -55,23 +57,15 @@ def main(d):
                   f"{np.count_nonzero(ours != ref.reshape(-1).view(np.uint8))} bytes differ")
 
     # ---- GPTQ: qweight packs 8 input rows per int32, qzeros 8 output columns -------------
-    shifts = np.arange(8, dtype=np.uint32) * 4
     for fname, v1 in (("gptq_v1.safetensors", True), ("gptq_v2.safetensors", False)):
         f = load_file(f"{d}/{fname}")
         for layer in ("model.layers.0.mlp.up_proj", "model.layers.0.self_attn.q_proj",
                       "model.layers.0.self_attn.k_proj"):  # k_proj: act-order g_idx
-            qweight = f[layer + ".qweight"].view(np.uint32)  # [in/8, out]
-            qzeros = f[layer + ".qzeros"].view(np.uint32)    # [G, out/8]
-            scales = f[layer + ".scales"].astype(np.float32) # [G, out]
-            g_idx = f[layer + ".g_idx"]                      # [in]
+            g_idx = f[layer + ".g_idx"]
             if layer.endswith("k_proj"):
                 check(f"{fname} {layer} g_idx is an act-order layout", bool(np.any(np.diff(g_idx) < 0)))
-            q = ((qweight[:, None, :] >> shifts[None, :, None]) & 15).reshape(-1, qweight.shape[1])  # [in, out]
-            z = ((qzeros[:, :, None] >> shifts[None, None, :]) & 15).reshape(qzeros.shape[0], -1)   # [G, out]
-            if v1:
-                z = z + 1
-            w = scales[g_idx] * (q.astype(np.float32) - z[g_idx].astype(np.float32))  # [in, out]
-            same(f"{fname} {layer}", w.T, exp[f"{fname}/{layer}.deq"])
+            w = dequant_gptq(f[layer + ".qweight"], f[layer + ".qzeros"], f[layer + ".scales"], g_idx, v1, layer)
+            same(f"{fname} {layer}", w, exp[f"{fname}/{layer}.deq"])
     with safe_open(f"{d}/gptq_v1.safetensors", "np") as fh:
         cfg = json.loads(fh.metadata()["quantize_config"])
         check("gptq quantize_config keys", cfg["bits"] == 4 and cfg["checkpoint_format"] == "gptq" and
@@ -83,37 +77,16 @@ def main(d):
     # ---- AWQ GEMM: qweight [in, out/8], interleave [0,2,4,6,1,3,5,7] -----------------------
     f = load_file(f"{d}/awq.safetensors")
     layer = "model.layers.0.mlp.down_proj"
-    reverse = np.array([0, 4, 1, 5, 2, 6, 3, 7])
-    def unpack_awq(x):
-        slots = (x.view(np.uint32)[:, :, None] >> shifts[None, None, :]) & 15  # [rows, out/8, 8 slots]
-        return slots[:, :, reverse].reshape(x.shape[0], -1)
-    q = unpack_awq(f[layer + ".qweight"])          # [in, out]
-    z = unpack_awq(f[layer + ".qzeros"])           # [G, out]
-    s = f[layer + ".scales"].astype(np.float32)    # [G, out]
-    gs = q.shape[0] // s.shape[0]
-    g = np.arange(q.shape[0]) // gs
-    w = (q.astype(np.float32) - z[g].astype(np.float32)) * s[g]
-    same(f"awq {layer}", w.T, exp[f"awq.safetensors/{layer}.deq"])
+    w = dequant_awq(f[layer + ".qweight"], f[layer + ".qzeros"], f[layer + ".scales"], layer)
+    same(f"awq {layer}", w, exp[f"awq.safetensors/{layer}.deq"])
 
     # ---- bitsandbytes: flat blocks, high nibble first, optional nested absmax -------------
     f = load_file(f"{d}/bnb.safetensors")
     for name in ("dq.weight", "plain.weight", "fp4.weight"):
         qt = "fp4" if name.startswith("fp4") else "nf4"
-        state = json.loads(bytes(f[f"{name}.quant_state.bitsandbytes__{qt}"]).decode())
-        packed = f[name].reshape(-1)
-        codes = np.stack([packed >> 4, packed & 15], axis=1).reshape(-1)
-        n = int(np.prod(state["shape"]))
-        codes = codes[:n]
-        bs = state["blocksize"]
-        if "nested_offset" in state:
-            a = f[name + ".absmax"].astype(np.int64)
-            absmax = f[name + ".nested_quant_map"][a] * np.repeat(f[name + ".nested_absmax"], 256)[: a.size] \
-                + np.float32(state["nested_offset"])
-        else:
-            absmax = f[name + ".absmax"]
-        w = f[name + ".quant_map"][codes] * np.repeat(absmax.astype(np.float32), bs)[:n]
+        w, state = dequant_bnb(lambda key: f.get(name + key), name, qt)
         same(f"bnb {name} ({qt}, {'double-quant' if 'nested_offset' in state else 'f32 absmax'})",
-             w.reshape(state["shape"]), exp[f"bnb.safetensors/{name}.deq"])
+             w, exp[f"bnb.safetensors/{name}.deq"])
 
     print(f"{len(failures)} failures")
     return 1 if failures else 0
