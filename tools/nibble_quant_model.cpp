@@ -37,7 +37,7 @@ const char* kHelp = R"(nibble-quant MODEL OUT: quantize a whole model for llama.
 usage: nibble-quant MODEL OUT.gguf [--format gguf-q4_0|gguf-iq4_nl] [--method M]
                     [--calib TEXT.txt [--calib-tokens N] [--calib-seq N]]
                     [--imatrix FILE] [--embedding q8_0|f16|f32] [--force]
-       nibble-quant HF_DIR OUT_DIR --format gptq|gptq-v1|awq|bnb-nf4|bnb-fp4 [--method M]
+       nibble-quant HF_DIR OUT_DIR --format gptq|gptq-v2|awq|bnb-nf4|bnb-fp4 [--method M]
                     [--group N] [--double-quant] [--calib TEXT.txt ...] [--force]
 
 MODEL is a Llama-family model (architecture llama or qwen2), either
@@ -64,9 +64,9 @@ load_hf_model read it back.
 options:
   --format F        gguf-q4_0 (default): llama.cpp Q4_0, 4.5 bits/weight
                     gguf-iq4_nl: llama.cpp IQ4_NL (non-linear table), 4.5 bits/weight
-                    gptq:    GPTQ checkpoint, int4 symmetric (zero point 8), fp16 scales,
-                             zero points stored as GPTQModel's gptq_v2
-                    gptq-v1: the same with AutoGPTQ's v1 zero points (checkpoint_format gptq)
+                    gptq:    GPTQ checkpoint (checkpoint_format gptq: AutoGPTQ, transformers,
+                             vLLM), int4 symmetric (zero point 8), fp16 scales
+                    gptq-v2: the same with GPTQModel's gptq_v2 zero points
                     awq:     AutoAWQ GEMM, uint4 with zero points, fp16 scales
                     bnb-nf4 / bnb-fp4: bitsandbytes 4-bit, fp32 absmax per block
   --group N         HF formats: group size (blocksize for bnb). Default for gptq / awq: 128,
@@ -165,9 +165,9 @@ Options parse(int argc, char** argv) {
   if (positional.size() != 2) usage_error("expected MODEL (a GGUF file or a Hugging Face directory) and OUT");
   o.in = positional[0];
   o.out = positional[1];
-  static const char* formats[] = {"gguf-q4_0", "gguf-iq4_nl", "gptq", "gptq-v1", "awq", "bnb-nf4", "bnb-fp4"};
+  static const char* formats[] = {"gguf-q4_0", "gguf-iq4_nl", "gptq", "gptq-v2", "awq", "bnb-nf4", "bnb-fp4"};
   if (std::find(std::begin(formats), std::end(formats), o.format) == std::end(formats))
-    usage_error("a model is written as --format gguf-q4_0, gguf-iq4_nl, gptq, gptq-v1, awq, bnb-nf4 or bnb-fp4, not '" +
+    usage_error("a model is written as --format gguf-q4_0, gguf-iq4_nl, gptq, gptq-v2, awq, bnb-nf4 or bnb-fp4, not '" +
                 o.format + "'");
   const bool gguf = o.format.rfind("gguf", 0) == 0, bnb = o.format.rfind("bnb", 0) == 0;
   if (gguf && o.group) usage_error("--group is for the HF formats; GGUF blocks hold 32 weights");
@@ -260,7 +260,7 @@ int hf_group(const Options& o, const LlamaConfig& c) {
   long g = o.group;
   if (g == 0) {
     g = o.format.rfind("bnb", 0) == 0 ? 64 : 128;
-    if (o.format == "gptq" || o.format == "gptq-v1" || o.format == "awq")
+    if (o.format == "gptq" || o.format == "gptq-v2" || o.format == "awq")
       for (long candidate : {128L, 64L, 32L})
         if (divides(candidate)) {
           g = candidate;
@@ -274,8 +274,8 @@ int hf_group(const Options& o, const LlamaConfig& c) {
 }
 
 HfCheckpointFormat hf_format(const std::string& f) {
-  if (f == "gptq") return HfCheckpointFormat::gptq;
-  if (f == "gptq-v1") return HfCheckpointFormat::gptq_v1;
+  if (f == "gptq") return HfCheckpointFormat::gptq_v1;
+  if (f == "gptq-v2") return HfCheckpointFormat::gptq_v2;
   if (f == "awq") return HfCheckpointFormat::awq;
   return HfCheckpointFormat::bnb;
 }

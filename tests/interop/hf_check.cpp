@@ -5,11 +5,16 @@
 //
 //   interop_hf_check gguf    MODEL.gguf HF_DIR TOKENS_FILE MAX_REL MAX_KL
 //   interop_hf_check llama2c MODEL.bin  HF_DIR TOKENS_FILE MAX_REL MAX_KL
+//   interop_hf_check dump    HF_DIR OUT.safetensors
 //
 // First every weight must equal the source's, with q/k rows put into rotate_half order
 // and rounded to the dtype config.json names (torch_dtype). TOKENS_FILE holds whitespace-separated token ids. Prints the largest logit difference
 // relative to the largest |logit|, the mean KL(source ‖ HF) per token in nats and the
 // top-1 agreement; exits 1 when the difference exceeds MAX_REL or the KL exceeds MAX_KL.
+//
+// dump writes every weight load_hf_model holds for HF_DIR as F32 under its HF name (a
+// quantized linear "<p>.weight" as nibble decodes it), for tests/interop/check_hf_quantized.py
+// to compare with its own numpy decoding of the directory's packed tensors.
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -17,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include <nibble/io/safetensors.hpp>
 #include <nibble/model/gguf_model.hpp>
 #include <nibble/model/hf_model.hpp>
 #include <nibble/model/llama2c.hpp>
@@ -75,11 +81,54 @@ RowMatrixXf logits(const LlamaWeights& w, const std::vector<int>& tokens) {
   return t.forward(tokens, cache);
 }
 
+// The weights of an HF directory as nibble holds them, F32, under their HF names.
+int dump(const std::string& dir, const std::string& out_path) {
+  const LlamaWeights w = load_hf_model(dir);
+  io::SafetensorsWriter out(out_path);
+  auto add = [&](const std::string& name, const RowMatrixXf& m) {
+    out.add(name, io::DType::F32, {static_cast<std::uint64_t>(m.rows()), static_cast<std::uint64_t>(m.cols())}, m.data(),
+            static_cast<std::size_t>(m.size()) * 4);
+  };
+  auto add_vec = [&](const std::string& name, const Eigen::VectorXf& v) {
+    out.add(name, io::DType::F32, {static_cast<std::uint64_t>(v.size())}, v.data(), static_cast<std::size_t>(v.size()) * 4);
+  };
+  add("model.embed_tokens.weight", w.token_embedding.to_float());
+  if (!w.config.shared_classifier) add("lm_head.weight", w.wcls.to_float());
+  add_vec("model.norm.weight", w.rms_final);
+  for (std::size_t l = 0; l < w.layers.size(); ++l) {
+    const LlamaLayer& L = w.layers[l];
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    add_vec(p + "input_layernorm.weight", L.rms_att);
+    add_vec(p + "post_attention_layernorm.weight", L.rms_ffn);
+    for (const auto& [name, m] : {std::pair{"self_attn.q_proj", &L.wq}, {"self_attn.k_proj", &L.wk},
+                                  {"self_attn.v_proj", &L.wv}, {"self_attn.o_proj", &L.wo}, {"mlp.gate_proj", &L.w1},
+                                  {"mlp.up_proj", &L.w3}, {"mlp.down_proj", &L.w2}})
+      add(p + name + ".weight", m->to_float());
+    if (w.config.qkv_bias) {
+      add_vec(p + "self_attn.q_proj.bias", L.bq);
+      add_vec(p + "self_attn.k_proj.bias", L.bk);
+      add_vec(p + "self_attn.v_proj.bias", L.bv);
+    }
+  }
+  out.set_metadata("format", "pt");
+  out.finish();
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 4 && std::string(argv[1]) == "dump") {
+    try {
+      return dump(argv[2], argv[3]);
+    } catch (const Error& e) {
+      std::cerr << "hf_check: " << e.what() << "\n";
+      return 1;
+    }
+  }
   if (argc != 7) {
-    std::cerr << "usage: interop_hf_check gguf|llama2c SOURCE HF_DIR TOKENS_FILE MAX_REL MAX_KL\n";
+    std::cerr << "usage: interop_hf_check gguf|llama2c SOURCE HF_DIR TOKENS_FILE MAX_REL MAX_KL\n"
+                 "       interop_hf_check dump HF_DIR OUT.safetensors\n";
     return 2;
   }
   const std::string kind = argv[1], source = argv[2], dir = argv[3];

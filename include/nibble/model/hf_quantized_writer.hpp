@@ -5,7 +5,7 @@
 //
 // Input: the source HF directory and the model loaded from it (load_hf_model) with the
 // seven linears of every block replaced by QuantizedMatrix:
-//   gptq / gptq_v1: int4_sym (written as zero point 8, "sym") or uint4_asym, f16 scales;
+//   gptq_v1 / v2:   int4_sym (written as zero point 8, "sym") or uint4_asym, f16 scales;
 //   awq:            uint4_asym, f16 scales, in_features divisible by the group size;
 //   bnb:            nf4 or fp4, f32 absmax or double-quantized (dq8) absmax,
 //                   in_features divisible by the blocksize (a power of two, 32..4096).
@@ -48,7 +48,9 @@
 
 namespace nibble::model {
 
-enum class HfCheckpointFormat { gptq, gptq_v1, awq, bnb };
+// gptq_v1: zero points stored minus one (checkpoint_format "gptq": AutoGPTQ, transformers,
+// vLLM); gptq_v2: stored as they are (GPTQModel's "gptq_v2"). int4_sym's zero point 8 fits both.
+enum class HfCheckpointFormat { gptq_v1, gptq_v2, awq, bnb };
 
 struct HfWriteOptions {
   bool replace_existing = false;
@@ -104,12 +106,12 @@ inline nlohmann::ordered_json quantization_config(const LlamaWeights& w, HfCheck
   const int group = static_cast<int>(first->group_size());
   std::string text;
   switch (format) {
-    case HfCheckpointFormat::gptq:
     case HfCheckpointFormat::gptq_v1:
+    case HfCheckpointFormat::gptq_v2:
       detail::require(cb == Codebook::int4_sym || cb == Codebook::uint4_asym, "GPTQ stores int4_sym or uint4_asym, got ",
                       to_string(cb));
       text = io::gptq_quantize_config(group, cb == Codebook::int4_sym,
-                                      format == HfCheckpointFormat::gptq ? io::GptqFormat::v2 : io::GptqFormat::v1);
+                                      format == HfCheckpointFormat::gptq_v2 ? io::GptqFormat::v2 : io::GptqFormat::v1);
       break;
     case HfCheckpointFormat::awq:
       detail::require(cb == Codebook::uint4_asym, "AutoAWQ GEMM stores uint4_asym (zero points), got ", to_string(cb));
@@ -197,8 +199,8 @@ inline void write_quantized_hf(const std::string& source_dir, const LlamaWeights
                         name, "' is ", q.rows(), " x ", q.cols(), " in the model but not in the source");
         const std::string prefix = name.substr(0, name.size() - 7);  // without ".weight"
         switch (format) {
-          case HfCheckpointFormat::gptq: io::write_gptq(st, prefix, q, io::GptqFormat::v2); break;
           case HfCheckpointFormat::gptq_v1: io::write_gptq(st, prefix, q, io::GptqFormat::v1); break;
+          case HfCheckpointFormat::gptq_v2: io::write_gptq(st, prefix, q, io::GptqFormat::v2); break;
           case HfCheckpointFormat::awq: io::write_awq(st, prefix, q); break;
           case HfCheckpointFormat::bnb:
             io::write_bnb(st, name, q,
@@ -222,7 +224,7 @@ inline void write_quantized_hf(const std::string& source_dir, const LlamaWeights
     st.finish();
 
     write_file(join(tmp, "config.json"), config.dump(2) + "\n");
-    if (format == HfCheckpointFormat::gptq || format == HfCheckpointFormat::gptq_v1)
+    if (format == HfCheckpointFormat::gptq_v1 || format == HfCheckpointFormat::gptq_v2)
       write_file(join(tmp, "quantize_config.json"), qconfig.dump(2) + "\n");
     for (const auto& f : fs::directory_iterator(source_dir)) {
       const std::string name = f.path().filename().string();
