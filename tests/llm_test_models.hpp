@@ -6,6 +6,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include <nibble/io/gguf.hpp>
 #include <nibble/model/llama_weights.hpp>
@@ -141,6 +142,18 @@ inline WrittenModel write_gguf(const LlamaWeights& w, bool q4_0, const std::stri
     }
   }
   g.finish();
+  return out;
+}
+
+// Pseudo-random token sequences (a fixed LCG), for calibration in the model tests.
+inline std::vector<std::vector<int>> calibration_tokens(int sequences, int length, int vocab) {
+  std::vector<std::vector<int>> out(static_cast<std::size_t>(sequences));
+  std::uint32_t x = 12345;
+  for (auto& s : out)
+    for (int t = 0; t < length; ++t) {
+      x = x * 1664525u + 1013904223u;
+      s.push_back(static_cast<int>((x >> 8) % static_cast<std::uint32_t>(vocab)));
+    }
   return out;
 }
 

@@ -40,17 +40,6 @@ LlamaWeights block_model(bool biases = false, std::uint32_t seed = 11) {
   return test::random_model(biases ? RopeStyle::halves : RopeStyle::adjacent_pairs, biases, seed, shape);
 }
 
-std::vector<std::vector<int>> calibration(int sequences, int length, int vocab) {
-  std::vector<std::vector<int>> out(static_cast<std::size_t>(sequences));
-  std::uint32_t x = 12345;
-  for (auto& s : out)
-    for (int t = 0; t < length; ++t) {
-      x = x * 1664525u + 1013904223u;
-      s.push_back(static_cast<int>((x >> 8) % static_cast<std::uint32_t>(vocab)));
-    }
-  return out;
-}
-
 QuantConfig q4_0_storage() {
   QuantConfig c;
   c.codebook = Codebook::int4_sym;
@@ -102,7 +91,7 @@ std::map<std::pair<int, int>, RowMatrixXf> captured_inputs(const Transformer& m,
 TEST(SequentialCalibration, GptqEqualsGptqOnTheFinishedModelsOwnInputs) {
   for (bool biases : {false, true}) {
     const LlamaWeights w = block_model(biases);
-    const auto seqs = calibration(3, 40, w.config.vocab_size);
+    const auto seqs = test::calibration_tokens(3, 40, w.config.vocab_size);
     const ModelQuantOptions o = gptq_q4_0_options();
     int progress = 0;
     ModelQuantOptions counted = o;
@@ -222,7 +211,7 @@ void expect_written_model(const LlamaWeights& w, const ModelQuantOptions& option
 
 TEST(GgufModelWriter, GptqQ4_0FileHoldsTheSourceMetadataAndTheQuantizedModel) {
   const LlamaWeights w = block_model();
-  expect_written_model(w, gptq_q4_0_options(), io::GgmlType::Q4_0, calibration(2, 32, w.config.vocab_size));
+  expect_written_model(w, gptq_q4_0_options(), io::GgmlType::Q4_0, test::calibration_tokens(2, 32, w.config.vocab_size));
 }
 
 TEST(GgufModelWriter, Iq4NlFileWithBiasesToo) {
@@ -242,7 +231,7 @@ TEST(GgufModelWriter, AwqNormGainsAreWrittenAsTheModelHoldsThem) {
   const io::GgufReader source = io::GgufReader::open(source_path);
   ModelQuantOptions o = gptq_q4_0_options();
   o.method = Method::awq;
-  const LlamaWeights q = with_quantized_linears(w, quantize_model(w, o, calibration(2, 32, w.config.vocab_size)));
+  const LlamaWeights q = with_quantized_linears(w, quantize_model(w, o, test::calibration_tokens(2, 32, w.config.vocab_size)));
   const std::string out_path = temp_path("awq.gguf");
   write_quantized_gguf(source, q, io::GgmlType::Q4_0, out_path);
   const io::GgufReader out = io::GgufReader::open(out_path);
