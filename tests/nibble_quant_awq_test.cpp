@@ -145,5 +145,6 @@ TEST(CliAwq, FoldedScalesKeepTheLayerFunctionInAnyFormat) {
   EXPECT_LT(e_awq[0] + e_awq[1] + e_awq[2], 0.9 * (e_rtn[0] + e_rtn[1] + e_rtn[2]))
       << "awq " << e_awq[0] << " " << e_awq[1] << " " << e_awq[2] << " rtn " << e_rtn[0] << " " << e_rtn[1] << " "
       << e_rtn[2];
-  for (const std::string& f : {in, calib, awq, rtn}) std::remove(f.c_str());
+  for (const std::string& f : {in, calib, awq, rtn, awq + ".quantization_config.json", rtn + ".quantization_config.json"})
+    std::remove(f.c_str());
 }

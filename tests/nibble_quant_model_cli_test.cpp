@@ -1,8 +1,9 @@
 // nibble-quant's model mode from the outside, on a tiny generated GGUF model with a BPE
 // vocabulary (fuzz/corpus/model/tiny.gguf): RTN output equal to the library's llama.cpp
 // rounding, GPTQ from calibration text, and bad input (a clear message, the input never
-// modified, no output left behind). llama.cpp loading real outputs is checked by
-// scripts/test-real-model.sh.
+// modified, no output left behind); and on a tiny generated Hugging Face directory
+// written as GPTQ / AWQ / bitsandbytes directories. llama.cpp loading real outputs is
+// checked by scripts/test-real-model.sh, numpy decoding real HF outputs by scripts/test-hf.sh.
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -14,9 +15,11 @@
 
 #include <nibble/io/gguf.hpp>
 #include <nibble/model/gguf_model.hpp>
+#include <nibble/model/hf_model.hpp>
 #include <nibble/quant/weighted_fit.hpp>
 
 #include "cli_util.hpp"
+#include "hf_test_dirs.hpp"
 
 namespace {
 
@@ -182,7 +185,9 @@ TEST(NibbleQuantModel, BadInputIsAClearErrorAndWritesNothing) {
   // Usage errors: exit code 2.
   EXPECT_EQ(quant(kTiny + " " + out + " --method gptq", &log), 2);
   EXPECT_NE(log.find("--calib"), std::string::npos) << log;
-  EXPECT_EQ(quant(kTiny + " " + out + " --format gptq", &log), 2);
+  EXPECT_EQ(quant(kTiny + " " + out + " --format gptq-v1", &log), 2);
+  EXPECT_EQ(quant(kTiny + " " + out + " --format gptq", &log), 1);  // HF output needs HF input
+  EXPECT_NE(log.find("needs one as MODEL"), std::string::npos) << log;
   EXPECT_EQ(quant(kTiny + " " + out + " --method magic", &log), 2);
   EXPECT_EQ(quant(kTiny + " " + out + " --calib-seq 4", &log), 2);
   // Calibration text shorter than one sequence.
@@ -216,6 +221,50 @@ TEST(NibbleQuantModel, BadInputIsAClearErrorAndWritesNothing) {
   EXPECT_FALSE(exists(out + ".tmp"));
   std::remove(falcon.c_str());
   std::remove(short_text.c_str());
+}
+
+// A Hugging Face directory in, quantized Hugging Face directories out (the round trip
+// itself is tests/hf_quantized_test.cpp; here the command line around it).
+TEST(NibbleQuantModel, HfDirectoryToGptqAwqAndBitsandbytesDirectories) {
+  test::TempDir dir;
+  const std::string src = dir / "src";
+  std::filesystem::create_directory(src);
+  test::write_model(src, test::ModelSpec{});
+  test::write_tokenizer(src, test::TokenizerSpec{});
+  const std::string calib = calibration_text(200);
+  const std::string common = " --calib " + calib + " --calib-seq 16 --calib-tokens 64 --threads 2";
+  struct Run {
+    const char* args;
+    const char* quant_method;
+  };
+  for (const Run& r : {Run{"--format gptq", "gptq"}, Run{"--format gptq-v2 --method gptq", "gptq"},
+                       Run{"--format awq --method awq --group 32", "awq"},
+                       Run{"--format bnb-nf4 --group 32", "bitsandbytes"},
+                       Run{"--format bnb-fp4 --method awq+gptq --double-quant --group 32", "bitsandbytes"}}) {
+    SCOPED_TRACE(r.args);
+    const std::string out = dir / "out";
+    const bool calibrated = std::string(r.args).find("--method") != std::string::npos;
+    std::string log;
+    ASSERT_EQ(quant(src + " " + out + " " + r.args + " --force" + (calibrated ? common : ""), &log), 0) << log;
+    const nlohmann::json config = nlohmann::json::parse(file_text(out + "/config.json"));
+    EXPECT_EQ(config["quantization_config"]["quant_method"], r.quant_method);
+    const model::LlamaWeights w = model::load_hf_model(out);
+    EXPECT_TRUE(w.layers[0].wq.is_quantized());
+    EXPECT_EQ(w.layers[1].w2.quantized_ptr()->group_size(), 32u);  // gptq's default: 128 and 64 do not divide 96
+    EXPECT_EQ(file_text(out + "/tokenizer.json"), file_text(src + "/tokenizer.json"));
+  }
+  std::string log;
+  const std::string out = dir / "out2";
+  EXPECT_EQ(quant(src + " " + out + " --format gguf-q4_0 --group 64", &log), 2);
+  EXPECT_EQ(quant(src + " " + out + " --format gptq --double-quant", &log), 2);
+  EXPECT_EQ(quant(src + " " + out + " --format gptq --method clip", &log), 2);
+  EXPECT_EQ(quant(src + " " + out + " --format awq --group 64", &log), 1);
+  EXPECT_NE(log.find("must divide every linear's in_features"), std::string::npos) << log;
+  EXPECT_EQ(quant(src + " " + out + " --format bnb-nf4", &log), 1);  // blocksize 64 does not divide 96
+  EXPECT_FALSE(std::filesystem::exists(out));
+  EXPECT_EQ(quant(src + " " + (dir / "out") + " --format gptq", &log), 1);  // exists, no --force
+  EXPECT_NE(log.find("--force"), std::string::npos) << log;
+  std::remove(calib.c_str());
 }
 
 }  // namespace
