@@ -13,6 +13,8 @@
 #     run and benchmarked by llama-perplexity / llama-simple / llama-bench, its KL to the
 #     source well below rtn's, and nibble's runtime agrees with llama.cpp's on it;
 #   * llama-imatrix's files (both formats) read by nibble exactly (check_imatrix.sh);
+#   * the model as a Hugging Face directory through nibble-quant gives the same GGUF
+#     tensors, tokenizer keys, KL and token ids as from the GGUF file (check_hf_to_gguf.sh);
 #   * run (plain and chat), bench and tokenize work end to end.
 # Skipped, with the reason printed, only when PyPI cannot be reached.
 #
@@ -130,6 +132,8 @@ echo "  llama-simple on the gptq file: $(echo "$said" | tr '\n' ' ' | cut -c1-10
 "$bin/llama-bench" -m "$out/gptq.gguf" -p 32 -n 8 -r 1 -t 2 >"$out/bench.log" 2>&1 || { tail "$out/bench.log"; fail "llama-bench"; }
 echo "--- llama-imatrix files read by nibble (tests/llama_cpp/check_imatrix.sh)"
 NIBBLE_PYTHON="$py" tests/llama_cpp/check_imatrix.sh "$bin" "$model" "$train" "$build"
+echo "--- a Hugging Face directory of the model through nibble-quant, run by llama.cpp (tests/llama_cpp/check_hf_to_gguf.sh)"
+NIBBLE_PYTHON="$py" tests/llama_cpp/check_hf_to_gguf.sh "$bin" "$build"
 
 echo "--- run, chat, bench, tokenize"
 story=$("$llm" run -m "$model" -p "Once upon a time" -n 24 2>"$out/run.log")
