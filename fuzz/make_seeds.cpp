@@ -191,6 +191,9 @@ int main(int argc, char** argv) {
     put("llama.txt", llama);
     put("llama_index.txt", llama + std::string(1, '\0') + index);
     put("qwen2.txt", qwen2);
+    // The same with a quantization_config (hf_quantization; the packed tensors are missing).
+    put("llama_gptq.txt", llama.substr(0, llama.size() - 1) +
+                              R"(, "quantization_config": {"quant_method": "gptq", "bits": 4, "checkpoint_format": "gptq_v2"}})");
   }
   {
     // fuzz_imatrix: a GGUF imatrix (a 2-D entry and a 3-expert MoE entry with one unused

@@ -242,6 +242,9 @@ TEST_F(HfQuantizedBad, ExistingOutputNeedsReplace) {
   EXPECT_FALSE(std::filesystem::exists(out_ + "/keep.txt"));
   EXPECT_FALSE(std::filesystem::exists(out_ + ".old"));
   EXPECT_NO_THROW(load_hf_model(out_));
+  write_quantized_hf(src_, model_, HfCheckpointFormat::gptq_v2, out_ + "/", replace);  // the same directory
+  EXPECT_FALSE(std::filesystem::exists(out_ + "/.tmp"));
+  EXPECT_EQ(ordered_json::parse(read_file(out_ + "/config.json"))["quantization_config"]["checkpoint_format"], "gptq_v2");
   out_ = src_;
   expect_write_error(model_, HfCheckpointFormat::gptq_v1, "is the source directory", replace);
 }

@@ -87,6 +87,8 @@ inline WrittenModel write_gguf(const LlamaWeights& w, bool q4_0, const std::stri
   io::GgufWriter g(out.path);
   g.set_general(c.architecture, "test", q4_0 ? 2 : 0);
   const std::string p = c.architecture + ".";
+  // The hyper-parameter keys are spelled out here rather than taken from
+  // model/gguf_model_from_hf.hpp, so the loader tests do not trust the writer under test.
   g.set_u32(p + "block_count", static_cast<std::uint32_t>(c.n_layers));
   g.set_u32(p + "context_length", static_cast<std::uint32_t>(c.seq_len));
   g.set_u32(p + "embedding_length", static_cast<std::uint32_t>(c.dim));

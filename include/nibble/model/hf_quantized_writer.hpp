@@ -149,11 +149,13 @@ inline const Eigen::VectorXf* norm_gain(const LlamaWeights& w, const std::string
 // Writes `model` (quantized from the directory source_dir) as a quantized HF directory
 // out_dir (see the top of this file).
 inline void write_quantized_hf(const std::string& source_dir, const LlamaWeights& model, HfCheckpointFormat format,
-                               const std::string& out_dir, const HfWriteOptions& options = {}) {
+                               const std::string& out_path, const HfWriteOptions& options = {}) {
   using namespace hf_detail;
   namespace fs = std::filesystem;
   detail::require(is_directory(source_dir), "HF output: the source '", source_dir, "' is not a directory");
-  detail::require(!out_dir.empty(), "HF output: empty output path");
+  std::string out_dir = out_path;  // "out/" names the directory "out" (and its temporary "out.tmp")
+  while (out_dir.size() > 1 && out_dir.back() == '/') out_dir.pop_back();
+  detail::require(!out_dir.empty() && out_dir != "/", "HF output: '", out_path, "' is not a usable output directory");
   std::error_code ec;
   detail::require(!fs::exists(out_dir, ec) || options.replace_existing, "HF output: '", out_dir,
                   "' exists (replace_existing / --force to overwrite it)");
