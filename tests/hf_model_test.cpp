@@ -22,40 +22,19 @@
 #include <nibble/model/llama2c.hpp>
 #include <nibble/model/transformer.hpp>
 
+#include "hf_test_dirs.hpp"
+
 using namespace nibble;
 using namespace nibble::model;
 using json = nlohmann::json;
 
+using nibble::test::TempDir;
+using nibble::test::write_text;
+using nibble::test::hf_config_json;
+
 namespace {
 
 const std::string kData = std::string(NIBBLE_SOURCE_DIR) + "/examples/data/";
-
-// A fresh directory per test (ctest runs tests as parallel processes), removed after.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = ::testing::TempDir() + "nibble_hf_XXXXXX";
-    std::vector<char> buf(tmpl.begin(), tmpl.end());
-    buf.push_back('\0');
-    const char* p = ::mkdtemp(buf.data());
-    if (p == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-}
 
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -144,26 +123,6 @@ RowMatrixXf halves_to_adjacent(const RowMatrixXf& w, int n_heads) {
     for (Eigen::Index i = 0; i < half; ++i)
       for (Eigen::Index j = 0; j < 2; ++j) out.row(h * hs + 2 * i + j) = w.row(h * hs + j * half + i);
   return out;
-}
-
-json config_json(const LlamaConfig& c) {
-  json j = {{"architectures", {c.architecture == "qwen2" ? "Qwen2ForCausalLM" : "LlamaForCausalLM"}},
-            {"model_type", c.architecture},
-            {"hidden_size", c.dim},
-            {"intermediate_size", c.hidden_dim},
-            {"num_hidden_layers", c.n_layers},
-            {"num_attention_heads", c.n_heads},
-            {"num_key_value_heads", c.n_kv_heads},
-            {"max_position_embeddings", c.seq_len},
-            {"rope_theta", c.rope_base},
-            {"rope_scaling", nullptr},
-            {"rms_norm_eps", c.norm_eps},
-            {"tie_word_embeddings", c.shared_classifier},
-            {"vocab_size", c.vocab_size},
-            {"hidden_act", "silu"},
-            {"torch_dtype", "float32"}};
-  if (c.head_dim > 0) j["head_dim"] = c.head_dim;
-  return j;
 }
 
 // HF tensors of weights whose q/k rows are already in rotate_half order.
@@ -339,7 +298,7 @@ TEST(HfModel, TinyLlamaF32LoadsBitExact) {
   const LlamaConfig c = tiny_llama();
   const LlamaWeights w = random_weights(c, 1);
   TempDir d;
-  write_hf_dir(d.path(), config_json(c), hf_tensors(w), io::DType::F32);
+  write_hf_dir(d.path(), hf_config_json(c), hf_tensors(w), io::DType::F32);
   const LlamaWeights got = load_hf_model(d.path());
   expect_config_eq(got.config, c);
   expect_weights_eq(got, w, io::DType::F32);
@@ -350,7 +309,7 @@ TEST(HfModel, Bf16AndF16DecodeExactly) {
   const LlamaWeights w = random_weights(c, 2);
   for (io::DType dtype : {io::DType::BF16, io::DType::F16}) {
     TempDir d;
-    write_hf_dir(d.path(), config_json(c), hf_tensors(w), dtype);
+    write_hf_dir(d.path(), hf_config_json(c), hf_tensors(w), dtype);
     const LlamaWeights got = load_hf_model(d.path());
     expect_weights_eq(got, w, dtype);
   }
@@ -360,8 +319,8 @@ TEST(HfModel, ShardedEqualsSingleFile) {
   const LlamaConfig c = tiny_llama();
   const LlamaWeights w = random_weights(c, 3);
   TempDir one, three;
-  write_hf_dir(one.path(), config_json(c), hf_tensors(w), io::DType::BF16, 1);
-  write_hf_dir(three.path(), config_json(c), hf_tensors(w), io::DType::BF16, 3);
+  write_hf_dir(one.path(), hf_config_json(c), hf_tensors(w), io::DType::BF16, 1);
+  write_hf_dir(three.path(), hf_config_json(c), hf_tensors(w), io::DType::BF16, 3);
   EXPECT_FALSE(std::filesystem::exists(three / "model.safetensors"));
   const LlamaWeights a = load_hf_model(one.path()), b = load_hf_model(three.path());
   expect_weights_eq(b, w, io::DType::BF16);
@@ -379,7 +338,7 @@ TEST(HfModel, Qwen2WithBiasesTiedAndExplicitHeadDim) {
   TempDir d;
   Tensors t = hf_tensors(w);
   t["lm_head.weight"] = from_matrix(w.token_embedding.dense());  // a tied lm_head some files hold: ignored
-  write_hf_dir(d.path(), config_json(c), t, io::DType::F32, 2);
+  write_hf_dir(d.path(), hf_config_json(c), t, io::DType::F32, 2);
   const LlamaWeights got = load_hf_model(d.path());
   expect_config_eq(got.config, c);
   EXPECT_EQ(got.config.q_dim(), 24);
@@ -395,7 +354,7 @@ TEST(HfModel, HalvesOnHfLayoutEqualsAdjacentPairsOnPermutedLayout) {
   const LlamaConfig c = tiny_llama();
   const LlamaWeights w = random_weights(c, 5);
   TempDir d;
-  write_hf_dir(d.path(), config_json(c), hf_tensors(w), io::DType::F32);
+  write_hf_dir(d.path(), hf_config_json(c), hf_tensors(w), io::DType::F32);
   const LlamaWeights hf = load_hf_model(d.path());
   LlamaWeights gg = hf;
   gg.config.rope_style = RopeStyle::adjacent_pairs;
@@ -424,7 +383,7 @@ TEST(HfModel, Stories260KAsHfDirectoryGivesTheLlama2cLogits) {
     L.wq = adjacent_to_halves(L.wq.dense(), c.n_heads);
     L.wk = adjacent_to_halves(L.wk.dense(), c.n_kv_heads);
   }
-  json config = config_json(c);
+  json config = hf_config_json(c);
   config["bos_token_id"] = 1;
   config["eos_token_id"] = 2;
   TempDir d;
@@ -508,7 +467,7 @@ class HfModelBad : public ::testing::Test {
   void SetUp() override {
     c_ = tiny_llama();
     w_ = random_weights(c_, 6);
-    config_ = config_json(c_);
+    config_ = hf_config_json(c_);
     tensors_ = hf_tensors(w_);
   }
   // Writes the (edited) directory into a fresh temp dir and returns the load error.

@@ -28,6 +28,7 @@ using model::RopeStyle;
 using json = nlohmann::json;
 namespace bpe_json_detail = model::bpe_json_detail;
 
+// A fresh directory per test (ctest runs tests as parallel processes), removed after.
 class TempDir {
  public:
   TempDir() {
@@ -160,6 +161,27 @@ inline void add_f32(io::SafetensorsWriter& w, const std::string& name, const Eig
   w.add(name, io::DType::F32, {static_cast<std::uint64_t>(v.size())}, v.data(), static_cast<std::size_t>(v.size()) * 4);
 }
 
+// config.json of a model with this configuration, as transformers writes it.
+inline json hf_config_json(const LlamaConfig& c) {
+  json j = {{"architectures", {c.architecture == "qwen2" ? "Qwen2ForCausalLM" : "LlamaForCausalLM"}},
+            {"model_type", c.architecture},
+            {"hidden_size", c.dim},
+            {"intermediate_size", c.hidden_dim},
+            {"num_hidden_layers", c.n_layers},
+            {"num_attention_heads", c.n_heads},
+            {"num_key_value_heads", c.n_kv_heads},
+            {"max_position_embeddings", c.seq_len},
+            {"rope_theta", c.rope_base},
+            {"rope_scaling", nullptr},
+            {"rms_norm_eps", c.norm_eps},
+            {"tie_word_embeddings", c.shared_classifier},
+            {"vocab_size", c.vocab_size},
+            {"hidden_act", "silu"},
+            {"torch_dtype", "float32"}};
+  if (c.head_dim > 0) j["head_dim"] = c.head_dim;
+  return j;
+}
+
 struct ModelSpec {
   bool qwen2 = false;
   bool tied = false;
@@ -175,22 +197,9 @@ inline void write_model(const std::string& dir, const ModelSpec& spec) {
   shape.head_dim = 16, shape.vocab = spec.vocab;
   const LlamaWeights w = test::random_model(RopeStyle::halves, spec.qwen2, spec.seed, shape);
   const LlamaConfig& c = w.config;
-  const json config = {{"architectures", {spec.qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"}},
-                       {"model_type", c.architecture},
-                       {"hidden_size", c.dim},
-                       {"intermediate_size", c.hidden_dim},
-                       {"num_hidden_layers", c.n_layers},
-                       {"num_attention_heads", c.n_heads},
-                       {"num_key_value_heads", c.n_kv_heads},
-                       {"head_dim", c.head_dim},
-                       {"max_position_embeddings", c.seq_len},
-                       {"rope_theta", c.rope_base},
-                       {"rope_scaling", {{"type", "linear"}, {"factor", c.rope_scale}}},
-                       {"rms_norm_eps", c.norm_eps},
-                       {"tie_word_embeddings", spec.tied},
-                       {"vocab_size", c.vocab_size},
-                       {"hidden_act", "silu"},
-                       {"torch_dtype", "float32"}};
+  json config = hf_config_json(c);
+  config["rope_scaling"] = {{"type", "linear"}, {"factor", c.rope_scale}};
+  config["tie_word_embeddings"] = spec.tied;
   write_text(dir + "/config.json", config.dump(2));
   io::SafetensorsWriter st(dir + "/model.safetensors");
   st.set_metadata("format", "pt");
