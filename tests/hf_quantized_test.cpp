@@ -13,6 +13,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <tuple>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -39,6 +41,35 @@ std::string read_file(const std::string& path) {
   std::ostringstream s;
   s << in.rdbuf();
   return s.str();
+}
+
+// Entries beside `path` that the writer makes while it works ("<path>.nibble-…").
+std::vector<std::string> work_directories(const std::string& path) {
+  const std::filesystem::path p(path);
+  std::vector<std::string> found;
+  for (const auto& e : std::filesystem::directory_iterator(p.parent_path()))
+    if (e.path().filename().string().rfind(p.filename().string() + ".nibble-", 0) == 0) found.push_back(e.path());
+  return found;
+}
+
+// Rewrites a safetensors file, letting `edit` change each tensor's bytes; `extra` is added.
+void rewrite_safetensors(const std::string& path,
+                         const std::function<void(const io::TensorInfo&, std::vector<std::uint8_t>&)>& edit,
+                         const std::string& extra_name = "") {
+  std::vector<std::tuple<io::TensorInfo, std::vector<std::uint8_t>>> all;
+  {
+    const io::SafetensorsReader r = io::SafetensorsReader::open(path);
+    for (const io::TensorInfo& t : r.tensors()) {
+      const io::ByteView b = r.bytes(t);
+      std::vector<std::uint8_t> bytes(b.data, b.data + b.size);
+      edit(t, bytes);
+      all.emplace_back(t, std::move(bytes));
+    }
+  }
+  io::SafetensorsWriter w(path);
+  for (const auto& [t, bytes] : all) w.add(t.name, t.dtype, t.shape, bytes.data(), bytes.size());
+  if (!extra_name.empty()) w.add(extra_name, io::DType::U8, {1}, "x", 1);
+  w.finish();
 }
 
 struct FormatCase {
@@ -116,7 +147,7 @@ void expect_round_trip(const FormatCase& fc, const ModelSpec& ms, Method method)
   const LlamaWeights q = quantized(m.weights, fc.storage, method);
 
   write_quantized_hf(src, q, fc.format, out);
-  EXPECT_FALSE(std::filesystem::exists(out + ".tmp"));
+  EXPECT_TRUE(work_directories(out).empty());
   const LoadedModel back = load_model(out);
   const LlamaWeights& b = back.weights;
 
@@ -224,29 +255,60 @@ class HfQuantizedBad : public ::testing::Test {
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
     }
-    EXPECT_FALSE(std::filesystem::exists(out_ + ".tmp"));
+    EXPECT_TRUE(work_directories(out_).empty());
   }
   TempDir dir_;
   std::string src_, out_;
   LlamaWeights model_;
 };
 
-TEST_F(HfQuantizedBad, ExistingOutputNeedsReplace) {
+TEST_F(HfQuantizedBad, ExistingOutputIsReplacedOnlyWhenAskedAndOnlyIfAModel) {
+  HfWriteOptions replace;
+  replace.replace_existing = true;
+  // Siblings named like work directories of an earlier run are not the writer's to delete.
+  for (const char* sibling : {".tmp", ".old"}) {
+    std::filesystem::create_directory(out_ + sibling);
+    write_text(out_ + sibling + "/mine.txt", "mine");
+  }
   std::filesystem::create_directory(out_);
   write_text(out_ + "/keep.txt", "mine");
   expect_write_error(model_, HfCheckpointFormat::gptq_v1, "exists");
+  expect_write_error(model_, HfCheckpointFormat::gptq_v1, "not a model directory", replace);
   EXPECT_EQ(read_file(out_ + "/keep.txt"), "mine");
-  HfWriteOptions replace;
-  replace.replace_existing = true;
+  write_text(out_ + "/config.json", "{}");  // now it is a model directory: replaced whole
   write_quantized_hf(src_, model_, HfCheckpointFormat::gptq_v1, out_, replace);
   EXPECT_FALSE(std::filesystem::exists(out_ + "/keep.txt"));
-  EXPECT_FALSE(std::filesystem::exists(out_ + ".old"));
   EXPECT_NO_THROW(load_hf_model(out_));
   write_quantized_hf(src_, model_, HfCheckpointFormat::gptq_v2, out_ + "/", replace);  // the same directory
-  EXPECT_FALSE(std::filesystem::exists(out_ + "/.tmp"));
   EXPECT_EQ(ordered_json::parse(read_file(out_ + "/config.json"))["quantization_config"]["checkpoint_format"], "gptq_v2");
+  EXPECT_TRUE(work_directories(out_).empty());
+  for (const char* sibling : {".tmp", ".old"}) EXPECT_EQ(read_file(out_ + sibling + "/mine.txt"), "mine");
+
+  // A write that fails half-way (the temporary directory exists by then) leaves the old
+  // directory where it was and removes its own.
+  LlamaWeights other = model_;
+  other.layers[1].w2 = StoredMatrix(quantize(RowMatrixXf::Constant(64, 64, 0.5f), int_storage(Codebook::int4_sym)));
+  expect_write_error(other, HfCheckpointFormat::gptq_v1, "in the model but not in the source", replace);
+  EXPECT_EQ(ordered_json::parse(read_file(out_ + "/config.json"))["quantization_config"]["checkpoint_format"], "gptq_v2");
+
+  // The output may not be the source or hold it.
+  const std::string out = out_;
   out_ = src_;
-  expect_write_error(model_, HfCheckpointFormat::gptq_v1, "is the source directory", replace);
+  expect_write_error(model_, HfCheckpointFormat::gptq_v1, "or inside it", replace);
+  out_ = dir_.path();
+  expect_write_error(model_, HfCheckpointFormat::gptq_v1, "or inside it", replace);
+  EXPECT_NO_THROW(load_hf_model(src_));
+
+  // An already-quantized source: its packed tensors cannot be carried over.
+  out_ = dir_ / "again";
+  const std::string quantized_src = out;
+  try {
+    write_quantized_hf(quantized_src, model_, HfCheckpointFormat::gptq_v1, out_);
+    ADD_FAILURE() << "no error for a quantized source";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("already a quantized checkpoint"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(out_));
 }
 
 TEST_F(HfQuantizedBad, StorageTheFormatCannotHold) {
@@ -304,6 +366,31 @@ TEST_F(HfQuantizedBad, LoaderRejectsWhatItCannotRun) {
   c = good;
   c["quantization_config"] = {{"quant_method", "awq"}};  // GPTQ tensors read as AWQ
   expect_load_error(c, "layer 'model.layers.0.self_attn.q_proj'");
+}
+
+TEST_F(HfQuantizedBad, LoaderRejectsNonFiniteScalesAndStrayParts) {
+  write_quantized_hf(src_, model_, HfCheckpointFormat::gptq_v1, out_);
+  rewrite_safetensors(out_ + "/model.safetensors", [](const io::TensorInfo& t, std::vector<std::uint8_t>& b) {
+    if (t.name == "model.layers.1.mlp.up_proj.scales") b[2] = 0x00, b[3] = 0x7C;  // fp16 +inf
+  });
+  EXPECT_THROW(
+      {
+        try {
+          load_hf_model(out_);
+        } catch (const Error& e) {
+          EXPECT_NE(std::string(e.what()).find("layer 'model.layers.1.mlp.up_proj': scale 2 is not finite"), std::string::npos)
+              << e.what();
+          throw;
+        }
+      },
+      Error);
+  const std::string nf4 = dir_ / "nf4";
+  write_quantized_hf(src_, quantized(load_model(src_).weights, io::bnb_quant_config(true, 32), kPlain),
+                     HfCheckpointFormat::bnb, nf4);
+  EXPECT_NO_THROW(load_hf_model(nf4));
+  rewrite_safetensors(nf4 + "/model.safetensors", [](const io::TensorInfo&, std::vector<std::uint8_t>&) {},
+                      "model.layers.0.self_attn.q_proj.weight.quant_state.bitsandbytes__fp4");
+  EXPECT_THROW(load_hf_model(nf4), Error);  // a second quant state nothing reads
 }
 
 }  // namespace

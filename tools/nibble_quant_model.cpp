@@ -266,10 +266,18 @@ int hf_group(const Options& o, const LlamaConfig& c) {
           g = candidate;
           break;
         }
-    if (g != 128) std::fprintf(stderr, "nibble-quant: group size %ld (128 does not divide every in_features)\n", g);
+    if (g != 128 && o.format.rfind("bnb", 0) != 0)
+      std::fprintf(stderr, "nibble-quant: group size %ld (128 does not divide every in_features)\n", g);
   }
+  // What the format can store, checked before any calibration runs.
+  const bool bnb = o.format.rfind("bnb", 0) == 0;
+  detail::require(!bnb || (g >= 32 && g <= 4096 && (g & (g - 1)) == 0), "bitsandbytes blocksizes are powers of two ",
+                  "from 32 to 4096, not ", g);
   detail::require(o.format.rfind("gptq", 0) == 0 || divides(g), "--group ", g, " must divide every linear's in_features (",
                   c.dim, ", ", c.q_dim(), ", ", c.hidden_dim, "): ", o.format, " stores whole groups");
+  if (!bnb)
+    detail::require(c.dim % 8 == 0 && c.q_dim() % 8 == 0 && c.kv_dim() % 8 == 0 && c.hidden_dim % 8 == 0, o.format,
+                    " packs 8 values per int32: every linear's in and out features must be multiples of 8");
   return static_cast<int>(g);
 }
 
@@ -308,6 +316,10 @@ int run(const Options& o) {
   std::fprintf(stderr, "nibble-quant: %s: %d blocks, dim %d, ffn %d, %d heads (%d kv), vocab %d; loaded in %.1f s\n",
                o.in.c_str(), c.n_layers, c.dim, c.hidden_dim, c.n_heads, c.n_kv_heads, c.vocab_size, seconds());
 
+  detail::require(gguf || hf_quantization(hf_detail::read_text(hf_detail::join(o.in, "config.json"), "config.json")) ==
+                              HfQuantization::none,
+                  "'", o.in, "' is already a quantized checkpoint: its packed tensors cannot be carried into ", o.format,
+                  " (write a GGUF from it, or start from the F32/F16/BF16 model)");
   const QuantConfig storage = gguf ? gguf_storage(type) : hf_storage(o, hf_group(o, c));
   LlamaWeights out = m.weights;
   std::size_t calib_tokens = 0;

@@ -4,7 +4,7 @@
 
 SRC_DIR is the source model (config.json, model.safetensors or a sharded
 model.safetensors.index.json, tokenizer files, ...); OUT_DIR what
-`nibble-quant SRC_DIR OUT_DIR --format gptq|gptq-v1|awq|bnb-nf4|bnb-fp4` wrote; REF a
+`nibble-quant SRC_DIR OUT_DIR --format gptq|gptq-v2|awq|bnb-nf4|bnb-fp4` wrote; REF a
 float32 dump of every tensor nibble holds for OUT_DIR, by Hugging Face name (the 7 block
 linears as `<prefix>.weight` [out, in], dequantized by nibble). --awq-folded: the method
 folded AWQ scales into input_layernorm / post_attention_layernorm, whose values may then
@@ -32,7 +32,9 @@ from packed_formats import FormatError, dequant_awq, dequant_bnb, dequant_gptq
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json", "*.bin", "*.pt", "*.pth", "*.gguf")
+# As model/hf_quantized_writer.hpp (is_weight_file): never copied into the output.
+WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.pt", "*.pth", "*.gguf",
+                "*.h5", "*.msgpack", "*.ckpt", "*.onnx")
 FOLDED_NORMS = re.compile(r"^model\.layers\.\d+\.(input_layernorm|post_attention_layernorm)\.weight$")
 NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "I32": np.int32, "U8": np.uint8, "I64": np.int64,
                 "I8": np.int8, "I16": np.int16, "U16": np.uint16, "U32": np.uint32, "F64": np.float64}

@@ -27,8 +27,9 @@
 //   rejected, since the runtime would silently compute something else.
 //   quantization_config: 4-bit GPTQ (v1 / v2 zero points, contiguous groups), AutoAWQ GEMM
 //                            and bitsandbytes NF4 / FP4 checkpoints load with their linears
-//                            as QuantizedMatrix (hf_quantization; packings in io/); other
-//                            methods are errors. hf_quantized_writer.hpp writes these.
+//                            as QuantizedMatrix (hf_quantization; packings in io/; a layer's
+//                            parts in one file, non-finite scales rejected); other methods
+//                            are errors. hf_quantized_writer.hpp writes these.
 //
 // Tensor names → LlamaWeights: model.embed_tokens.weight, model.norm.weight,
 // lm_head.weight, and per layer N model.layers.N.{input_layernorm, post_attention_layernorm}
@@ -525,21 +526,21 @@ inline LlamaWeights load_hf_model(const std::string& dir) {
         else if (quantization == HfQuantization::awq) q = io::read_awq(r, p);
         else q = io::read_gptq(r, p, quantization == HfQuantization::gptq_v1 ? io::GptqFormat::v1 : io::GptqFormat::v2);
       } catch (const Error& e) {
-        detail::throw_error("'", join(dir, T.source()), "': layer '", p, "' (its parts must be in one file): ", bare(e));
+        // (The parts are read from the file that holds the first one.)
+        detail::throw_error("'", join(dir, T.source()), "': layer '", p, "': ", bare(e));
       }
       detail::require(q.rows() == static_cast<std::size_t>(rows) && q.cols() == static_cast<std::size_t>(cols), "'",
                       join(dir, T.source()), "': layer '", p, "' is ", q.rows(), " x ", q.cols(), ", expected ", rows,
                       " x ", cols);
-      const std::vector<float> scales = q.scales().decode();
-      for (std::size_t i = 0; i < scales.size(); ++i)
-        detail::require(std::isfinite(scales[i]), "'", join(dir, T.source()), "': layer '", p, "' has a non-finite scale (",
-                        scales[i], ") in group ", i);
-      if (bnb) {  // "<p>.weight" and its quant state "<p>.weight.absmax", …
-        for (const auto& entry : T.names())
-          if (entry.first == first || entry.first.rfind(first + ".", 0) == 0) used.insert(entry.first);
+      // The parts read (anything else under the layer's name stays unused: an error below).
+      static const char* const bnb_parts[] = {"", ".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map"};
+      static const char* const packed_parts[] = {".qweight", ".qzeros", ".scales", ".g_idx"};
+      if (bnb) {
+        for (const char* part : bnb_parts) used.insert(first + part);
+        used.insert(first + (q.codebook() == Codebook::nf4 ? ".quant_state.bitsandbytes__nf4"
+                                                           : ".quant_state.bitsandbytes__fp4"));
       } else {
-        for (const char* part : {".qweight", ".qzeros", ".scales", ".g_idx"})
-          if (T.contains(p + part)) used.insert(p + part);
+        for (const char* part : packed_parts) used.insert(p + part);
       }
       return StoredMatrix(std::move(q));
     };

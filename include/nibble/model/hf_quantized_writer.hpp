@@ -22,12 +22,16 @@
 //   quantize_config.json  GPTQ only: the same object (what AutoGPTQ reads);
 //   every other file of the source directory that is not a weight file (tokenizer.json,
 //   tokenizer_config.json, generation_config.json, chat_template.jinja, …), copied.
-// The directory is assembled under "<out>.tmp" and renamed at the end, so an error leaves
-// nothing under the final name; an existing output directory is an error unless
-// HfWriteOptions::replace_existing (then it is removed once the new one is complete).
+// The directory is assembled under a new sibling "<out>.nibble-tmp-XXXXXX" and renamed at
+// the end, so an error leaves nothing under the final name. An existing output is an error
+// unless HfWriteOptions::replace_existing, and even then only a model directory (one with
+// a config.json) or an empty one is replaced — after the new one is complete; the source
+// may not be the output or inside it. A source that is already quantized is an error.
 //
 // Needs nlohmann/json.hpp (CMake target nibble::io).
 #pragma once
+
+#include <stdlib.h>
 
 #include <cstdint>
 #include <cstdio>
@@ -104,6 +108,9 @@ inline nlohmann::ordered_json quantization_config(const LlamaWeights& w, HfCheck
   detail::require(first != nullptr, "the model has no layers");
   const Codebook cb = first->codebook();
   const int group = static_cast<int>(first->group_size());
+  detail::require(format == HfCheckpointFormat::bnb || first->scales().format() == ScaleFormat::f16,
+                  "GPTQ and AWQ checkpoints store fp16 scales; the linears have ", to_string(first->scales().format()),
+                  " scales");
   std::string text;
   switch (format) {
     case HfCheckpointFormat::gptq_v1:
@@ -146,48 +153,66 @@ inline const Eigen::VectorXf* norm_gain(const LlamaWeights& w, const std::string
 
 }  // namespace hf_detail
 
-// Writes `model` (quantized from the directory source_dir) as a quantized HF directory
-// out_dir (see the top of this file).
-inline void write_quantized_hf(const std::string& source_dir, const LlamaWeights& model, HfCheckpointFormat format,
-                               const std::string& out_path, const HfWriteOptions& options = {}) {
-  using namespace hf_detail;
-  namespace fs = std::filesystem;
-  detail::require(is_directory(source_dir), "HF output: the source '", source_dir, "' is not a directory");
-  std::string out_dir = out_path;  // "out/" names the directory "out" (and its temporary "out.tmp")
-  while (out_dir.size() > 1 && out_dir.back() == '/') out_dir.pop_back();
-  detail::require(!out_dir.empty() && out_dir != "/", "HF output: '", out_path, "' is not a usable output directory");
-  std::error_code ec;
-  detail::require(!fs::exists(out_dir, ec) || options.replace_existing, "HF output: '", out_dir,
-                  "' exists (replace_existing / --force to overwrite it)");
-  detail::require(!fs::exists(out_dir, ec) || fs::is_directory(out_dir, ec), "HF output: '", out_dir,
-                  "' exists and is not a directory");
-  detail::require(!fs::exists(out_dir, ec) || !fs::equivalent(out_dir, source_dir, ec), "HF output: '", out_dir,
-                  "' is the source directory");
-  const nlohmann::ordered_json qconfig = quantization_config(model, format);
+namespace hf_detail {
 
+// A new empty directory beside `path`, named path + tag + a random suffix (mkdtemp), so it
+// never collides with anything the user has.
+inline std::string new_sibling_directory(const std::string& path, const char* tag) {
+  std::string name = path + tag + "XXXXXX";
+  detail::require(::mkdtemp(name.data()) != nullptr, "HF output: cannot create a directory beside '", path, "'");
+  return name;
+}
+
+// Whether `inner` is `outer` or inside it (both made absolute, symlinks resolved).
+inline bool is_within(const std::string& inner, const std::string& outer) {
+  namespace fs = std::filesystem;
+  const fs::path a = fs::weakly_canonical(fs::absolute(inner)), b = fs::weakly_canonical(fs::absolute(outer));
+  auto ia = a.begin(), ib = b.begin();
+  for (; ib != b.end() && !ib->empty(); ++ia, ++ib)
+    if (ia == a.end() || *ia != *ib) return false;
+  return true;
+}
+
+// The body of write_quantized_hf; filesystem errors surface as std::filesystem exceptions.
+inline void write_quantized_hf_files(const std::string& source_dir, const LlamaWeights& model, HfCheckpointFormat format,
+                                     const std::string& out_dir, const HfWriteOptions& options) {
+  namespace fs = std::filesystem;
+  detail::require(!is_within(source_dir, out_dir), "HF output: the source '", source_dir, "' is '", out_dir,
+                  "' or inside it");
   const std::string config_path = join(source_dir, "config.json");
   const std::string config_text = read_text(config_path, "'" + config_path + "'");
   io::check_json_depth(config_text.data(), config_text.size(), kMaxJsonDepth, "config.json");
   nlohmann::ordered_json config = nlohmann::ordered_json::parse(config_text, nullptr, false);
   detail::require(config.is_object(), "'", config_path, "' is not a JSON object");
-  config["quantization_config"] = qconfig;
+  detail::require(!config.contains("quantization_config") || config["quantization_config"].is_null(), "HF output: '",
+                  source_dir, "' is already a quantized checkpoint (config.json has a quantization_config); ",
+                  "its packed tensors cannot be carried over");
+  config["quantization_config"] = quantization_config(model, format);
 
-  const std::string tmp = out_dir + ".tmp";
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp, ec);
-  detail::require(!ec, "HF output: cannot create '", tmp, "': ", ec.message());
+  // Replacing: only a model directory (config.json) or an empty one, never other data.
+  const bool replacing = fs::exists(out_dir);
+  if (replacing) {
+    detail::require(options.replace_existing, "HF output: '", out_dir, "' exists (replace_existing / --force to ",
+                    "overwrite it)");
+    detail::require(fs::is_directory(out_dir), "HF output: '", out_dir, "' exists and is not a directory");
+    detail::require(fs::is_empty(out_dir) || is_regular_file(join(out_dir, "config.json")), "HF output: '", out_dir,
+                    "' is not a model directory (no config.json): refusing to replace it");
+  }
+
+  // Which source tensor each quantized linear replaces.
+  std::map<std::string, const QuantizedMatrix*> linears;
+  for (std::size_t l = 0; l < model.layers.size(); ++l)
+    for (const HfLinear& t : hf_layer_linears())
+      linears["model.layers." + std::to_string(l) + "." + t.name + ".weight"] =
+          (model.layers[l].*t.matrix).quantized_ptr().get();
+  const Tensors source(source_dir);
+  for (const auto& [name, q] : linears)
+    detail::require(source.contains(name), "HF output: the source has no '", name, "': the model is not from '",
+                    source_dir, "'");
+
+  const std::string tmp = new_sibling_directory(out_dir, ".nibble-tmp-");
+  std::string old;  // where the replaced directory waits until the new one is in place
   try {
-    // Which source tensor each quantized linear replaces.
-    std::map<std::string, const QuantizedMatrix*> linears;
-    for (std::size_t l = 0; l < model.layers.size(); ++l)
-      for (const HfLinear& t : hf_layer_linears())
-        linears["model.layers." + std::to_string(l) + "." + t.name + ".weight"] =
-            (model.layers[l].*t.matrix).quantized_ptr().get();
-
-    const Tensors source(source_dir);
-    for (const auto& [name, q] : linears)
-      detail::require(source.contains(name), "HF output: the source has no '", name, "': the model is not from '",
-                      source_dir, "'");
     io::SafetensorsWriter st(join(tmp, "model.safetensors"));
     st.set_metadata("format", "pt");
     for (const auto& entry : source.names()) {
@@ -225,29 +250,46 @@ inline void write_quantized_hf(const std::string& source_dir, const LlamaWeights
     }
     st.finish();
 
-    write_file(join(tmp, "config.json"), config.dump(2) + "\n");
-    if (format == HfCheckpointFormat::gptq_v1 || format == HfCheckpointFormat::gptq_v2)
-      write_file(join(tmp, "quantize_config.json"), qconfig.dump(2) + "\n");
     for (const auto& f : fs::directory_iterator(source_dir)) {
       const std::string name = f.path().filename().string();
-      if (!f.is_regular_file() || name == "config.json" || is_weight_file(name)) continue;
-      fs::copy_file(f.path(), fs::path(tmp) / name, fs::copy_options::overwrite_existing, ec);
-      detail::require(!ec, "HF output: cannot copy '", f.path().string(), "': ", ec.message());
+      if (!f.is_regular_file() || name == "config.json" || name == "quantize_config.json" || is_weight_file(name))
+        continue;
+      fs::copy_file(f.path(), fs::path(tmp) / name, fs::copy_options::overwrite_existing);
     }
+    write_file(join(tmp, "config.json"), config.dump(2) + "\n");
+    if (format == HfCheckpointFormat::gptq_v1 || format == HfCheckpointFormat::gptq_v2)
+      write_file(join(tmp, "quantize_config.json"), config["quantization_config"].dump(2) + "\n");
 
-    // The new directory replaces the old one only once it is complete.
-    const std::string old = out_dir + ".old";
-    fs::remove_all(old, ec);
-    if (fs::exists(out_dir)) {
-      fs::rename(out_dir, old, ec);
-      detail::require(!ec, "HF output: cannot move the existing '", out_dir, "' aside: ", ec.message());
+    // The new directory takes the final name only once it is complete.
+    if (replacing) {
+      old = new_sibling_directory(out_dir, ".nibble-old-");
+      fs::rename(out_dir, old);  // onto the empty directory just made
     }
-    fs::rename(tmp, out_dir, ec);
-    detail::require(!ec, "HF output: cannot rename '", tmp, "' to '", out_dir, "': ", ec.message());
-    fs::remove_all(old, ec);
+    fs::rename(tmp, out_dir);
   } catch (...) {
+    std::error_code ec;
+    if (!old.empty() && !fs::exists(out_dir, ec)) fs::rename(old, out_dir, ec);  // put the old one back
     fs::remove_all(tmp, ec);
     throw;
+  }
+  std::error_code ec;
+  if (!old.empty()) fs::remove_all(old, ec);
+}
+
+}  // namespace hf_detail
+
+// Writes `model` (quantized from the directory source_dir, which holds F32/F16/BF16
+// weights) as a quantized HF directory out_path (see the top of this file).
+inline void write_quantized_hf(const std::string& source_dir, const LlamaWeights& model, HfCheckpointFormat format,
+                               const std::string& out_path, const HfWriteOptions& options = {}) {
+  detail::require(hf_detail::is_directory(source_dir), "HF output: the source '", source_dir, "' is not a directory");
+  std::string out_dir = out_path;  // "out/" names the directory "out"
+  while (out_dir.size() > 1 && out_dir.back() == '/') out_dir.pop_back();
+  detail::require(!out_dir.empty() && out_dir != "/", "HF output: '", out_path, "' is not a usable output directory");
+  try {
+    hf_detail::write_quantized_hf_files(source_dir, model, format, out_dir, options);
+  } catch (const std::filesystem::filesystem_error& e) {
+    detail::throw_error("HF output: '", out_dir, "': ", e.what());
   }
 }
 

@@ -113,10 +113,14 @@ inline LoadedModel load_gguf(const std::string& path, const LoadOptions& o) {
 
 // A Hugging Face directory: config.json + safetensors weights (hf_model.hpp) and
 // tokenizer.json (+ tokenizer_config.json for BOS/EOS rules and the chat template).
-inline LoadedModel load_hf(const std::string& dir) {
+inline LoadedModel load_hf(const std::string& dir, const LoadOptions& o = {}) {
   LoadedModel m;
   m.format = "hf";
   m.weights = load_hf_model(dir);
+  if (o.dequantize)  // a GPTQ / AWQ / bitsandbytes checkpoint's linears, decoded to fp32
+    for (auto& L : m.weights.layers)
+      for (StoredMatrix* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w1, &L.w2, &L.w3})
+        if (!w->is_float()) *w = StoredMatrix(w->to_float());
   const std::string slash = dir.back() == '/' ? dir : dir + "/";
   const std::string tok = slash + "tokenizer.json", cfg = slash + "tokenizer_config.json";
   detail::require(std::ifstream(tok).good(), "HF model: '", dir, "' has no tokenizer.json");
@@ -133,7 +137,7 @@ inline LoadedModel load_hf(const std::string& dir) {
 }
 
 inline LoadedModel load_model(const std::string& path, const LoadOptions& o = {}) {
-  if (hf_detail::is_directory(path)) return load_hf(path);
+  if (hf_detail::is_directory(path)) return load_hf(path, o);
   if (has_gguf_magic(path)) return load_gguf(path, o);
   LoadedModel m;
   m.format = "llama2c";
