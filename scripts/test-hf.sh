@@ -11,7 +11,8 @@
 # f32: max |logit diff| ≤ 1e-4 of max |logit| and KL ≤ 1e-6; bf16 / f16 (a rounding of
 # every weight): reported, with a loose KL bound of 1e-3 nats that a wrong permutation breaks.
 # Then nibble-quant turns the bf16 SmolLM2 directory into GPTQ, AWQ and bitsandbytes
-# directories, which tests/interop/check_hf_quantized.py reads with numpy.
+# directories, which tests/interop/check_hf_quantized.py reads with numpy (plain rounding,
+# and AWQ on a little text for folded norms; GPTQ on real text is test-real-model's).
 # Needs build/pyenv (gguf, safetensors, numpy, tokenizers from PyPI) and the SmolLM2 file
 # (scripts/fetch-models.sh); skips, saying why, only when PyPI cannot be reached.
 #
@@ -119,7 +120,7 @@ echo "nibble-llm --chat on the directory: $answer"
 # other tensors as the source has them; and the quantized directory must run.
 echo "=== hf: SmolLM2 (bf16, 2 shards) → GPTQ / AWQ / bitsandbytes directories ==="
 head -c 100000 examples/data/tinystories_train_sample_2MiB.txt >"$out/calib.txt"
-calib=(--calib "$out/calib.txt" --calib-tokens 1024 --calib-seq 128)  # enough to exercise it
+calib=(--calib "$out/calib.txt" --calib-tokens 256 --calib-seq 128)  # enough to fold AWQ scales
 while read -r format method extra; do
   q="$out/smol-$format-$method"
   args=(--format "$format" --method "$method")
@@ -136,7 +137,7 @@ while read -r format method extra; do
   rm -rf "$q"
 done <<'RUNS'
 gptq rtn -
-gptq-v2 gptq -
+gptq-v2 rtn -
 awq awq -
 bnb-nf4 rtn -
 bnb-fp4 rtn --double-quant
