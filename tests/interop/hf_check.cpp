@@ -100,10 +100,7 @@ int dump(const std::string& dir, const std::string& out_path) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     add_vec(p + "input_layernorm.weight", L.rms_att);
     add_vec(p + "post_attention_layernorm.weight", L.rms_ffn);
-    for (const auto& [name, m] : {std::pair{"self_attn.q_proj", &L.wq}, {"self_attn.k_proj", &L.wk},
-                                  {"self_attn.v_proj", &L.wv}, {"self_attn.o_proj", &L.wo}, {"mlp.gate_proj", &L.w1},
-                                  {"mlp.up_proj", &L.w3}, {"mlp.down_proj", &L.w2}})
-      add(p + name + ".weight", m->to_float());
+    for (const hf_detail::HfLinear& t : hf_detail::hf_layer_linears()) add(p + t.name + ".weight", (L.*t.matrix).to_float());
     if (w.config.qkv_bias) {
       add_vec(p + "self_attn.q_proj.bias", L.bq);
       add_vec(p + "self_attn.k_proj.bias", L.bk);

@@ -472,6 +472,21 @@ class Tensors {
   std::map<std::string, std::size_t> where_;
 };
 
+// The seven linears of a block under their HF names.
+struct HfLinear {
+  const char* name;  // after "model.layers.N."
+  StoredMatrix LlamaLayer::*matrix;
+};
+
+inline const std::vector<HfLinear>& hf_layer_linears() {
+  static const std::vector<HfLinear> linears = {
+      {"self_attn.q_proj", &LlamaLayer::wq}, {"self_attn.k_proj", &LlamaLayer::wk},
+      {"self_attn.v_proj", &LlamaLayer::wv}, {"self_attn.o_proj", &LlamaLayer::wo},
+      {"mlp.gate_proj", &LlamaLayer::w1},    {"mlp.up_proj", &LlamaLayer::w3},
+      {"mlp.down_proj", &LlamaLayer::w2}};
+  return linears;
+}
+
 inline bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }

@@ -62,21 +62,6 @@ struct HfWriteOptions {
 
 namespace hf_detail {
 
-// The seven linears of a block under their HF names.
-struct HfLinear {
-  const char* name;  // after "model.layers.N."
-  StoredMatrix LlamaLayer::*matrix;
-};
-
-inline const std::vector<HfLinear>& hf_layer_linears() {
-  static const std::vector<HfLinear> linears = {
-      {"self_attn.q_proj", &LlamaLayer::wq}, {"self_attn.k_proj", &LlamaLayer::wk},
-      {"self_attn.v_proj", &LlamaLayer::wv}, {"self_attn.o_proj", &LlamaLayer::wo},
-      {"mlp.gate_proj", &LlamaLayer::w1},    {"mlp.up_proj", &LlamaLayer::w3},
-      {"mlp.down_proj", &LlamaLayer::w2}};
-  return linears;
-}
-
 // Files of a model directory that hold weights (never copied into the output).
 inline bool is_weight_file(const std::string& name) {
   static const char* suffixes[] = {".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json",

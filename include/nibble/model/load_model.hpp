@@ -119,8 +119,8 @@ inline LoadedModel load_hf(const std::string& dir, const LoadOptions& o = {}) {
   m.weights = load_hf_model(dir);
   if (o.dequantize)  // a GPTQ / AWQ / bitsandbytes checkpoint's linears, decoded to fp32
     for (auto& L : m.weights.layers)
-      for (StoredMatrix* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w1, &L.w2, &L.w3})
-        if (!w->is_float()) *w = StoredMatrix(w->to_float());
+      for (const GgufLayerLinear& t : gguf_layer_linears())
+        if (!(L.*t.matrix).is_float()) L.*t.matrix = StoredMatrix((L.*t.matrix).to_float());
   const std::string slash = dir.back() == '/' ? dir : dir + "/";
   const std::string tok = slash + "tokenizer.json", cfg = slash + "tokenizer_config.json";
   detail::require(std::ifstream(tok).good(), "HF model: '", dir, "' has no tokenizer.json");
