@@ -10,7 +10,8 @@
 # summary line and, on failure, the logs' tails go to stderr. Exit status: the
 # program's (128+N if killed by signal N), 124 on timeout, 125 if the guest
 # never reported one (kernel panic, bochs error). Defaults: --work build/bochs
-# (kernel cached there; one run at a time per work dir), --timeout 1500.
+# (kernel cached there; one run at a time per work dir and CPU model, so the two
+# models can run side by side), --timeout 1500.
 # Guest: Debian's cloud kernel (downloaded once into the work dir, never
 # installed), an initramfs holding init.c's PID 1 + BINARY, booted by GRUB from
 # an ISO. Boot takes ~18 s; user code runs at ~65-70 MIPS (zmm VNNI ~20).
@@ -49,8 +50,12 @@ if ((${#missing[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-mkdir -p "$work/kernel" "$work/run"
+mkdir -p "$work/kernel"
 work=$(realpath "$work")
+# Concurrent runs (one per CPU model) share the cached kernel and init: the first
+# one fetches and builds them while the others wait.
+exec 9>"$work/kernel.lock"
+flock 9
 # The cloud flavour: LZ4-compressed (XZ decompression of the generic one is
 # slow when emulated) and fewer built-in drivers to probe.
 kernels=("$work"/kernel/boot/vmlinuz-*)
@@ -66,10 +71,11 @@ fi
 kernel=${kernels[0]}
 
 if [[ ! -x $work/init || $here/init.c -nt $work/init ]]; then
-  gcc -static -O2 -Wall -o "$work/init" "$here/init.c"
+  gcc -static -O2 -Wall -o "$work/init.tmp" "$here/init.c" && mv "$work/init.tmp" "$work/init"
 fi
+exec 9>&-
 
-run=$work/run
+run=$work/run-$cpu
 # Measured fastest of 20M..200M (within ~10%); it mainly sets how many
 # instructions a guest microsecond is (timer ticks, delays).
 ips=${BOCHS_IPS:-100000000}
