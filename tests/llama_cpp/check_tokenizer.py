@@ -27,6 +27,7 @@ instead, as llama-tokenize prints it without --ids.
 Exit status 0 when every case matches.
 """
 import argparse
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -135,23 +136,32 @@ def main():
     if os.path.exists(train):
         cases.append(("file tinystories_train_sample_2MiB.txt", open(train, "rb").read()))
 
+    def both_sides(tmp, index, text):
+        """Both tokenizers on one case, with and without special-token parsing."""
+        path = os.path.join(tmp, "case%d.txt" % index)
+        with open(path, "wb") as f:
+            f.write(text)
+        results = []
+        for parse_special in (True, False):
+            ours_cmd = [args.tokenize_ids, args.model, path] + (["--parse-special"] if parse_special else [])
+            theirs_cmd = [args.llama_tokenize, "-m", args.model, "-f", path, "--ids", "--log-disable",
+                          "--no-escape"] + ([] if parse_special else ["--no-parse-special"])
+            if args.pieces:
+                ours_cmd.append("--pieces")
+                theirs_cmd.remove("--ids")
+            results.append((parse_special, run(ours_cmd, args.pieces), run(theirs_cmd, args.pieces)))
+        os.remove(path)
+        return results
+
     n_cases = n_match = n_tokens = n_both_fail = 0
     mismatches = []
     crashes = []  # llama-tokenize killed by a signal where nibble gave ids
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "case.txt")
-        for name, text in cases:
-            with open(path, "wb") as f:
-                f.write(text)
-            for parse_special in (True, False):
-                ours_cmd = [args.tokenize_ids, args.model, path] + (["--parse-special"] if parse_special else [])
-                theirs_cmd = [args.llama_tokenize, "-m", args.model, "-f", path, "--ids", "--log-disable",
-                              "--no-escape"] + ([] if parse_special else ["--no-parse-special"])
-                if args.pieces:
-                    ours_cmd.append("--pieces")
-                    theirs_cmd.remove("--ids")
-                ours, ours_err = run(ours_cmd, args.pieces)
-                theirs, theirs_err = run(theirs_cmd, args.pieces)
+    # Each case is four short processes: one case per core at a time.
+    with tempfile.TemporaryDirectory() as tmp, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        outcomes = pool.map(lambda item: both_sides(tmp, item[0], item[1][1]), enumerate(cases))
+        for (name, text), results in zip(cases, outcomes):
+            for parse_special, (ours, ours_err), (theirs, theirs_err) in results:
                 n_cases += 1
                 if ours is None and theirs is None:
                     n_match += 1
