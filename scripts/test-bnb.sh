@@ -9,7 +9,7 @@
 # libraries (no GPU is used; the wheel links them) and a few pure-Python packages —
 # not triton or the CUDA toolkit metapackage. The venv is kept in build/bnb-venv.
 #
-#   scripts/test-bnb.sh
+#   scripts/test-bnb.sh [BUILD_DIR]      (default build/dev)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -36,8 +36,9 @@ if ! "$venv/bin/python" -c "import torch, bitsandbytes, safetensors" 2>/dev/null
   "$venv/bin/python" -c "import torch, bitsandbytes, safetensors" || {
     echo "bnb: torch / bitsandbytes installed but do not import" >&2; exit 1; }
 fi
-build=build/interop
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DNIBBLE_BUILD_BENCHMARKS=OFF -DNIBBLE_BUILD_EXAMPLES=OFF >/dev/null
+# The dev preset's tree by default: scripts/test.sh has built these programs there already.
+build=${1:-build/dev}
+[ -f "$build/CMakeCache.txt" ] || cmake --preset dev >/dev/null
 cmake --build "$build" -j"$(nproc)" --target interop_bnb_fixtures nibble-quant >/dev/null
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

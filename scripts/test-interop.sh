@@ -8,7 +8,7 @@
 # bit for bit; the file's Q4_1 tensors imported into QuantizedMatrix must stay within
 # the documented rounding bound. Fails loudly if PyPI cannot be reached — it never skips.
 #
-#   scripts/test-interop.sh
+#   scripts/test-interop.sh [BUILD_DIR]      (default build/dev)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -21,8 +21,9 @@ if ! "$venv/bin/python" -c "import gguf, safetensors, numpy, tokenizers" 2>/dev/
     exit 1
   fi
 fi
-build=build/interop
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DNIBBLE_BUILD_BENCHMARKS=OFF -DNIBBLE_BUILD_EXAMPLES=OFF >/dev/null
+# The dev preset's tree by default: scripts/test.sh has built these programs there already.
+build=${1:-build/dev}
+[ -f "$build/CMakeCache.txt" ] || cmake --preset dev >/dev/null
 cmake --build "$build" -j"$(nproc)" --target interop_write_fixtures interop_decode_gguf >/dev/null
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
