@@ -10,6 +10,8 @@
 // Regimes: hot = the same matrix every call (L3 for 4096², DRAM for the largest);
 // cold = cycle through enough copies (>= 512 MiB in total) that weights come from DRAM.
 // Counters: bytes_per_second = weight bytes read (scales and zeros included), GFLOPs = 2·rows·cols·batch.
+// Built with a llama.cpp tree (benchmarks/compare --peer llama.cpp), llama.cpp's own
+// products run right after nibble's on the same configurations (peer_llamacpp.hpp).
 //
 //   gemv_bench [--quick] [google benchmark flags]
 #include <benchmark/benchmark.h>
@@ -25,6 +27,9 @@
 #include <nibble/nibble.hpp>
 
 #include "gemv_baselines.hpp"
+#ifdef NIBBLE_PEER_LLAMA_CPP
+#include "peer_llamacpp.hpp"
+#endif
 
 namespace {
 
@@ -266,6 +271,16 @@ void bench_stream(benchmark::State& st, std::size_t bytes, int threads, bool col
   st.counters["weight_bytes"] = static_cast<double>(bytes);
 }
 
+// llama.cpp's rows for one configuration, registered next to nibble's so that both run
+// back to back; nothing without the peer.
+void add_peer(std::size_t rows, std::size_t cols, std::size_t batch, int threads, bool cold) {
+#ifdef NIBBLE_PEER_LLAMA_CPP
+  peer::register_llamacpp(rows, cols, batch, threads, cold, kColdBytes);
+#else
+  (void)rows, (void)cols, (void)batch, (void)threads, (void)cold;
+#endif
+}
+
 void register_all(bool quick) {
   using nibble::ActivationMode;
   using nibble::Codebook;
@@ -318,6 +333,7 @@ void register_all(bool quick) {
                 bench_nibble(st, s.rows, s.cols, 1, f, mode, t, cold);
               });
         }
+        if ((s.rows == 4096 && !cold) || (big && cold)) add_peer(s.rows, s.cols, 1, t, cold);
         add("eigen_fp32" + suffix, [=](benchmark::State& st) { bench_eigen(st, s.rows, s.cols, 1, t, cold); });
         add("int8" + suffix, [=](benchmark::State& st) { bench_int8(st, s.rows, s.cols, t, cold); });
         if (!big && !cold && !quick)
@@ -341,17 +357,19 @@ void register_all(bool quick) {
       }
       add("eigen_fp32" + suffix, [=](benchmark::State& st) { bench_eigen(st, rows, cols, 1, t, cold); });
     }
-  // Small batches on 4096², hot.
-  for (std::size_t batch : {std::size_t{8}, std::size_t{32}})
+  // Small batches on 4096², hot, and a 512-token prompt (prefill; fast mode only).
+  for (std::size_t batch : {std::size_t{8}, std::size_t{32}, std::size_t{512}})
     for (int t : {1, 2}) {
       const std::string suffix = "/4096x4096/b" + std::to_string(batch) + "/t" + std::to_string(t) + "/hot";
       for (ActivationMode mode : {ActivationMode::fast, ActivationMode::exact}) {
+        if (batch == 512 && mode == ActivationMode::exact) continue;
         const std::string m = mode == ActivationMode::fast ? "fast" : "exact";
         for (const Format& f : {main_formats.front(), main_format})
           add("nibble/" + f.name() + "/" + m + suffix, [=](benchmark::State& st) {
             bench_nibble(st, 4096, 4096, batch, f, mode, t, false);
           });
       }
+      if (batch != 8) add_peer(4096, 4096, batch, t, false);
       add("eigen_fp32" + suffix, [=](benchmark::State& st) { bench_eigen(st, 4096, 4096, batch, t, false); });
     }
 }
@@ -373,6 +391,9 @@ int main(int argc, char** argv) {
   // Not timed here (gptq_bench times it); reported so compare's output says what nibble's
   // programs run Hessians / GPTQ / AWQ on in this build.
   benchmark::AddCustomContext("calibration_math", nibble::calibration_backend());
+#ifdef NIBBLE_PEER_LLAMA_CPP
+  benchmark::AddCustomContext("peer", peer::llamacpp_description());
+#endif
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -16,6 +16,8 @@
 #
 # Progress goes to stderr; stdout gets one line, the bin directory:
 #   bin=$(scripts/build-llama-cpp.sh) && "$bin/llama-perplexity" -m MODEL -f TEXT -c 512
+# With --source it is the llama.cpp source tree instead (for ggml's headers; the static
+# libraries are under the bin directory's parent, ggml/src/).
 # JOBS (default 2) sets the parallel compile jobs. On 2 cores (AMD EPYC Zen 5,
 # AVX-512) a full build took 3 min 47 s with -j2, plus about 10 s for the download;
 # a reuse takes well under a second.
@@ -38,6 +40,7 @@ cmake_flags=(-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF
 jobs=${JOBS:-2}
 python=${PYTHON:-python3}
 say() { echo "build-llama-cpp: $*" >&2; }
+result() { if [ "${1:-}" = --source ]; then echo "$src"; else echo "$build/bin"; fi; }
 die() { say "$*"; exit 1; }
 
 mkdir -p "$peers"
@@ -65,7 +68,7 @@ have_all() {
 }
 if [ -f "$build/stamp" ] && [ "$(cat "$build/stamp")" = "$stamp" ] && have_all "$build"; then
   say "reusing the build in $build ($(sed -n 's/^built in //p' "$build/build-info.txt" 2>/dev/null || echo '?'))"
-  echo "$build/bin"
+  result "$@"
   exit 0
 fi
 [ -d "$build" ] && say "the build in $build was made for another sdist, flags or host CPU: rebuilding"
@@ -133,4 +136,4 @@ rm -f "$partial/stamp.wanted"
 rm -rf "$build"
 mv "$partial" "$build"
 say "$(cat "$build/build-info.txt")"
-echo "$build/bin"
+result "$@"
