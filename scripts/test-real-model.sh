@@ -15,7 +15,8 @@
 #   * llama-imatrix's files (both formats) read by nibble exactly (check_imatrix.sh);
 #   * the model as a Hugging Face directory through nibble-quant gives the same GGUF
 #     tensors, tokenizer keys, KL and token ids as from the GGUF file (check_hf_to_gguf.sh);
-#   * run (plain and chat), bench and tokenize work end to end.
+#   * run (plain and chat), bench and tokenize work end to end;
+#   * benchmarks/compare's llama.cpp peer builds, and its products pass their reference check.
 # Skipped, with the reason printed, only when PyPI cannot be reached.
 #
 #   scripts/test-real-model.sh [BUILD_DIR]      (default build/dev; needs its nibble-llm)
@@ -148,4 +149,20 @@ python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert len(r)==4 an
   "$out/bench.json" || fail "bench"
 ids=$("$llm" tokenize -m "$model" -p "Hello world 12345")
 [ "$ids" = "19556 905 216 33 34 35 36 37" ] || fail "tokenize gave '$ids'"
+echo "--- the kernel benchmark's llama.cpp peer (benchmarks/compare --peer llama.cpp), built and checked"
+# Not timed here: each peer product is checked against a double-precision reference
+# when it is set up, and a failed check fails the run.
+python3 benchmarks/compare --peer llama.cpp --build-only 2>"$out/peer-build.log" || { tail -20 "$out/peer-build.log"; fail "peer build"; }
+build/peer-bench/benchmarks/gemv_bench --benchmark_filter='^llamacpp/.*/4096x4096/b(1|32)/t2/hot' \
+  --benchmark_min_time=0.01 --benchmark_format=json 2>/dev/null >"$out/peer.json"
+python3 - "$out/peer.json" <<'PY' || fail "llama.cpp peer benchmark"
+import json, sys
+runs = [b for b in json.load(open(sys.argv[1]))["benchmarks"]]
+bad = [b["name"] + ": " + b.get("error_message", "") for b in runs if b.get("error_occurred")]
+assert not bad, bad
+names = sorted(b["name"].split("/")[1] + "/" + b["name"].split("/")[4] for b in runs)
+assert names == sorted(t + "/" + b for t in ("q4_0", "iq4_nl", "q4_K") for b in ("b1", "b32")), names
+print("  llama.cpp peer: " + ", ".join(b["name"].split("/")[1] + " " + b["name"].split("/")[2] + " "
+                                      + b["name"].split("/")[4] + " %.0f us" % b["real_time"] for b in runs))
+PY
 echo "test-real-model: all checks passed"
