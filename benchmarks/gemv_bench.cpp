@@ -357,6 +357,18 @@ void register_all(bool quick) {
       }
       add("eigen_fp32" + suffix, [=](benchmark::State& st) { bench_eigen(st, rows, cols, 1, t, cold); });
     }
+  // Decode-sized products (SmolLM2-135M's attention and MLP shapes), hot: the fixed cost
+  // per call and what a second thread gains there. Group size 32 (GGUF's), fast mode.
+  for (const Shape& s : std::vector<Shape>{{576, 576}, {1536, 576}, {576, 1536}})
+    for (int t : {1, 2}) {
+      const std::string suffix = "/" + shape_name(s.rows, s.cols) + "/b1/t" + std::to_string(t) + "/hot";
+      const Format f = main_formats.front();
+      add("nibble/" + f.name() + "/fast" + suffix, [=](benchmark::State& st) {
+        bench_nibble(st, s.rows, s.cols, 1, f, ActivationMode::fast, t, false);
+      });
+      add_peer(s.rows, s.cols, 1, t, false);
+      add("eigen_fp32" + suffix, [=](benchmark::State& st) { bench_eigen(st, s.rows, s.cols, 1, t, false); });
+    }
   // Small batches on 4096², hot, and a 512-token prompt (prefill; fast mode only).
   for (std::size_t batch : {std::size_t{8}, std::size_t{32}, std::size_t{512}})
     for (int t : {1, 2}) {

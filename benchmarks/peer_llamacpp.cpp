@@ -240,6 +240,7 @@ void bench(benchmark::State& st, ggml_type type, ggml_backend_buffer_type_t buft
 void register_llamacpp(std::size_t rows, std::size_t cols, std::size_t batch, int threads, bool cold,
                        std::size_t cold_bytes) {
   for (ggml_type type : {GGML_TYPE_Q4_0, GGML_TYPE_IQ4_NL, GGML_TYPE_Q4_K}) {
+    if (cols % static_cast<std::size_t>(ggml_blck_size(type)) != 0) continue;  // Q4_K needs rows of 256k
     ggml_backend_buffer_type_t buft = pick_buffer(type, rows, cols, batch);
     const std::string name = std::string("llamacpp/") + ggml_type_name(type) + "/" + ggml_backend_buft_name(buft) + "/" +
                              std::to_string(rows) + "x" + std::to_string(cols) + "/b" + std::to_string(batch) + "/t" +

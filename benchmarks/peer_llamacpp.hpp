@@ -11,7 +11,8 @@ namespace peer {
 
 // Registers llama.cpp benchmarks for one configuration, named
 //   llamacpp/<type>/<buffer>/<rows>x<cols>/b<batch>/t<threads>/<regime>
-// for q4_0, iq4_nl and q4_K (4.5 bits per weight each), in the buffer llama.cpp itself
+// for q4_0, iq4_nl and q4_K (4.5 bits per weight each; q4_K only where cols is a
+// multiple of its 256-weight blocks), in the buffer llama.cpp itself
 // would pick on this CPU (the first of the CPU device's extra buffer types that takes the
 // product, e.g. AMX or CPU_REPACK, else plain CPU memory). Each is checked once against a
 // double-precision product of llama.cpp's own dequantized weights before it is timed.
