@@ -494,7 +494,13 @@ template <FastTileFn Tile1, FastTileFn Tile2, FastTileFn Tile4>
 NIBBLE_TARGET_AVX2 inline void fast_rows(const PackedMatrix& W, const PreparedActivations& p, float* Y,
                                          std::size_t r0, std::size_t r1) {
   const std::size_t G = W.groups_per_row(), rows = W.rows();
-  std::vector<float> sv(8 * G), nov(8 * G);
+  // Per-thread scratch kept across calls: decode-sized products (a few µs) should not
+  // pay two allocations per call and thread.
+  thread_local std::vector<float> sv, nov;
+  if (sv.size() < 8 * G) {
+    sv.resize(8 * G);
+    nov.resize(8 * G);
+  }
   alignas(32) float out[8 * 4];
   for (std::size_t r = r0; r < r1; r += 8) {
     const std::size_t nr = std::min<std::size_t>(8, r1 - r), t = r / kTileRows;
