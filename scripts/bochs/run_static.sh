@@ -40,22 +40,22 @@ if readelf -l "$binary" 2>/dev/null | grep -q 'program interpreter'; then
   echo "run_static.sh: warning: $binary is dynamically linked; the guest has no libc" >&2
 fi
 
+mkdir -p "$work/kernel"
+work=$(realpath "$work")
+# Concurrent runs (one per CPU model) share the packages, the cached kernel and init:
+# the first one installs, fetches and builds them while the others wait.
+exec 9>"$work/kernel.lock"
+flock 9
+# cdboot.img is what grub-mkrescue needs from grub-pc-bin to make a BIOS-bootable ISO.
 missing=()
 for t in bochs:bochs /usr/share/bochs/BIOS-bochs-latest:bochsbios /usr/share/vgabios/vgabios.bin:vgabios \
-  grub-mkrescue:grub-common /usr/lib/grub/i386-pc/eltorito.img:grub-pc-bin xorriso:xorriso \
+  grub-mkrescue:grub-common /usr/lib/grub/i386-pc/cdboot.img:grub-pc-bin xorriso:xorriso \
   mformat:mtools cpio:cpio gcc:gcc; do
   [[ -e ${t%%:*} ]] || command -v "${t%%:*}" >/dev/null || missing+=("${t#*:}")
 done
 if ((${#missing[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-
-mkdir -p "$work/kernel"
-work=$(realpath "$work")
-# Concurrent runs (one per CPU model) share the cached kernel and init: the first
-# one fetches and builds them while the others wait.
-exec 9>"$work/kernel.lock"
-flock 9
 # The cloud flavour: LZ4-compressed (XZ decompression of the generic one is
 # slow when emulated) and fewer built-in drivers to probe.
 kernels=("$work"/kernel/boot/vmlinuz-*)
