@@ -85,16 +85,15 @@ ggml_backend_buffer_type_t pick_buffer(ggml_type type, std::size_t rows, std::si
   throw std::runtime_error("llama.cpp: no buffer type takes this product");
 }
 
-std::uint64_t next_random(std::uint64_t& s);
-float random_float(std::uint64_t& s) {  // uniform in [-1, 1)
-  return static_cast<float>(static_cast<double>(next_random(s) >> 11) * (2.0 / 9007199254740992.0) - 1.0);
-}
-
 std::uint64_t next_random(std::uint64_t& s) {
   std::uint64_t z = (s += 0x9E3779B97F4A7C15ull);
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
+}
+
+float random_float(std::uint64_t& s) {  // uniform in [-1, 1)
+  return static_cast<float>(static_cast<double>(next_random(s) >> 11) * (2.0 / 9007199254740992.0) - 1.0);
 }
 
 // Random blocks of a 4-bit type, as nibble's side uses random codes: every code and

@@ -257,20 +257,20 @@ QuantConfig hf_storage(const Options& o, int group) {
 int hf_group(const Options& o, const LlamaConfig& c) {
   const int ins[] = {c.dim, c.q_dim(), c.hidden_dim};  // in_features of the linears
   auto divides = [&](long g) { return std::all_of(std::begin(ins), std::end(ins), [&](int n) { return n % g == 0; }); };
+  const bool bnb = o.format.rfind("bnb", 0) == 0;
   long g = o.group;
   if (g == 0) {
-    g = o.format.rfind("bnb", 0) == 0 ? 64 : 128;
+    g = bnb ? 64 : 128;
     if (o.format == "gptq" || o.format == "gptq-v2" || o.format == "awq")
       for (long candidate : {128L, 64L, 32L})
         if (divides(candidate)) {
           g = candidate;
           break;
         }
-    if (g != 128 && o.format.rfind("bnb", 0) != 0)
+    if (g != 128 && !bnb)
       std::fprintf(stderr, "nibble-quant: group size %ld (128 does not divide every in_features)\n", g);
   }
   // What the format can store, checked before any calibration runs.
-  const bool bnb = o.format.rfind("bnb", 0) == 0;
   detail::require(!bnb || (g >= 32 && g <= 4096 && (g & (g - 1)) == 0), "bitsandbytes blocksizes are powers of two ",
                   "from 32 to 4096, not ", g);
   detail::require(o.format.rfind("gptq", 0) == 0 || divides(g), "--group ", g, " must divide every linear's in_features (",
