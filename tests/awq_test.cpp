@@ -156,6 +156,40 @@ TEST(Awq, ClipSearchMatchesBruteForce) {
   EXPECT_LT(expected(0, 5), 6.0f);  // the outlier was clipped
 }
 
+// awq_clip_quantize is awq_quantize with s ≡ 1 (grid 1) and the clip search, without
+// the objective: the same codes and scales, and it clips (differs from plain RTN).
+TEST(Awq, ClipQuantizeIsTheGridOneResult) {
+  RowMatrixXf W = test::gaussian_matrix(20, 64, 31);
+  W(2, 9) = 7.0f;  // an outlier worth clipping
+  const RowMatrixXf X = outlier_activations(700, 64, 32);  // more tokens than max_clip_tokens: strided
+  for (Codebook cb : {Codebook::uint4_asym, Codebook::int4_sym, Codebook::nf4}) {
+    AwqConfig cfg = awq(cb, 32);
+    cfg.grid = 1;
+    const QuantizedMatrix expected = std::move(awq_quantize({W}, X, cfg).matrices.front());
+    cfg.grid = 20;  // not used: no scale search
+    const QuantizedMatrix got = awq_clip_quantize(W, X, cfg);
+    EXPECT_EQ(got.codes(), expected.codes()) << to_string(cb);
+    EXPECT_EQ(got.scales().decode(), expected.scales().decode()) << to_string(cb);
+    EXPECT_NE(got.codes(), quantize(W, cfg.quant).codes()) << to_string(cb);
+  }
+  // With scales folded upstream: the search sees X·diag(s)⁻¹, as if given those inputs.
+  Eigen::VectorXf s = Eigen::VectorXf::Ones(64);
+  for (Eigen::Index c = 0; c < 64; c += 5) s[c] = 2.5f;
+  const RowMatrixXf Ws = W * s.asDiagonal();
+  RowMatrixXf Xdiv = X;
+  for (Eigen::Index t = 0; t < X.rows(); ++t) Xdiv.row(t) = X.row(t).cwiseQuotient(s.transpose());
+  const AwqConfig cfg = awq(Codebook::uint4_asym, 32);
+  EXPECT_EQ(awq_clip_quantize(Ws, X, cfg, s).codes(), awq_clip_quantize(Ws, Xdiv, cfg).codes());
+  EXPECT_NE(awq_clip_quantize(Ws, X, cfg, s).codes(), awq_clip_quantize(Ws, X, cfg).codes());
+  s[7] = 0.0f;
+  EXPECT_THROW(awq_clip_quantize(Ws, X, cfg, s), Error);
+  EXPECT_THROW(awq_clip_quantize(Ws, X, cfg, Eigen::VectorXf::Ones(63)), Error);
+  EXPECT_THROW(awq_clip_quantize(W, RowMatrixXf(test::gaussian_matrix(10, 63, 1))), Error);
+  RowMatrixXf bad = X;
+  bad(1, 1) = std::nanf("");
+  EXPECT_THROW(awq_clip_quantize(W, bad), Error);
+}
+
 TEST(Awq, FoldingLeavesTheFloatModelUnchanged) {
   const Eigen::Index d = 48;
   const RowMatrixXf W = test::gaussian_matrix(20, d, 9);

@@ -108,7 +108,6 @@ AwqFoldedLayer awq_fold_layer(const nibble::io::SafetensorsReader& in, const std
     AwqConfig c = base;
     if (c.quant.group_size != nibble::kPerRow && c.quant.group_size > cols) c.quant.group_size = nibble::kPerRow;
     if (scale_search) c.clip_search = false;  // the clip search runs on the final weights
-    else c.grid = 1;                          // s ≡ 1, then the clip search
     return c;
   };
 
@@ -164,9 +163,8 @@ AwqFoldedLayer awq_fold_layer(const nibble::io::SafetensorsReader& in, const std
     // (--skip, or a shape the output format cannot quantize).
     out.replaced[name] = std::vector<float>(l.final.data(), l.final.data() + l.final.size());
     if (!quantize_it(name)) continue;
-    const AwqConfig clip_only = config_for(l.final.cols(), false);
-    nibble::QuantizedMatrix q = l.clip ? std::move(nibble::awq_quantize({l.final}, l.x, clip_only).matrices.front())
-                                       : nibble::quantize(l.final, clip_only.quant);
+    const AwqConfig clip = config_for(l.final.cols(), false);
+    nibble::QuantizedMatrix q = l.clip ? nibble::awq_clip_quantize(l.final, l.x, clip) : nibble::quantize(l.final, clip.quant);
     const Eigen::MatrixXf effective = l.row_s.asDiagonal() * nibble::awq_dequantize(q, l.col_s);
     out.sqnr_db[name] = nibble::compare(l.original, effective).sqnr_db;
     out.quantized.emplace(name, std::move(q));

@@ -469,13 +469,14 @@ int main(int argc, char** argv) {
             AwqConfig ac;
             ac.quant = qc_t;
             ac.threads = o.threads;
-            if (!to_nibble) {
-              ac.grid = 1;
+            if (to_nibble) {
+              AwqResult res = awq_quantize({W}, calibration_for(*calib, t.name, C), ac);
+              q = std::move(res.matrices[0]);
+              awq_scale = std::vector<float>(res.scales.data(), res.scales.data() + res.scales.size());
+            } else {
               row.note += std::string(row.note.empty() ? "" : "; ") + "awq: no foldable producer, clip search only";
+              q = awq_clip_quantize(W, calibration_for(*calib, t.name, C), ac);
             }
-            AwqResult res = awq_quantize({W}, calibration_for(*calib, t.name, C), ac);
-            q = std::move(res.matrices[0]);
-            if (to_nibble) awq_scale = std::vector<float>(res.scales.data(), res.scales.data() + res.scales.size());
           } else if (o.method == "gptq") {
             HessianAccumulator acc(C, o.threads);
             acc.add(calibration_for(*calib, t.name, C));

@@ -412,9 +412,16 @@ inline QuantizedModel quantize_model(const LlamaWeights& w, const ModelQuantOpti
   out.other_bytes = fp32_other_bytes(w);
   const int L = w.config.n_layers;
   std::vector<std::shared_ptr<const QuantizedMatrix>> qs(static_cast<std::size_t>(L) * linear_slots().size());
+  // Calibration passes run the layers quantized so far decoded to fp32 (one Eigen / BLAS
+  // product each, as GPTQ's reference implementations run fake-quantized layers): the
+  // kernels' small-batch tiles decode the weights again for every few tokens, which made
+  // them most of a calibration pass. The returned model runs on options.backend.
+  const LinearBackend calibration_backend =
+      method_info(options.method).calibrated ? LinearBackend::dequantized : options.backend;
   auto put = [&](int l, std::size_t slot, QuantizedMatrix q) {
     auto p = std::make_shared<const QuantizedMatrix>(std::move(q));
-    out.model.layers[static_cast<std::size_t>(l)].*(linear_slots()[slot].linear) = Linear(p, options.backend, options.kernel_threads);
+    out.model.layers[static_cast<std::size_t>(l)].*(linear_slots()[slot].linear) =
+        Linear(p, calibration_backend, options.kernel_threads);
     qs[static_cast<std::size_t>(l) * linear_slots().size() + slot] = std::move(p);
   };
 
@@ -489,9 +496,8 @@ inline QuantizedModel quantize_model(const LlamaWeights& w, const ModelQuantOpti
       search.quant = method_config(options, options.method, options.group_size);
       search.clip_search = false;
       search.threads = options.threads;
-      AwqConfig clip_only = search;  // grid 1: s ≡ 1, then the clip search
-      clip_only.grid = 1;
-      clip_only.clip_search = true;
+      AwqConfig clip = search;  // for awq_clip_quantize: the clip search on the scaled weights
+      clip.clip_search = true;
       // llm-awq's block pipeline on inputs from the fp32 model: search the scales of
       // every group first, fold them all, then clip-search and quantize each linear on
       // its final (scaled) weights. Groups: rms_att → [wq wk wv]; rms_ffn → [w1 w3];
@@ -507,19 +513,15 @@ inline QuantizedModel quantize_model(const LlamaWeights& w, const ModelQuantOpti
                           w2 = fp.w2.dense() * s_down.asDiagonal();
         RowMatrixXf w3 = fp.w3.dense() * s_ffn.asDiagonal();
         fold_scales_into_linear_rows(w3, s_down);
-        const RowMatrixXf x_att = acts.attention_input * s_att.cwiseInverse().asDiagonal();
-        const RowMatrixXf x_ffn = acts.ffn_input * s_ffn.cwiseInverse().asDiagonal();
-        const RowMatrixXf x_hid = acts.ffn_hidden * s_down.cwiseInverse().asDiagonal();
-        auto clipped = [&](const RowMatrixXf& W, const RowMatrixXf& X) {
-          return std::move(awq_quantize({W}, X, clip_only).matrices.front());
-        };
+        // The clip search sees the inputs divided by the folded scales.
+        const Eigen::VectorXf no_scales = Eigen::VectorXf::Ones(acts.attention_output.cols());
         put(l, 0, quantize(wq, search.quant));
         put(l, 1, quantize(wk, search.quant));
-        put(l, 2, clipped(wv, x_att));
-        put(l, 3, clipped(fp.wo.dense(), acts.attention_output));
-        put(l, 4, clipped(w1, x_ffn));
-        put(l, 5, clipped(w2, x_hid));
-        put(l, 6, clipped(w3, x_ffn));
+        put(l, 2, awq_clip_quantize(wv, acts.attention_input, clip, s_att));
+        put(l, 3, awq_clip_quantize(fp.wo.dense(), acts.attention_output, clip, no_scales));
+        put(l, 4, awq_clip_quantize(w1, acts.ffn_input, clip, s_ffn));
+        put(l, 5, awq_clip_quantize(w2, acts.ffn_hidden, clip, s_down));
+        put(l, 6, awq_clip_quantize(w3, acts.ffn_input, clip, s_ffn));
       });
       break;
     }
@@ -567,6 +569,12 @@ inline QuantizedModel quantize_model(const LlamaWeights& w, const ModelQuantOpti
     }
   }
 
+  for (int l = 0; l < L && calibration_backend != options.backend; ++l)
+    for (std::size_t k = 0; k < linear_slots().size(); ++k) {
+      const auto& q = qs[static_cast<std::size_t>(l) * linear_slots().size() + k];
+      detail::require(q != nullptr, "internal: a linear layer was not quantized");
+      out.model.layers[static_cast<std::size_t>(l)].*(linear_slots()[k].linear) = Linear(q, options.backend, options.kernel_threads);
+    }
   for (const auto& q : qs) {
     detail::require(q != nullptr, "internal: a linear layer was not quantized");
     out.linear_bits += q->bits_per_weight() * static_cast<double>(q->rows() * q->cols());

@@ -29,6 +29,7 @@
 #include "../kernels/gemv.hpp"
 #include "../kernels/int8_gemv.hpp"
 #include "../kernels/packed_matrix.hpp"
+#include "../kernels/softmax.hpp"
 #include "../quant/linalg.hpp"
 #include "../quant/rtn.hpp"
 #include "llama2c.hpp"
@@ -72,14 +73,15 @@ class Linear {
   Linear(const std::shared_ptr<const QuantizedMatrix>& q, LinearBackend backend, int threads = 1)
       : backend_(backend) {
     detail::require(q != nullptr, "Linear: null QuantizedMatrix");
+    detail::require(threads >= 1 && threads <= kMaxThreads, "Linear: threads = ", threads);
     rows_ = static_cast<Eigen::Index>(q->rows());
     cols_ = static_cast<Eigen::Index>(q->cols());
+    options_.threads = threads;
     if (backend == LinearBackend::dequantized) {
       dense_ = std::make_shared<const RowMatrixXf>(q->dequantize());
     } else {
       packed_ = std::make_shared<const PackedMatrix>(*q);
       options_.mode = backend == LinearBackend::kernel_fast ? ActivationMode::fast : ActivationMode::exact;
-      options_.threads = threads;
     }
   }
 
@@ -392,27 +394,34 @@ struct Transformer {
     }
     // Per head: scores S = Q_h·K_hᵀ / sqrt(hs), causal mask, row softmax, O_h = P·V_h.
     // Rows go in blocks of kAttentionBlock so each block only multiplies the keys it can
-    // see (about half the work of the full square); matrix products and Eigen's
-    // vectorized exp keep this O(T²) part from dominating.
+    // see (about half the work of the full square); matrix products and the
+    // per-ISA softmax (kernels/softmax.hpp) keep this O(T²) part from dominating.
     constexpr Eigen::Index kAttentionBlock = 64;
+    const Isa isa = selected_isa();
     const float inv_sqrt = 1.0f / std::sqrt(static_cast<float>(hs));
-    RowMatrixXf qh, S;
+    RowMatrixXf qh;
+    // One score buffer for every block (a block of rows × n scores is row-major in it):
+    // resizing a matrix per block would allocate, and fault in fresh pages, each time.
+    std::vector<float> scores(static_cast<std::size_t>(std::min(kAttentionBlock, T) * (start + T)));
     for (int h = 0; h < config.n_heads; ++h) {
       const int kv_off = (h / group) * hs;
       qh = q.middleCols(h * hs, hs) * inv_sqrt;
       for (Eigen::Index t0 = 0; t0 < T; t0 += kAttentionBlock) {
         const Eigen::Index rows = std::min(kAttentionBlock, T - t0);
         const Eigen::Index n = start + t0 + rows;  // keys visible to the block's last row
-        S.noalias() = qh.middleRows(t0, rows) * K.block(0, kv_off, n, hs).transpose();
+        Eigen::Map<RowMatrixXf> S(scores.data(), rows, n);
+        // S = Q·Kᵀ, computed as its column-major transpose K·Qᵀ (detail::gemm: BLAS or Eigen).
+        Eigen::Map<Eigen::MatrixXf> St(scores.data(), n, rows);
+        detail::gemm(St, K.block(0, kv_off, n, hs), qh.middleRows(t0, rows).transpose(), 1.0f, false);
         for (Eigen::Index r = 0; r < rows; ++r) {
           const Eigen::Index valid = start + t0 + r + 1;  // causal: positions 0..start+t0+r
-          auto row = S.row(r);
-          const float mx = row.head(valid).maxCoeff();
-          row.head(valid) = (row.head(valid).array() - mx).exp();
-          row.head(valid) /= row.head(valid).sum();
-          row.tail(n - valid).setZero();
+          detail::softmax(S.row(r).data(), static_cast<std::size_t>(valid), isa);
+          S.row(r).tail(n - valid).setZero();
         }
-        att.block(t0, h * hs, rows, hs).noalias() = S * V.block(0, kv_off, n, hs);
+        // O_h = P·V_h for the block's rows, likewise as O_hᵀ = V_hᵀ·Pᵀ in att's storage.
+        Eigen::Map<Eigen::MatrixXf, 0, Eigen::OuterStride<>> Ot(att.data() + t0 * att.cols() + h * hs, hs, rows,
+                                                                Eigen::OuterStride<>(att.cols()));
+        detail::gemm(Ot, V.block(0, kv_off, n, hs).transpose(), St, 1.0f, false);
       }
     }
   }

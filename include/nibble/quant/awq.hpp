@@ -96,6 +96,7 @@ inline void awq_check_scales(const Eigen::VectorXf& s, const char* what) {
 
 template <class M>
 inline void awq_check_finite(const M& m, const char* what) {
+  if (m.allFinite()) return;  // vectorized; the loop below only finds where
   for (Eigen::Index r = 0; r < m.rows(); ++r)
     for (Eigen::Index c = 0; c < m.cols(); ++c)
       if (!std::isfinite(m(r, c))) detail::throw_error(what, " has a non-finite value (", m(r, c), ") at row ", r, ", column ", c);
@@ -211,16 +212,15 @@ inline void awq_clip(RowMatrixXf& Ws, const RowMatrixXf& Xs, const AwqConfig& cf
   }
 }
 
-}  // namespace detail
-
-// AWQ for the linears that share one input. weights[i]: out_i × in; X: tokens × in.
-// Throws nibble::Error on empty or mismatched shapes, non-finite values, bad options.
-inline AwqResult awq_quantize(const std::vector<RowMatrixXf>& weights, const RowMatrixXf& X, const AwqConfig& cfg = {}) {
-  detail::require(!weights.empty(), "AWQ: no weight matrices given (expected the linears that share one input)");
+// The checks every AWQ entry point makes, on weights[0 .. count); returns their total
+// output rows.
+inline std::size_t awq_check_inputs(const RowMatrixXf* weights, std::size_t count, const RowMatrixXf& X,
+                                    const AwqConfig& cfg) {
+  detail::require(count > 0, "AWQ: no weight matrices given (expected the linears that share one input)");
   const Eigen::Index in = weights[0].cols();
   detail::require(in > 0, "AWQ: weight 0 has no columns");
   std::size_t outputs = 0;
-  for (std::size_t i = 0; i < weights.size(); ++i) {
+  for (std::size_t i = 0; i < count; ++i) {
     detail::require(weights[i].rows() > 0 && weights[i].cols() == in, "AWQ: weight ", i, " is ", weights[i].rows(),
                     " x ", weights[i].cols(), ", expected rows > 0 and ", in, " columns (the shared input size)");
     detail::awq_check_finite(weights[i], ("AWQ weight " + std::to_string(i)).c_str());
@@ -237,6 +237,25 @@ inline AwqResult awq_quantize(const std::vector<RowMatrixXf>& weights, const Row
   detail::require(cfg.clip_grid >= 1 && cfg.max_shrink > 0.0f && cfg.max_shrink < 1.0f,
                   "AWQ: clip search needs clip_grid >= 1 and 0 < max_shrink < 1");
   effective_group_size(cfg.quant.group_size, static_cast<std::size_t>(in));  // validates
+  return outputs;
+}
+
+// The clip search's inputs: up to max_clip_tokens rows of X, evenly strided, divided by s.
+inline RowMatrixXf awq_clip_inputs(const RowMatrixXf& X, const Eigen::VectorXf& s, const AwqConfig& cfg) {
+  const Eigen::Index stride = std::max<Eigen::Index>(1, X.rows() / cfg.max_clip_tokens);
+  const Eigen::Index count = std::min<Eigen::Index>((X.rows() + stride - 1) / stride, cfg.max_clip_tokens);
+  RowMatrixXf Xs(count, X.cols());
+  for (Eigen::Index t = 0; t < count; ++t) Xs.row(t) = X.row(t * stride).cwiseQuotient(s.transpose());
+  return Xs;
+}
+
+}  // namespace detail
+
+// AWQ for the linears that share one input. weights[i]: out_i × in; X: tokens × in.
+// Throws nibble::Error on empty or mismatched shapes, non-finite values, bad options.
+inline AwqResult awq_quantize(const std::vector<RowMatrixXf>& weights, const RowMatrixXf& X, const AwqConfig& cfg = {}) {
+  const std::size_t outputs = detail::awq_check_inputs(weights.data(), weights.size(), X, cfg);
+  const Eigen::Index in = weights[0].cols();
 
   // Per-channel statistics.
   const Eigen::VectorXd x_mean = X.cwiseAbs().cast<double>().colwise().sum().transpose() / static_cast<double>(X.rows());
@@ -293,10 +312,7 @@ inline AwqResult awq_quantize(const std::vector<RowMatrixXf>& weights, const Row
   std::vector<RowMatrixXf> scaled;
   for (const RowMatrixXf& W : weights) scaled.push_back(W * best_s.asDiagonal());
   if (cfg.clip_search) {
-    const Eigen::Index stride = std::max<Eigen::Index>(1, X.rows() / cfg.max_clip_tokens);
-    const Eigen::Index count = std::min<Eigen::Index>((X.rows() + stride - 1) / stride, cfg.max_clip_tokens);
-    RowMatrixXf Xs(count, in);
-    for (Eigen::Index t = 0; t < count; ++t) Xs.row(t) = X.row(t * stride).cwiseQuotient(best_s.transpose());
+    const RowMatrixXf Xs = detail::awq_clip_inputs(X, best_s, cfg);
     for (RowMatrixXf& Ws : scaled) detail::awq_clip(Ws, Xs, cfg);
   }
   std::vector<Eigen::MatrixXf> effective;
@@ -306,6 +322,28 @@ inline AwqResult awq_quantize(const std::vector<RowMatrixXf>& weights, const Row
   }
   result.loss_final = objective(effective);
   return result;
+}
+
+// AWQ's clip search alone on one linear, then its quantization: with s ≡ 1 the matrix
+// awq_quantize({W}, X, cfg) returns with grid = 1, duo_scaling off and clip_search on,
+// without the objective (its Gram matrix of X and the losses it reports), which is
+// most of the work at small sizes. For linears whose input takes no scales of their
+// own (o_proj under grouped-query attention) or whose scales were searched with another
+// linear: W is then the scaled weight and input_scales the s already folded upstream,
+// so the search sees the inputs X·diag(s)⁻¹ (only the rows it uses are divided).
+inline QuantizedMatrix awq_clip_quantize(const RowMatrixXf& W, const RowMatrixXf& X, const AwqConfig& cfg,
+                                         const Eigen::VectorXf& input_scales) {
+  detail::awq_check_inputs(&W, 1, X, cfg);
+  detail::require(input_scales.size() == X.cols(), "AWQ: ", input_scales.size(), " input scales for ", X.cols(),
+                  " input channels");
+  detail::awq_check_scales(input_scales, "awq_clip_quantize");
+  RowMatrixXf Ws = W;
+  detail::awq_clip(Ws, detail::awq_clip_inputs(X, input_scales, cfg), cfg);
+  return quantize(Ws, cfg.quant);
+}
+
+inline QuantizedMatrix awq_clip_quantize(const RowMatrixXf& W, const RowMatrixXf& X, const AwqConfig& cfg = {}) {
+  return awq_clip_quantize(W, X, cfg, Eigen::VectorXf::Ones(X.cols()));
 }
 
 // Folds AWQ scales into the RMSNorm / LayerNorm that feeds the quantized linears:
