@@ -289,6 +289,8 @@ inline AwqResult awq_quantize(const std::vector<RowMatrixXf>& weights, const Row
   Eigen::VectorXf best_s = Eigen::VectorXf::Ones(in);
   result.loss_rtn = objective(detail::awq_fake_quantize(weights, best_s, cfg.quant));
   result.loss_best = result.loss_rtn;
+  std::vector<double> ratios;
+  std::vector<Eigen::VectorXf> candidates;
   for (int k = cfg.duo_scaling ? 0 : 1; k < cfg.grid; ++k) {
     const double ratio = static_cast<double>(k) / cfg.grid;
     Eigen::VectorXf s(in);
@@ -300,13 +302,31 @@ inline AwqResult awq_quantize(const std::vector<RowMatrixXf>& weights, const Row
     s /= std::sqrt(s.maxCoeff() * s.minCoeff());
     for (Eigen::Index c = 0; c < in; ++c)
       if (!std::isfinite(s[c]) || !(s[c] > 0.0f)) s[c] = 1.0f;
-    const double loss = objective(detail::awq_fake_quantize(weights, s, cfg.quant));
-    if (loss < result.loss_best) {
-      result.loss_best = loss;
-      result.best_ratio = ratio;
-      best_s = s;
-    }
+    ratios.push_back(ratio);
+    candidates.push_back(std::move(s));
   }
+  // The objective deals its blocks of kAwqBlock columns (or rows) to cfg.threads; a
+  // layer too narrow for that (fewer blocks than threads) has its candidates evaluated
+  // side by side instead, one thread each. A loss does not depend on how many threads
+  // computed it, so neither does the choice.
+  std::vector<double> losses(candidates.size());
+  const Eigen::Index width = objective.use_gram ? in : static_cast<Eigen::Index>(outputs);
+  const int side_by_side =
+      width < detail::kAwqBlock * cfg.threads
+          ? static_cast<int>(std::clamp<std::size_t>(candidates.size(), 1, static_cast<std::size_t>(cfg.threads)))
+          : 1;
+  if (side_by_side > 1) objective.threads = 1;
+  auto evaluate = [&](int worker) {
+    for (std::size_t i = static_cast<std::size_t>(worker); i < candidates.size(); i += static_cast<std::size_t>(side_by_side))
+      losses[i] = objective(detail::awq_fake_quantize(weights, candidates[i], cfg.quant));
+  };
+  detail::run_workers(side_by_side, evaluate);
+  for (std::size_t i = 0; i < candidates.size(); ++i)
+    if (losses[i] < result.loss_best) {
+      result.loss_best = losses[i];
+      result.best_ratio = ratios[i];
+      best_s = candidates[i];
+    }
   result.scales = best_s;
 
   std::vector<RowMatrixXf> scaled;
