@@ -345,6 +345,22 @@ TEST(Quantized, GptqAndAwqBeatRoundToNearest) {
   const double rtn = kl_of(Method::rtn_uint4);
   EXPECT_LT(kl_of(Method::gptq), 0.85 * rtn);
   EXPECT_LT(kl_of(Method::awq), rtn);
+  // Calibration runs the quantized layers decoded to fp32; the model returned runs every
+  // linear on the backend asked for, from the quantized matrices it reports.
+  for (LinearBackend backend : {LinearBackend::kernel_exact, LinearBackend::kernel_fast}) {
+    ModelQuantOptions ob;
+    ob.method = Method::gptq;
+    ob.group_size = 32;
+    ob.backend = backend;
+    const QuantizedModel q = quantize_model(b.weights, ob, b.calib);
+    for (std::size_t l = 0; l < q.model.layers.size(); ++l)
+      for (std::size_t k = 0; k < linear_slots().size(); ++k) {
+        const Linear& lin = q.model.layers[l].*(linear_slots()[k].linear);
+        EXPECT_EQ(lin.backend(), backend) << "layer " << l << " " << linear_slots()[k].name;
+        EXPECT_TRUE(lin.runs_on_kernels());
+        EXPECT_TRUE(lin.weights() == q.matrices[l * linear_slots().size() + k]->dequantize());
+      }
+  }
   ModelQuantOptions o;
   o.method = Method::gptq;
   EXPECT_THROW(quantize_model(b.weights, o, {}), Error);  // calibration is required
