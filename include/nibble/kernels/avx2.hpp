@@ -163,15 +163,20 @@ NIBBLE_TARGET_AVX2 inline __m256 accumulate_block(__m256 a, __m256 isum, __m256 
 
 // Scale of group i as every path decodes it (F16C here; the same value as half_to_float).
 NIBBLE_TARGET_AVX2 inline float scale_at(const PackedMatrix& W, std::size_t i) {
-  if (W.scale_format() == ScaleFormat::f16) return _cvtsh_ss(W.scales().raw16()[i]);
+  if (W.scale_format() == ScaleFormat::f16) return _cvtsh_ss(W.scale_bits16(i));
   return W.scale(i);
+}
+NIBBLE_TARGET_AVX2 inline float scale_at(const PackedMatrix& W, std::size_t r, std::size_t g) {
+  if (W.scale_format() == ScaleFormat::f16) return _cvtsh_ss(W.scale_bits16(r, g));
+  return W.scale(r, g);
 }
 
 // Scales of groups at .. at + 7 (f32, f16 or dq8), bit-identical to PackedMatrix::scale:
 // F16C conversion is exact, and double quantization is one fused multiply-add of the
 // map value and block absmax, as std::fma there.
+// Only for matrices without the tile-ordered fp16 copy (then the row-ordered one exists).
 NIBBLE_TARGET_AVX2 inline __m256 decode8_scales(const PackedMatrix& W, std::size_t at) {
-  const ScaleArray& s = W.scales();
+  const ScaleArray& s = W.row_ordered_scales();
   switch (W.scale_format()) {
     case ScaleFormat::f32: return _mm256_loadu_ps(s.f32_values().data() + at);
     case ScaleFormat::f16:
@@ -272,10 +277,10 @@ NIBBLE_TARGET_AVX2 inline const float* tile_scales(const PackedMatrix& W, std::s
     }
   }
   for (std::size_t i = 0; i < 8; ++i) {
-    if (W.scale_format() == ScaleFormat::f16) {
-      const std::uint16_t* h = W.scales().raw16().data() + first[i];
+    if (g_done < G && W.scale_format() == ScaleFormat::f16 && W.tile_scales16(t) == nullptr) {
+      const std::uint16_t* h = W.row_ordered_scales().raw16().data() + first[i];
       for (std::size_t g = g_done; g < G; ++g) sv[8 * g + i] = _cvtsh_ss(h[g]) * k;
-    } else {
+    } else if (g_done < G) {
       W.decode_scales(first[i] + g_done, G - g_done, k, sv + 8 * g_done + i, 8);
     }
     if ((W.codebook() == Codebook::uint4_asym || first_tile) && nov_done < G)
@@ -588,7 +593,7 @@ NIBBLE_TARGET_AVX2 inline void exact_row(const PackedMatrix& W, const PreparedAc
         a1[j] = _mm256_fmadd_ps(v3, _mm256_loadu_ps(x + 24), a1[j]);
       }
     }
-    const float s = scale_at(W, r * G + g), off = W.offset(r * G + g);
+    const float s = scale_at(W, r, g), off = W.offset(r * G + g);
     for (int j = 0; j < NB; ++j) {
       y[j] = _mm256_fmadd_ps(_mm256_add_ps(a0[j], a1[j]), _mm256_set1_ps(s), y[j]);
       if (off != 0.0f) correction[j] += s * off * p.group_sum[(b0 + static_cast<std::size_t>(j)) * G + g];

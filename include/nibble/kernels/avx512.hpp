@@ -228,7 +228,7 @@ NIBBLE_TARGET_AVX512 inline void exact_row(const PackedMatrix& W, const Prepared
         a1[j] = _mm512_fmadd_ps(vo, _mm512_loadu_ps(x + 16), a1[j]);
       }
     }
-    const float s = avx2::scale_at(W, r * G + g), off = W.offset(r * G + g);
+    const float s = avx2::scale_at(W, r, g), off = W.offset(r * G + g);
     for (int j = 0; j < NB; ++j) {
       y[j] = _mm512_fmadd_ps(_mm512_add_ps(a0[j], a1[j]), _mm512_set1_ps(s), y[j]);
       if (off != 0.0f) correction[j] += s * off * p.group_sum[(b0 + static_cast<std::size_t>(j)) * G + g];

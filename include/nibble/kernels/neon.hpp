@@ -69,7 +69,7 @@ inline void gemm_fast(const PackedMatrix& W, const PreparedActivations& p, float
           const float t = std::fma(-off, p.qsum_f[slot], static_cast<float>(i));
           a = std::fma(p.d[slot], t, a);
         }
-        y = std::fma(W.scale(r * G + g) * k, a, y);
+        y = std::fma(W.scale(r, g) * k, a, y);
       }
       Y[b * rows + r] = y;
     }
@@ -135,7 +135,7 @@ inline void gemm_exact(const PackedMatrix& W, const PreparedActivations& p, floa
           a0 = vfmaq_f32(a0, odd.v[2], vld1q_f32(x + 24));
           a1 = vfmaq_f32(a1, odd.v[3], vld1q_f32(x + 28));
         }
-        const float s = W.scale(r * G + g), off = W.offset(r * G + g);
+        const float s = W.scale(r, g), off = W.offset(r * G + g);
         y += s * (vaddvq_f32(vaddq_f32(a0, a1)) - off * p.group_sum[b * G + g]);
       }
       Y[b * rows + r] = y;

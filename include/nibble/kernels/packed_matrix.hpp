@@ -124,7 +124,17 @@ class PackedMatrix {
   std::size_t groups_per_row() const { return (cols_ + group_size_ - 1) / group_size_; }
   Codebook codebook() const { return codebook_; }
   ScaleFormat scale_format() const { return scale_format_; }
-  const ScaleArray& scales() const { return scales_; }
+  // The scales as the QuantizedMatrix stored them (rebuilt when only the tile-ordered
+  // copy is kept: a copy, not for per-group use; kernels read scale() / scale_bits16()).
+  ScaleArray scales() const {
+    if (tile_scales16_.empty() || !scales_.raw16().empty()) return scales_;
+    std::vector<std::uint16_t> bits(rows_ * groups_per_row());
+    for (std::size_t i = 0; i < bits.size(); ++i) bits[i] = tile_scales16_[tile_index(i)];
+    return ScaleArray::from_raw16(std::move(bits), scale_format_);
+  }
+  // The row-ordered scales, empty when only the tile-ordered copy is kept (f16 scales
+  // with fast mode's factor 1, see build_tile_order); for paths that run without it.
+  const ScaleArray& row_ordered_scales() const { return scales_; }
   // Format and uint4 zero points; float zero values are read through float_zero()
   // (their row-ordered copy may have been dropped, see build_tile_order).
   const ZeroPoints& zeros() const { return zeros_; }
@@ -134,7 +144,7 @@ class PackedMatrix {
     std::vector<std::uint8_t> codes(rows_ * row_bytes());
     for (std::size_t r = 0; r < rows_; ++r)
       for (std::size_t k = 0; k < row_bytes(); ++k) codes[r * row_bytes() + k] = code_byte(r, k);
-    return QuantizedMatrix(rows_, cols_, group_size_, codebook_, std::move(codes), scales_, stored_zeros());
+    return QuantizedMatrix(rows_, cols_, group_size_, codebook_, std::move(codes), scales(), stored_zeros());
   }
 
   // Bytes of the format a kernel reads per product: codes, scales (with
@@ -183,8 +193,18 @@ class PackedMatrix {
   }
   // Where group i = r·G + g sits in the tile-ordered arrays.
   std::size_t tile_index(std::size_t i) const {
-    const std::size_t G = groups_per_row(), r = i / G, g = i % G;
-    return ((r / kTileRows) * G + g) * kTileRows + r % kTileRows;
+    const std::size_t G = groups_per_row();
+    return tile_index(i / G, i % G);
+  }
+  std::size_t tile_index(std::size_t r, std::size_t g) const {
+    return ((r / kTileRows) * groups_per_row() + g) * kTileRows + r % kTileRows;
+  }
+  // fp16 / bf16 bits of the scale of group i = r·G + g, from whichever copy is kept.
+  std::uint16_t scale_bits16(std::size_t i) const {
+    return tile_scales16_.empty() ? scales_.raw16()[i] : tile_scales16_[tile_index(i)];
+  }
+  std::uint16_t scale_bits16(std::size_t r, std::size_t g) const {
+    return tile_scales16_.empty() ? scales_.raw16()[r * groups_per_row() + g] : tile_scales16_[tile_index(r, g)];
   }
   // Float zero point of group i (uint4_asym with f32/f16/bf16 zeros). Float zeros that
   // have a tile-ordered copy are kept only there (the row-ordered ones are dropped to
@@ -205,12 +225,17 @@ class PackedMatrix {
     const ScaleArray& s = scales_;
     switch (scale_format_) {
       case ScaleFormat::f32: return s.f32_values()[i];
-      case ScaleFormat::f16: return half_to_float(s.raw16()[i]);
+      case ScaleFormat::f16: return half_to_float(scale_bits16(i));
       case ScaleFormat::bf16: return bf16_to_float(s.raw16()[i]);
       case ScaleFormat::dq8:
         return std::fma(dq_map_[s.dq_codes()[i]], s.dq_absmax2()[i / kDoubleQuantBlock], s.dq_offset());
     }
     return 0.0f;
+  }
+
+  // The same for row r, group g (no division to find an fp16 scale's tile position).
+  float scale(std::size_t r, std::size_t g) const {
+    return scale_format_ == ScaleFormat::f16 ? half_to_float(scale_bits16(r, g)) : scale(r * groups_per_row() + g);
   }
 
   // scale(i0 + j) · factor → out[j·stride] for j < n, with the format switch hoisted
@@ -222,7 +247,7 @@ class PackedMatrix {
         for (std::size_t j = 0; j < n; ++j) out[j * stride] = s.f32_values()[i0 + j] * factor;
         return;
       case ScaleFormat::f16:
-        for (std::size_t j = 0; j < n; ++j) out[j * stride] = half_to_float(s.raw16()[i0 + j]) * factor;
+        for (std::size_t j = 0; j < n; ++j) out[j * stride] = half_to_float(scale_bits16(i0 + j)) * factor;
         return;
       case ScaleFormat::bf16:
         for (std::size_t j = 0; j < n; ++j) out[j * stride] = bf16_to_float(s.raw16()[i0 + j]) * factor;
@@ -286,6 +311,9 @@ class PackedMatrix {
       tile_order(tile_offsets16_,
                  [&](std::size_t i) { return static_cast<std::uint16_t>(zeros_.values.raw16()[i] ^ 0x8000u); });
     if (!tile_offsets32_.empty() || !tile_offsets16_.empty()) zeros_.values = ScaleArray();  // see float_zero
+    // Likewise the row-ordered fp16 scales: at group 32 they are 0.5 bit per weight held
+    // twice (scale_bits16 and scales() read the tile-ordered copy).
+    if (!tile_scales16_.empty()) scales_ = ScaleArray();
   }
 
   // The zero points as the QuantizedMatrix stored them (rebuilt from the tile-ordered

@@ -39,7 +39,7 @@ inline void gemm_exact(const PackedMatrix& W, const float* X, std::size_t batch,
       const float* x = X + b * cols;
       float y = 0.0f;
       for (std::size_t g = 0; g < G; ++g) {
-        const float s = W.scale(r * G + g);
+        const float s = W.scale(r, g);
         const float z = asym ? W.offset(r * G + g) : 0.0f;
         float acc = 0.0f;
         const std::size_t end = std::min(cols, (g + 1) * gs);
@@ -73,7 +73,7 @@ inline void gemm_fast(const PackedMatrix& W, const PreparedActivations& p, float
           const float t = std::fma(-off, static_cast<float>(p.qsum[b * nb + blk]), static_cast<float>(i));
           a = std::fma(p.d[b * nb + blk], t, a);
         }
-        y = std::fma(W.scale(r * G + g) * k, a, y);
+        y = std::fma(W.scale(r, g) * k, a, y);
       }
       Y[b * rows + r] = y;
     }
