@@ -160,15 +160,28 @@ TEST(Transformer, ThreadCountDoesNotChangeLogits) {
   w.token_embedding = random_matrix(300, w.config.dim, 77, 1.0f);
   w.wcls = random_matrix(300, w.config.dim, 78, 0.2f);
   const std::vector<int> tokens = {1, 2, 3, 250, 299, 4};
-  RowMatrixXf first;
+  // And a 200-token chunk after them: long enough that attention deals its heads to
+  // the threads (and runs several blocks of query rows).
+  w.config.seq_len = 256;
+  std::vector<int> chunk(200);
+  for (std::size_t i = 0; i < chunk.size(); ++i) chunk[i] = static_cast<int>((i * 37 + 5) % 300);
+  RowMatrixXf first, first_chunk;
   for (int threads : {1, 2, 3}) {
     RuntimeOptions o;
     o.threads = threads;
     const Transformer m = Transformer::from_weights(w, o);
     KvCache cache = m.new_cache(8);
     const RowMatrixXf logits = m.forward(tokens, cache);
-    if (threads == 1) first = logits;
-    else EXPECT_TRUE(logits.isApprox(first, 0.0f)) << threads << " threads";
+    KvCache long_cache = m.new_cache(206);
+    m.forward(tokens, long_cache);
+    const RowMatrixXf chunk_logits = m.forward(chunk, long_cache);
+    if (threads == 1) {
+      first = logits;
+      first_chunk = chunk_logits;
+    } else {
+      EXPECT_TRUE(logits.isApprox(first, 0.0f)) << threads << " threads";
+      EXPECT_TRUE(chunk_logits == first_chunk) << threads << " threads";
+    }
   }
 }
 

@@ -440,6 +440,12 @@ class GgufReader {
   // Every metadata value with its type, arrays included (gguf_metadata.hpp): e.g.
   // typed_metadata().string_array("tokenizer.ggml.tokens").
   const GgufMetadata& typed_metadata() const { return typed_metadata_; }
+  // Frees a metadata value the caller has consumed while the reader stays open for the
+  // tensors (the tokenizer's arrays: a few MiB for a 49k vocabulary).
+  void forget_metadata(const std::string& key) {
+    typed_metadata_.erase(key);
+    metadata_.erase(key);
+  }
   const GgufTensorInfo& info(const std::string& name) const {
     for (const auto& t : tensors_)
       if (t.name == name) return t;

@@ -7,6 +7,7 @@
 // array), .token_type (i32 array), .merges (string array), .bos_token_id (u32), ...
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <map>
@@ -159,6 +160,10 @@ class GgufMetadata {
   void set(const std::string& key, GgufValue v) {
     if (values_.count(key) == 0) order_.push_back(key);
     values_[key] = std::move(v);
+  }
+  // Removes a key (and frees its value); absent keys are ignored.
+  void erase(const std::string& key) {
+    if (values_.erase(key) != 0) order_.erase(std::find(order_.begin(), order_.end(), key));
   }
   // Keys in the order they were first set (a file's order, for a reader).
   const std::vector<std::string>& keys() const { return order_; }

@@ -97,14 +97,17 @@ inline bool has_gguf_magic(const std::string& path) {
 inline LoadedModel load_gguf(const std::string& path, const LoadOptions& o) {
   LoadedModel m;
   m.format = "gguf";
-  const io::GgufReader reader = io::GgufReader::open(path);
+  io::GgufReader reader = io::GgufReader::open(path);
   GgufLoadOptions g;
   g.dequantize = o.dequantize;
   try {
-    // The tokenizer first: its construction's temporaries (the merge list as string
-    // pairs, a few MiB for a 49k vocabulary) are gone before the weights arrive, so
-    // they do not add to the peak memory of loading.
+    // The tokenizer first, then its arrays are let go: its construction's temporaries
+    // and the parsed token and merge lists (several MiB for a 49k vocabulary) are gone
+    // before the weights arrive, so they do not add to the peak memory of loading.
     m.tokenizer = TextTokenizer(BpeTokenizer::from_gguf(reader));
+    for (const char* key : {"tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
+                            "tokenizer.ggml.scores"})
+      reader.forget_metadata(key);
     m.weights = load_gguf_model(reader, g);
   } catch (const Error& e) {
     throw Error(std::string(e.what()) + " ('" + path + "')");

@@ -207,6 +207,8 @@ struct RuntimeOptions {
 
 struct Transformer {
   LlamaConfig config;
+  // Attention's query rows go in blocks of this many (see attention()).
+  static constexpr Eigen::Index kAttentionBlock = 64;
   StoredMatrix token_embedding;
   Linear output;  // vocab × dim: the classifier (shares the embedding's storage when tied)
   std::vector<TransformerLayer> layers;
@@ -244,6 +246,7 @@ struct Transformer {
     validate_weights(w, "model");
     Transformer t;
     t.config = w.config;
+    t.attention_threads = o.threads;
     t.token_embedding = w.token_embedding;
     t.output = make_linear(w.classifier(), o);
     t.rms_final = w.rms_final;
@@ -272,6 +275,8 @@ struct Transformer {
 
   // Threads per product of every linear layer from now on.
   void set_threads(int threads) {
+    detail::require(threads >= 1 && threads <= kMaxThreads, "Transformer: threads = ", threads);
+    attention_threads = threads;
     output.set_threads(threads);
     for (TransformerLayer& L : layers)
       for (Linear* l : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w1, &L.w2, &L.w3, &L.wqkv, &L.w13}) l->set_threads(threads);
@@ -367,7 +372,6 @@ struct Transformer {
     detail::require(start + T <= K.rows() && start + T <= V.rows(), "attention: ", start + T,
                     " positions exceed the ", K.rows(), " rows of the keys");
     const int hs = config.head_size();
-    const int group = config.n_heads / config.n_kv_heads;
     RowMatrixXf q, k, v;
     att.resize(T, config.q_dim());
     if (!L.wqkv.empty()) {
@@ -396,14 +400,33 @@ struct Transformer {
     // Rows go in blocks of kAttentionBlock so each block only multiplies the keys it can
     // see (about half the work of the full square); matrix products and the
     // per-ISA softmax (kernels/softmax.hpp) keep this O(T²) part from dominating.
-    constexpr Eigen::Index kAttentionBlock = 64;
     const Isa isa = selected_isa();
     const float inv_sqrt = 1.0f / std::sqrt(static_cast<float>(hs));
-    RowMatrixXf qh;
-    // One score buffer for every block (a block of rows × n scores is row-major in it):
-    // resizing a matrix per block would allocate, and fault in fresh pages, each time.
-    std::vector<float> scores(static_cast<std::size_t>(std::min(kAttentionBlock, T) * (start + T)));
-    for (int h = 0; h < config.n_heads; ++h) {
+    // Heads are independent: a long enough chunk deals them to the threads (head h to
+    // task h mod tasks; each head's arithmetic is the same whoever runs it).
+    constexpr Eigen::Index kMinScoresPerTask = Eigen::Index{1} << 16;
+    const Eigen::Index scores_per_head = T * (start + T) * hs;
+    const int tasks = static_cast<int>(std::min<Eigen::Index>(
+        {attention_threads, config.n_heads, std::max<Eigen::Index>(1, scores_per_head * config.n_heads / kMinScoresPerTask)}));
+    const std::function<void(std::size_t)> heads = [&](std::size_t task) {
+      RowMatrixXf qh;
+      // One score buffer for every block (a block of rows × n scores is row-major in
+      // it): resizing a matrix per block would allocate, and fault in pages, each time.
+      std::vector<float> scores(static_cast<std::size_t>(std::min(kAttentionBlock, T) * (start + T)));
+      for (int h = static_cast<int>(task); h < config.n_heads; h += tasks)
+        attention_head(h, q, K, V, start, inv_sqrt, isa, qh, scores, att);
+    };
+    if (tasks <= 1) heads(0);
+    else detail::ThreadPool::instance().run(static_cast<std::size_t>(tasks), heads);
+  }
+
+  // One head of attention() for the chunk: att's columns of head h.
+  void attention_head(int h, const RowMatrixXf& q, const RowMatrixXf& K, const RowMatrixXf& V, int start,
+                      float inv_sqrt, Isa isa, RowMatrixXf& qh, std::vector<float>& scores, RowMatrixXf& att) const {
+    const Eigen::Index T = q.rows();
+    const int hs = config.head_size();
+    const int group = config.n_heads / config.n_kv_heads;
+    {
       const int kv_off = (h / group) * hs;
       qh = q.middleCols(h * hs, hs) * inv_sqrt;
       for (Eigen::Index t0 = 0; t0 < T; t0 += kAttentionBlock) {
@@ -471,6 +494,8 @@ struct Transformer {
     cache.length += static_cast<int>(tokens.size());
     return logits(X.bottomRows(1));
   }
+
+  int attention_threads = 1;  // threads of attention's heads (set_threads; the linears have their own)
 };
 
 // Runs body(i) for i in [0, n) on `threads` threads (i dealt round-robin), rethrowing
