@@ -478,6 +478,45 @@ TEST(BadInput, ShapesThreadsAndNonFinite) {
   EXPECT_TRUE((y.array() == 0.0f).all());
 }
 
+// Fast mode's activation preparation: the AVX2 whole-block quantizer gives the scalar
+// rule's codes, scales and sums exactly (ties at .5, all-zero and tiny blocks, ragged
+// groups that leave short blocks), and a non-finite value is still named by column.
+TEST(FastActivations, SimdBlockQuantizerEqualsTheScalarRule) {
+#if defined(NIBBLE_HAVE_AVX2_KERNELS)
+  if (!nibble::isa_available(Isa::avx2)) GTEST_SKIP() << "no AVX2";
+  const PackedMatrix W(random_matrix(1, 200, 48, Codebook::int4_sym, ScaleFormat::f32, 3));  // blocks 32+16 per group
+  const std::size_t batch = 6;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> X(batch * W.cols());
+  for (float& v : X) v = normal(rng);
+  for (std::size_t c = 0; c < 48; ++c) X[c] = 0.0f;                        // row 0: an all-zero group
+  for (std::size_t c = 48; c < 96; ++c) X[c] = 1e-38f * (c % 2 ? 1 : -1);  // tiny amax: the rule divides
+  for (std::size_t c = 0; c < 32; ++c) X[W.cols() + c] = static_cast<float>(c) - 15.5f;  // row 1: many ties
+  X[W.cols() + 7] = 127.0f;
+  nibble::detail::PreparedActivations scalar, simd;
+  nibble::detail::prepare_fast(W, X.data(), batch, scalar);
+  nibble::detail::prepare_fast(W, X.data(), batch, simd, &nibble::detail::avx2::quantize_activation_block32);
+  EXPECT_EQ(simd.q, scalar.q);
+  EXPECT_EQ(simd.d, scalar.d);
+  EXPECT_EQ(simd.qsum, scalar.qsum);
+  EXPECT_EQ(simd.qsum_f, scalar.qsum_f);
+  for (float bad : {std::nanf(""), INFINITY, -INFINITY})
+    for (std::size_t c : {std::size_t{5}, std::size_t{40}, std::size_t{150}}) {
+      std::vector<float> Xb = X;
+      Xb[2 * W.cols() + c] = bad;
+      try {
+        nibble::detail::prepare_fast(W, Xb.data(), batch, simd, &nibble::detail::avx2::quantize_activation_block32);
+        ADD_FAILURE() << "accepted " << bad;
+      } catch (const nibble::Error& e) {
+        EXPECT_NE(std::string(e.what()).find("batch row 2, column " + std::to_string(c)), std::string::npos) << e.what();
+      }
+    }
+#else
+  GTEST_SKIP() << "x86-64 only";
+#endif
+}
+
 // The attention softmax: its exp against double precision, the rows against a double
 // softmax, and every SIMD path against the scalar specification bit for bit (lengths
 // around the 16-lane steps, scores large enough that some exps underflow to 0).

@@ -106,7 +106,14 @@ inline void prepare_exact(const PackedMatrix& W, const float* X, std::size_t bat
   }
 }
 
-inline void prepare_fast(const PackedMatrix& W, const float* X, std::size_t batch, PreparedActivations& p) {
+// A SIMD version of fast mode's rule for one whole block of 32: writes the 32 codes
+// de-interleaved (16 even elements, then 16 odd ones) and returns true, or returns false
+// and writes nothing when the block needs the scalar path (a non-finite value, or an
+// amax so small that the rule divides). Its results equal quantize_activation_block's.
+using FullBlockQuantizer = bool (*)(const float* src, std::int8_t* dst, QuantizedBlock* out);
+
+inline void prepare_fast(const PackedMatrix& W, const float* X, std::size_t batch, PreparedActivations& p,
+                         FullBlockQuantizer full_block = nullptr) {
   const std::size_t nb = W.block_count(), cols = W.cols();
   p.batch = batch;
   p.blocks = nb;
@@ -117,15 +124,22 @@ inline void prepare_fast(const PackedMatrix& W, const float* X, std::size_t batc
   p.qsum_f.assign(batch * nb, 0.0f);
   for (std::size_t b = 0; b < batch; ++b) {
     const float* x = X + b * cols;
-    for (std::size_t c = 0; c < cols; ++c) check_finite_activation(x[c], b, c);
+    // The whole row is checked first, so the error names its first non-finite column;
+    // with a SIMD quantizer each block it takes is checked by it instead.
+    if (full_block == nullptr)
+      for (std::size_t c = 0; c < cols; ++c) check_finite_activation(x[c], b, c);
     for (std::size_t k = 0; k < nb; ++k) {
       const BlockSpan& blk = W.blocks()[k];
-      const std::size_t slot = b * nb + k;
-      std::int8_t q[kActivationBlock];
-      const QuantizedBlock qb = quantize_activation_block(x + 2 * static_cast<std::size_t>(blk.byte_begin),
-                                                          blk.elements, q);
+      const std::size_t slot = b * nb + k, c0 = 2 * static_cast<std::size_t>(blk.byte_begin);
       std::int8_t* dst = p.q.data() + slot * kActivationBlock;
-      for (std::uint32_t i = 0; i < blk.elements; ++i) dst[(i % 2) * 16 + i / 2] = q[i];
+      QuantizedBlock qb;
+      if (full_block == nullptr || blk.elements != kActivationBlock || !full_block(x + c0, dst, &qb)) {
+        if (full_block != nullptr)
+          for (std::size_t c = c0; c < c0 + blk.elements; ++c) check_finite_activation(x[c], b, c);
+        std::int8_t q[kActivationBlock];
+        qb = quantize_activation_block(x + c0, blk.elements, q);
+        for (std::uint32_t i = 0; i < blk.elements; ++i) dst[(i % 2) * 16 + i / 2] = q[i];
+      }
       p.d[slot] = qb.d;
       p.qsum[slot] = qb.qsum;
       p.qsum_f[slot] = static_cast<float>(qb.qsum);

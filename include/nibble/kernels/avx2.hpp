@@ -94,6 +94,65 @@ NIBBLE_TARGET_AVX2 inline __m256i sum_rows_small(const __m256i* w, __m256i q) {
 }
 
 // In-place 8×8 transpose: afterwards m[j] lane i holds what m[i] lane j held.
+// Even / odd elements of two 8-float vectors, in order: [v0 v2 … v14] and [v1 v3 … v15].
+NIBBLE_TARGET_AVX2 inline __m256 evens8(__m256 a, __m256 b) {
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))), 0xd8));
+}
+NIBBLE_TARGET_AVX2 inline __m256 odds8(__m256 a, __m256 b) {
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))), 0xd8));
+}
+// quantize_activation_block's per-element rule on 8 values: trunc(v·scale ± 0.5), clamped.
+NIBBLE_TARGET_AVX2 inline __m256i activation_codes8(__m256 v, __m256 scale) {
+  const __m256 t = _mm256_mul_ps(v, scale);
+  const __m256 half = _mm256_blendv_ps(_mm256_set1_ps(0.5f), _mm256_set1_ps(-0.5f),
+                                       _mm256_cmp_ps(t, _mm256_setzero_ps(), _CMP_LT_OQ));
+  const __m256i r = _mm256_cvttps_epi32(_mm256_add_ps(t, half));
+  return _mm256_min_epi32(_mm256_max_epi32(r, _mm256_set1_epi32(-127)), _mm256_set1_epi32(127));
+}
+
+// Fast mode's activation rule (quantize_activation_block) on a whole block of 32, for
+// prepare_fast (FullBlockQuantizer). The same float operations per element — x·(127/amax),
+// ± 0.5 by the sign, truncation, clamp — on elements taken even-first (shuffles), so the
+// codes come out de-interleaved; Σq is an exact integer sum in any order.
+NIBBLE_TARGET_AVX2 inline bool quantize_activation_block32(const float* src, std::int8_t* dst, QuantizedBlock* out) {
+  const __m256 x0 = _mm256_loadu_ps(src), x1 = _mm256_loadu_ps(src + 8), x2 = _mm256_loadu_ps(src + 16),
+               x3 = _mm256_loadu_ps(src + 24);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 a0 = _mm256_and_ps(x0, abs_mask), a1 = _mm256_and_ps(x1, abs_mask), a2 = _mm256_and_ps(x2, abs_mask),
+               a3 = _mm256_and_ps(x3, abs_mask);
+  const __m256 big = _mm256_set1_ps(3.40282347e38f);  // |x| <= FLT_MAX: false for inf and NaN
+  const __m256 finite = _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(a0, big, _CMP_LE_OQ), _mm256_cmp_ps(a1, big, _CMP_LE_OQ)),
+                                      _mm256_and_ps(_mm256_cmp_ps(a2, big, _CMP_LE_OQ), _mm256_cmp_ps(a3, big, _CMP_LE_OQ)));
+  if (_mm256_movemask_ps(finite) != 0xff) return false;
+  __m256 m = _mm256_max_ps(_mm256_max_ps(a0, a1), _mm256_max_ps(a2, a3));
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+  const float amax = _mm_cvtss_f32(m4);
+  if (amax == 0.0f) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_setzero_si256());
+    *out = {0.0f, 0};
+    return true;
+  }
+  const float inv = 127.0f / amax;
+  if (!(inv <= 3.0e38f)) return false;  // the scalar rule divides instead
+  const __m256 scale = _mm256_set1_ps(inv);
+  const __m256i e0 = activation_codes8(evens8(x0, x1), scale), e1 = activation_codes8(evens8(x2, x3), scale);
+  const __m256i o0 = activation_codes8(odds8(x0, x1), scale), o1 = activation_codes8(odds8(x2, x3), scale);
+  const __m256i s = _mm256_add_epi32(_mm256_add_epi32(e0, e1), _mm256_add_epi32(o0, o1));
+  __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+  // int32 → int16 → int8 (no saturation happens: |q| <= 127); each pack interleaves the
+  // 128-bit lanes, and a 64-bit permute puts them back in order.
+  const __m256i ev16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(e0, e1), 0xd8);
+  const __m256i od16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(o0, o1), 0xd8);
+  const __m256i q8 = _mm256_permute4x64_epi64(_mm256_packs_epi16(ev16, od16), 0xd8);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), q8);
+  *out = {amax / 127.0f, _mm_cvtsi128_si32(s4)};
+  return true;
+}
+
 NIBBLE_TARGET_AVX2 inline void transpose8(__m256* m) {
   const __m256 t0 = _mm256_unpacklo_ps(m[0], m[1]), t1 = _mm256_unpackhi_ps(m[0], m[1]);
   const __m256 t2 = _mm256_unpacklo_ps(m[2], m[3]), t3 = _mm256_unpackhi_ps(m[2], m[3]);

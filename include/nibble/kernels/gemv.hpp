@@ -79,6 +79,15 @@ void gemv_vectors(const Matrix& W, const Eigen::Ref<const Eigen::VectorXf>& x, E
   gemm(W, x.data(), 1, y.data(), opt);
 }
 
+// prepare_fast's SIMD helper for whole 32-element blocks on this path (none: scalar).
+inline FullBlockQuantizer full_block_quantizer(Isa isa) {
+#if defined(NIBBLE_HAVE_AVX2_KERNELS)
+  if (isa == Isa::avx2 || isa == Isa::avx512) return &avx2::quantize_activation_block32;
+#endif
+  (void)isa;
+  return nullptr;
+}
+
 inline void run_rows(Isa isa, const PackedMatrix& W, ActivationMode mode, const float* X, std::size_t batch,
                      const PreparedActivations& p, float* Y, std::size_t r0, std::size_t r1) {
   switch (isa) {
@@ -118,7 +127,7 @@ inline void gemm(const PackedMatrix& W, const float* X, std::size_t batch, float
   const Isa isa = selected_isa();
   // Per-thread scratch, reused across calls; concurrent callers each have their own.
   thread_local detail::PreparedActivations prepared;
-  if (opt.mode == ActivationMode::fast) detail::prepare_fast(W, X, batch, prepared);
+  if (opt.mode == ActivationMode::fast) detail::prepare_fast(W, X, batch, prepared, detail::full_block_quantizer(isa));
   else if (isa != Isa::scalar) detail::prepare_exact(W, X, batch, prepared);
   else
     for (std::size_t i = 0; i < batch * W.cols(); ++i)
