@@ -347,7 +347,9 @@ struct Transformer {
     const int start = cache.length;
     detail::require(start + X.rows() <= cache.capacity(), "sequence of ", start + X.rows(),
                     " positions exceeds the KV cache (", cache.capacity(), " positions)");
-    RowMatrixXf xb, att, h, out;
+    // Per-thread buffers, reused by every layer and call: fresh chunk-sized matrices per
+    // layer were allocated and faulted in anew each time (glibc hands big blocks back).
+    thread_local RowMatrixXf xb, att, h, out;
     rms_norm(X, L.rms_att, xb);
     if (hook) (*hook)(l, LinearSite::attention_input, xb);
     attention(l, xb, cache.keys[static_cast<std::size_t>(l)], cache.values[static_cast<std::size_t>(l)], start, att);
@@ -372,10 +374,9 @@ struct Transformer {
     detail::require(start + T <= K.rows() && start + T <= V.rows(), "attention: ", start + T,
                     " positions exceed the ", K.rows(), " rows of the keys");
     const int hs = config.head_size();
-    RowMatrixXf q, k, v;
+    thread_local RowMatrixXf q, k, v, qkv;  // reused across calls, as run_layer's
     att.resize(T, config.q_dim());
     if (!L.wqkv.empty()) {
-      RowMatrixXf qkv;
       L.wqkv.apply(xb, qkv);
       q = qkv.leftCols(config.q_dim());
       k = qkv.middleCols(config.q_dim(), config.kv_dim());
@@ -408,13 +409,18 @@ struct Transformer {
     const Eigen::Index scores_per_head = T * (start + T) * hs;
     const int tasks = static_cast<int>(std::min<Eigen::Index>(
         {attention_threads, config.n_heads, std::max<Eigen::Index>(1, scores_per_head * config.n_heads / kMinScoresPerTask)}));
+    // The lambda runs on pool threads, where the name q would mean their own
+    // thread_local; this reference is the caller's.
+    const RowMatrixXf& queries = q;
     const std::function<void(std::size_t)> heads = [&](std::size_t task) {
-      RowMatrixXf qh;
       // One score buffer for every block (a block of rows × n scores is row-major in
-      // it): resizing a matrix per block would allocate, and fault in pages, each time.
-      std::vector<float> scores(static_cast<std::size_t>(std::min(kAttentionBlock, T) * (start + T)));
+      // it), per thread and kept across calls: resizing per block would allocate, and
+      // fault in pages, each time.
+      thread_local RowMatrixXf qh;
+      thread_local std::vector<float> scores;
+      scores.resize(static_cast<std::size_t>(std::min(kAttentionBlock, T) * (start + T)));
       for (int h = static_cast<int>(task); h < config.n_heads; h += tasks)
-        attention_head(h, q, K, V, start, inv_sqrt, isa, qh, scores, att);
+        attention_head(h, queries, K, V, start, inv_sqrt, isa, qh, scores, att);
     };
     if (tasks <= 1) heads(0);
     else detail::ThreadPool::instance().run(static_cast<std::size_t>(tasks), heads);
@@ -453,9 +459,8 @@ struct Transformer {
   // the input of w2.
   void ffn_hidden(int l, const RowMatrixXf& xb, RowMatrixXf& h) const {
     const TransformerLayer& L = layers[static_cast<std::size_t>(l)];
-    RowMatrixXf h3;
+    thread_local RowMatrixXf h3, h13;  // reused across calls, as run_layer's
     if (!L.w13.empty()) {
-      RowMatrixXf h13;
       L.w13.apply(xb, h13);
       h = h13.leftCols(config.hidden_dim);
       h3 = h13.rightCols(config.hidden_dim);
