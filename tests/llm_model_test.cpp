@@ -160,10 +160,10 @@ TEST(Transformer, ThreadCountDoesNotChangeLogits) {
   w.token_embedding = random_matrix(300, w.config.dim, 77, 1.0f);
   w.wcls = random_matrix(300, w.config.dim, 78, 0.2f);
   const std::vector<int> tokens = {1, 2, 3, 250, 299, 4};
-  // And a 200-token chunk after them: long enough that attention deals its heads to
-  // the threads (and runs several blocks of query rows).
-  w.config.seq_len = 256;
-  std::vector<int> chunk(200);
+  // And a 420-token chunk after them: long enough that attention deals its heads and
+  // the FFN its gating rows to the threads (and attention runs several row blocks).
+  w.config.seq_len = 432;
+  std::vector<int> chunk(420);
   for (std::size_t i = 0; i < chunk.size(); ++i) chunk[i] = static_cast<int>((i * 37 + 5) % 300);
   RowMatrixXf first, first_chunk;
   for (int threads : {1, 2, 3}) {
@@ -172,7 +172,7 @@ TEST(Transformer, ThreadCountDoesNotChangeLogits) {
     const Transformer m = Transformer::from_weights(w, o);
     KvCache cache = m.new_cache(8);
     const RowMatrixXf logits = m.forward(tokens, cache);
-    KvCache long_cache = m.new_cache(206);
+    KvCache long_cache = m.new_cache(426);
     m.forward(tokens, long_cache);
     const RowMatrixXf chunk_logits = m.forward(chunk, long_cache);
     if (threads == 1) {

@@ -468,11 +468,23 @@ struct Transformer {
       L.w1.apply(xb, h);
       L.w3.apply(xb, h3);
     }
-    for (Eigen::Index t = 0; t < h.rows(); ++t)
-      for (Eigen::Index i = 0; i < h.cols(); ++i) {
-        const float a = h(t, i);
-        h(t, i) = a / (1.0f + std::exp(-a)) * h3(t, i);
-      }
+    // silu(h) ⊙ h3, element by element; a long chunk deals its rows to the threads.
+    RowMatrixXf& gate = h;
+    const RowMatrixXf& up = h3;  // the caller's (a thread_local name in the lambda is the worker's)
+    const Eigen::Index rows = h.rows(), cols = h.cols();
+    constexpr Eigen::Index kMinElementsPerTask = Eigen::Index{1} << 14;
+    const int tasks = static_cast<int>(
+        std::min<Eigen::Index>({attention_threads, rows, std::max<Eigen::Index>(1, rows * cols / kMinElementsPerTask)}));
+    const std::function<void(std::size_t)> silu_rows = [&](std::size_t task) {
+      for (Eigen::Index t = rows * static_cast<Eigen::Index>(task) / tasks;
+           t < rows * static_cast<Eigen::Index>(task + 1) / tasks; ++t)
+        for (Eigen::Index i = 0; i < cols; ++i) {
+          const float a = gate(t, i);
+          gate(t, i) = a / (1.0f + std::exp(-a)) * up(t, i);
+        }
+    };
+    if (tasks <= 1) silu_rows(0);
+    else detail::ThreadPool::instance().run(static_cast<std::size_t>(tasks), silu_rows);
   }
 
   RowMatrixXf logits(const RowMatrixXf& X) const {
@@ -500,7 +512,7 @@ struct Transformer {
     return logits(X.bottomRows(1));
   }
 
-  int attention_threads = 1;  // threads of attention's heads (set_threads; the linears have their own)
+  int attention_threads = 1;  // threads of attention's heads and the FFN's gating (set_threads)
 };
 
 // Runs body(i) for i in [0, n) on `threads` threads (i dealt round-robin), rethrowing
