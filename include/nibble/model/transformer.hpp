@@ -177,6 +177,8 @@ enum class LinearSite {
   ffn_input,         // rms(x): input of w1, w3
   ffn_hidden,        // silu(w1·x) ⊙ w3·x: input of w2
 };
+// X is a per-thread buffer of the forward pass: copy what you keep, and do not run the
+// model from inside the hook on the same thread.
 using ActivationHook = std::function<void(int layer, LinearSite site, const RowMatrixXf& X)>;
 
 struct TransformerLayer {
@@ -431,27 +433,24 @@ struct Transformer {
                       float inv_sqrt, Isa isa, RowMatrixXf& qh, std::vector<float>& scores, RowMatrixXf& att) const {
     const Eigen::Index T = q.rows();
     const int hs = config.head_size();
-    const int group = config.n_heads / config.n_kv_heads;
-    {
-      const int kv_off = (h / group) * hs;
-      qh = q.middleCols(h * hs, hs) * inv_sqrt;
-      for (Eigen::Index t0 = 0; t0 < T; t0 += kAttentionBlock) {
-        const Eigen::Index rows = std::min(kAttentionBlock, T - t0);
-        const Eigen::Index n = start + t0 + rows;  // keys visible to the block's last row
-        Eigen::Map<RowMatrixXf> S(scores.data(), rows, n);
-        // S = Q·Kᵀ, computed as its column-major transpose K·Qᵀ (detail::gemm: BLAS or Eigen).
-        Eigen::Map<Eigen::MatrixXf> St(scores.data(), n, rows);
-        detail::gemm(St, K.block(0, kv_off, n, hs), qh.middleRows(t0, rows).transpose(), 1.0f, false);
-        for (Eigen::Index r = 0; r < rows; ++r) {
-          const Eigen::Index valid = start + t0 + r + 1;  // causal: positions 0..start+t0+r
-          detail::softmax(S.row(r).data(), static_cast<std::size_t>(valid), isa);
-          S.row(r).tail(n - valid).setZero();
-        }
-        // O_h = P·V_h for the block's rows, likewise as O_hᵀ = V_hᵀ·Pᵀ in att's storage.
-        Eigen::Map<Eigen::MatrixXf, 0, Eigen::OuterStride<>> Ot(att.data() + t0 * att.cols() + h * hs, hs, rows,
-                                                                Eigen::OuterStride<>(att.cols()));
-        detail::gemm(Ot, V.block(0, kv_off, n, hs).transpose(), St, 1.0f, false);
+    const int kv_off = (h / (config.n_heads / config.n_kv_heads)) * hs;
+    qh = q.middleCols(h * hs, hs) * inv_sqrt;
+    for (Eigen::Index t0 = 0; t0 < T; t0 += kAttentionBlock) {
+      const Eigen::Index rows = std::min(kAttentionBlock, T - t0);
+      const Eigen::Index n = start + t0 + rows;  // keys visible to the block's last row
+      Eigen::Map<RowMatrixXf> S(scores.data(), rows, n);
+      // S = Q·Kᵀ, computed as its column-major transpose K·Qᵀ (detail::gemm: BLAS or Eigen).
+      Eigen::Map<Eigen::MatrixXf> St(scores.data(), n, rows);
+      detail::gemm(St, K.block(0, kv_off, n, hs), qh.middleRows(t0, rows).transpose(), 1.0f, false);
+      for (Eigen::Index r = 0; r < rows; ++r) {
+        const Eigen::Index valid = start + t0 + r + 1;  // causal: positions 0..start+t0+r
+        detail::softmax(S.row(r).data(), static_cast<std::size_t>(valid), isa);
+        S.row(r).tail(n - valid).setZero();
       }
+      // O_h = P·V_h for the block's rows, likewise as O_hᵀ = V_hᵀ·Pᵀ in att's storage.
+      Eigen::Map<Eigen::MatrixXf, 0, Eigen::OuterStride<>> Ot(att.data() + t0 * att.cols() + h * hs, hs, rows,
+                                                              Eigen::OuterStride<>(att.cols()));
+      detail::gemm(Ot, V.block(0, kv_off, n, hs).transpose(), St, 1.0f, false);
     }
   }
 
