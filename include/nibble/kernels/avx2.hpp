@@ -93,7 +93,6 @@ NIBBLE_TARGET_AVX2 inline __m256i sum_rows_small(const __m256i* w, __m256i q) {
                           _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s, 1)));
 }
 
-// In-place 8×8 transpose: afterwards m[j] lane i holds what m[i] lane j held.
 // Even / odd elements of two 8-float vectors, in order: [v0 v2 … v14] and [v1 v3 … v15].
 NIBBLE_TARGET_AVX2 inline __m256 evens8(__m256 a, __m256 b) {
   return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))), 0xd8));
@@ -153,6 +152,7 @@ NIBBLE_TARGET_AVX2 inline bool quantize_activation_block32(const float* src, std
   return true;
 }
 
+// In-place 8×8 transpose: afterwards m[j] lane i holds what m[i] lane j held.
 NIBBLE_TARGET_AVX2 inline void transpose8(__m256* m) {
   const __m256 t0 = _mm256_unpacklo_ps(m[0], m[1]), t1 = _mm256_unpackhi_ps(m[0], m[1]);
   const __m256 t2 = _mm256_unpacklo_ps(m[2], m[3]), t3 = _mm256_unpackhi_ps(m[2], m[3]);
@@ -220,11 +220,8 @@ NIBBLE_TARGET_AVX2 inline __m256 accumulate_block(__m256 a, __m256 isum, __m256 
   return _mm256_fmadd_ps(_mm256_broadcast_ss(&p.d[slot]), t, a);
 }
 
-// Scale of group i as every path decodes it (F16C here; the same value as half_to_float).
-NIBBLE_TARGET_AVX2 inline float scale_at(const PackedMatrix& W, std::size_t i) {
-  if (W.scale_format() == ScaleFormat::f16) return _cvtsh_ss(W.scale_bits16(i));
-  return W.scale(i);
-}
+// Scale of row r's group g as every path decodes it (F16C here; the same value as
+// half_to_float).
 NIBBLE_TARGET_AVX2 inline float scale_at(const PackedMatrix& W, std::size_t r, std::size_t g) {
   if (W.scale_format() == ScaleFormat::f16) return _cvtsh_ss(W.scale_bits16(r, g));
   return W.scale(r, g);
@@ -336,11 +333,15 @@ NIBBLE_TARGET_AVX2 inline const float* tile_scales(const PackedMatrix& W, std::s
     }
   }
   for (std::size_t i = 0; i < 8; ++i) {
-    if (g_done < G && W.scale_format() == ScaleFormat::f16 && W.tile_scales16(t) == nullptr) {
-      const std::uint16_t* h = W.row_ordered_scales().raw16().data() + first[i];
-      for (std::size_t g = g_done; g < G; ++g) sv[8 * g + i] = _cvtsh_ss(h[g]) * k;
-    } else if (g_done < G) {
-      W.decode_scales(first[i] + g_done, G - g_done, k, sv + 8 * g_done + i, 8);
+    // Groups left over exist only without the tile-ordered copy, so the row-ordered
+    // scales are there.
+    if (g_done < G) {
+      if (W.scale_format() == ScaleFormat::f16) {
+        const std::uint16_t* h = W.row_ordered_scales().raw16().data() + first[i];
+        for (std::size_t g = g_done; g < G; ++g) sv[8 * g + i] = _cvtsh_ss(h[g]) * k;
+      } else {
+        W.decode_scales(first[i] + g_done, G - g_done, k, sv + 8 * g_done + i, 8);
+      }
     }
     if ((W.codebook() == Codebook::uint4_asym || first_tile) && nov_done < G)
       W.decode_negated_offsets(first[i] + nov_done, G - nov_done, nov + 8 * nov_done + i, 8);

@@ -513,12 +513,11 @@ inline QuantizedModel quantize_model(const LlamaWeights& w, const ModelQuantOpti
                           w2 = fp.w2.dense() * s_down.asDiagonal();
         RowMatrixXf w3 = fp.w3.dense() * s_ffn.asDiagonal();
         fold_scales_into_linear_rows(w3, s_down);
-        // The clip search sees the inputs divided by the folded scales.
-        const Eigen::VectorXf no_scales = Eigen::VectorXf::Ones(acts.attention_output.cols());
+        // The clip search sees the inputs divided by the folded scales (wo's take none).
         put(l, 0, quantize(wq, search.quant));
         put(l, 1, quantize(wk, search.quant));
         put(l, 2, awq_clip_quantize(wv, acts.attention_input, clip, s_att));
-        put(l, 3, awq_clip_quantize(fp.wo.dense(), acts.attention_output, clip, no_scales));
+        put(l, 3, awq_clip_quantize(fp.wo.dense(), acts.attention_output, clip));
         put(l, 4, awq_clip_quantize(w1, acts.ffn_input, clip, s_ffn));
         put(l, 5, awq_clip_quantize(w2, acts.ffn_hidden, clip, s_down));
         put(l, 6, awq_clip_quantize(w3, acts.ffn_input, clip, s_ffn));
@@ -569,14 +568,12 @@ inline QuantizedModel quantize_model(const LlamaWeights& w, const ModelQuantOpti
     }
   }
 
-  for (int l = 0; l < L && calibration_backend != options.backend; ++l)
-    for (std::size_t k = 0; k < linear_slots().size(); ++k) {
-      const auto& q = qs[static_cast<std::size_t>(l) * linear_slots().size() + k];
-      detail::require(q != nullptr, "internal: a linear layer was not quantized");
-      out.model.layers[static_cast<std::size_t>(l)].*(linear_slots()[k].linear) = Linear(q, options.backend, options.kernel_threads);
-    }
-  for (const auto& q : qs) {
+  for (std::size_t i = 0; i < qs.size(); ++i) {
+    const auto& q = qs[i];
     detail::require(q != nullptr, "internal: a linear layer was not quantized");
+    if (calibration_backend != options.backend)  // the model returned runs on options.backend
+      out.model.layers[i / linear_slots().size()].*(linear_slots()[i % linear_slots().size()].linear) =
+          Linear(q, options.backend, options.kernel_threads);
     out.linear_bits += q->bits_per_weight() * static_cast<double>(q->rows() * q->cols());
     out.linear_weights += q->rows() * q->cols();
   }
