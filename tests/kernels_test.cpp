@@ -256,6 +256,46 @@ TEST(SimdPaths, ExactCloseToScalarAndFastBitExact) {
           }
 }
 
+// Batches from kPanelMinBatch on take the AVX-512 VNNI panel kernels (16 rows per panel,
+// decoded once per call): every shape, codebook, scale and zero format, with panels cut
+// short by the matrix and by the threads' row ranges (2 threads), and batch remainders
+// of the 4-row step. Bit for bit equal to the scalar reference.
+#if defined(NIBBLE_HAVE_AVX2_KERNELS)
+constexpr std::size_t kPanelBatch = nibble::detail::avx512::kPanelMinBatch;
+#else
+constexpr std::size_t kPanelBatch = 16;
+#endif
+
+TEST(SimdPaths, PanelBatchesBitExact) {
+  const auto isas = simd_isas();
+  if (isas.empty()) GTEST_SKIP() << "no SIMD path on this CPU/build; the scalar path is covered elsewhere";
+  // 24 × 3000 at batch 16 is worth two threads (thread_count), split after tile 1: the
+  // second thread's range starts at row 8 and the first is a lone tile.
+  std::vector<Shape> shapes(std::begin(kShapes), std::end(kShapes));
+  shapes.push_back({24, 3000, 32});
+  shapes.push_back({24, 3000, 128});
+  for (Isa isa : isas)
+    for (const Shape& s : shapes)
+      for (Codebook cb : kCodebooks)
+        for (ScaleFormat sf : kScaleFormats)
+          for (ZeroKind zk : {ZeroKind::uint4, ZeroKind::f32, ZeroKind::f16}) {
+            if (zk != ZeroKind::uint4 && cb != Codebook::uint4_asym) continue;
+            const QuantizedMatrix q = random_matrix(s.rows, s.cols, s.gs, cb, sf, 23, zk);
+            const PackedMatrix W(q);
+            for (std::size_t batch : {kPanelBatch, kPanelBatch + 5}) {
+              const auto X = random_activations(batch * s.cols, 10);
+              const auto ref = run(Isa::scalar, W, X, batch, ActivationMode::fast);
+              for (int threads : {1, 2}) {
+                const auto got = run(isa, W, X, batch, ActivationMode::fast, threads);
+                for (std::size_t i = 0; i < ref.size(); ++i)
+                  ASSERT_EQ(std::memcmp(&got[i], &ref[i], sizeof(float)), 0)
+                      << nibble::to_string(isa) << " " << label(s, cb, sf) << " batch " << batch << " threads "
+                      << threads << " i " << i << ": " << got[i] << " vs " << ref[i];
+              }
+            }
+          }
+}
+
 TEST(SimdPaths, BatchesUpTo64AndUnalignedPointers) {
   std::vector<Isa> isas = simd_isas();
   isas.push_back(Isa::scalar);
