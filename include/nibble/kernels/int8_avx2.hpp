@@ -79,9 +79,10 @@ NIBBLE_TARGET_AVX2 inline __m256i finish_tree(__m256i q0, __m256i q1) {
 // next tile right after it. Block step k of a tile's nb steps requests the k-th
 // 1/nb-th of the next tile, so the whole next tile is on its way one tile ahead (the
 // 8 row streams read 32 bytes each per step, too little for the hardware prefetchers
-// to run far enough ahead from DRAM). Into L2, as avx2::pair_chunk (q8_0 cold 16384² at 1
-// thread on AMD EPYC Zen 4: 9.8 GB/s with T0, 14.9–16.3 with T1). The address is formed as an integer: a prefetch
-// past the buffer's end is harmless and no out-of-range pointer arithmetic happens.
+// to run far enough ahead from DRAM). Into L2, as avx2::pair_chunk (q8_0 cold 16384² at
+// 1 thread on AMD EPYC Zen 4: 9.8 GB/s with T0, 14.9–16.3 with T1). The address is
+// formed as an integer: a prefetch past the buffer's end is harmless and no
+// out-of-range pointer arithmetic happens.
 NIBBLE_TARGET_AVX2 inline void prefetch_next_tile(const Tile& t, std::size_t cols, std::size_t k) {
   const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(t.row[0]) + 8 * cols + 8 * kQ8Block * k;
   for (std::size_t line = 0; line < 8 * kQ8Block; line += 64)
