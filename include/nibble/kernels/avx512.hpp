@@ -209,9 +209,10 @@ NIBBLE_TARGET_AVX512 inline void fast_rows(const PackedMatrix& W, const Prepared
 // are laid out the same way, and results go back to row order when stored (the
 // transpose is its own inverse).
 
-// From this batch on, gemm_fast takes the panel path: decoding a panel costs about as
-// many cycles as 13 batch rows' worth of its products on 4096² (AMD EPYC Zen 4, 1 thread:
-// batch 8 measured 30% slower than the tile kernels, batch 32 1.4× faster).
+// From this batch on, gemm_fast takes the panel path: the per-call decoding of the
+// panels is paid back somewhere between 8 and 16 batch rows (4096² g32, AMD EPYC Zen 4,
+// 1 thread: batch 8 measured 0–9% slower than the tile kernels in four alternating runs,
+// batch 32 1.5× faster).
 inline constexpr std::size_t kPanelMinBatch = 16;
 inline constexpr std::size_t kPanelRows = 16;
 inline constexpr std::size_t kPanelBlockBytes = 8 * 64;
