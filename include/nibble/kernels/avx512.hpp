@@ -298,7 +298,9 @@ NIBBLE_TARGET_AVX512 inline void decode_panel(const PackedMatrix& W, std::size_t
   }
 }
 
-template <bool kTable, int NB>
+// t_b of one block of activation slot `slot` for the panel's 16 rows (w: the block's 8
+// decoded vectors).
+template <bool kTable>
 NIBBLE_TARGET_AVX512 __attribute__((always_inline)) inline __m512 panel_block_sum(const __m512i* w,
                                                                                    const PreparedActivations& p,
                                                                                    std::size_t slot, __m512 neg_off) {
@@ -338,7 +340,7 @@ NIBBLE_TARGET_AVX512 inline void panel_rows(const PackedMatrix& W, const Prepare
       for (int m = 0; m < 8; ++m) w[m] = _mm512_loadu_si512(wb + 64 * m);
       for (int j = 0; j < NB; ++j) {
         const std::size_t slot = (b0 + static_cast<std::size_t>(j)) * nb + blk;
-        a[j] = _mm512_fmadd_ps(_mm512_set1_ps(p.d[slot]), panel_block_sum<kTable, NB>(w, p, slot, neg_off), a[j]);
+        a[j] = _mm512_fmadd_ps(_mm512_set1_ps(p.d[slot]), panel_block_sum<kTable>(w, p, slot, neg_off), a[j]);
       }
     }
     const __m512 s = _mm512_loadu_ps(sv + kPanelRows * g);
