@@ -369,6 +369,11 @@ NIBBLE_TARGET_AVX512 inline void panel_gemm(const PackedMatrix& W, const Prepare
     tile_sv[half].resize(kTileRows * G);
     tile_nov[half].resize(kTileRows * G);
   }
+  // The batch kernels, 4 rows and 1 row at a time, for this matrix's group layout.
+  using PanelRowsFn = decltype(&panel_rows<kTable, true, 4>);
+  const bool one_block_groups = W.block_count() == G;
+  const PanelRowsFn rows4 = one_block_groups ? &panel_rows<kTable, true, 4> : &panel_rows<kTable, false, 4>;
+  const PanelRowsFn rows1 = one_block_groups ? &panel_rows<kTable, true, 1> : &panel_rows<kTable, false, 1>;
   for (std::size_t r = r0; r < r1; r += kPanelRows) {
     const std::size_t nr = std::min(kPanelRows, r1 - r), t = r / kTileRows;
     const bool second_tile = nr > kTileRows;
@@ -388,16 +393,9 @@ NIBBLE_TARGET_AVX512 inline void panel_gemm(const PackedMatrix& W, const Prepare
       _mm512_storeu_ps(sv.data() + kPanelRows * g, _mm512_permutexvar_ps(panel_transpose(), s16));
       _mm512_storeu_ps(nov.data() + kPanelRows * g, _mm512_permutexvar_ps(panel_transpose(), o16));
     }
-    const bool one_block_groups = W.block_count() == G;
     std::size_t b = 0;
-    for (; b + 4 <= p.batch; b += 4) {
-      if (one_block_groups) panel_rows<kTable, true, 4>(W, p, codes.data(), sv.data(), nov.data(), Y, r, nr, b);
-      else panel_rows<kTable, false, 4>(W, p, codes.data(), sv.data(), nov.data(), Y, r, nr, b);
-    }
-    for (; b < p.batch; ++b) {
-      if (one_block_groups) panel_rows<kTable, true, 1>(W, p, codes.data(), sv.data(), nov.data(), Y, r, nr, b);
-      else panel_rows<kTable, false, 1>(W, p, codes.data(), sv.data(), nov.data(), Y, r, nr, b);
-    }
+    for (; b + 4 <= p.batch; b += 4) rows4(W, p, codes.data(), sv.data(), nov.data(), Y, r, nr, b);
+    for (; b < p.batch; ++b) rows1(W, p, codes.data(), sv.data(), nov.data(), Y, r, nr, b);
   }
 }
 
