@@ -6,6 +6,8 @@
 #include "nibble/quant/awq.hpp"
 #include "test_util.hpp"
 
+namespace awq_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 
 namespace {
@@ -273,3 +275,5 @@ TEST(Awq, DegenerateCalibrationStaysFinite) {
   EXPECT_TRUE(std::isfinite(r.loss_final));
   EXPECT_LE(r.loss_best, r.loss_rtn);
 }
+
+}  // namespace awq_test

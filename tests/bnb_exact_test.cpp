@@ -11,6 +11,8 @@
 
 #include "test_util.hpp"
 
+namespace bnb_exact_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 namespace {
 
 using nibble::Codebook;
@@ -154,3 +156,5 @@ TEST(BnbExact, CalibratedMethodsRefuseTheBitsandbytesFit) {
 }
 
 }  // namespace
+
+}  // namespace bnb_exact_test

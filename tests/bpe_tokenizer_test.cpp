@@ -21,6 +21,8 @@
 #include <nibble/model/bpe_tokenizer.hpp>
 #include <nibble/model/bpe_tokenizer_json.hpp>
 
+namespace bpe_tokenizer_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 namespace {
 
 using nibble::model::BpeFlags;
@@ -518,3 +520,5 @@ TEST(BpeTokenizerSmolLM2, LongInputsFinish) {
 }
 
 }  // namespace
+
+}  // namespace bpe_tokenizer_test

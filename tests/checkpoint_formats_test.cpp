@@ -17,6 +17,8 @@
 
 #include "test_util.hpp"
 
+namespace checkpoint_formats_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 using io::SafetensorsReader;
 using io::SafetensorsWriter;
@@ -284,3 +286,5 @@ TEST(BnbCheckpoint, Fp4AndRejections) {
   expect_error_containing([&] { io::write_bnb(w, "c", make(Codebook::int4_sym, 32, ScaleFormat::f32, 4, 64, 1)); },
                           "nf4 or fp4");
 }
+
+}  // namespace checkpoint_formats_test

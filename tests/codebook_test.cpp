@@ -11,6 +11,8 @@
 #include "nibble/format/dynamic_map.hpp"
 #include "nibble/format/scales.hpp"
 
+namespace codebook_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 
 // Values transcribed from shared/reference/algorithms.md §1.1 (bitsandbytes get_4bit_type).
@@ -138,3 +140,5 @@ TEST(DynamicMap, NearestCodeBruteForce) {
       ASSERT_LE(std::fabs(dynamic_map()[got] - x), std::fabs(dynamic_map()[c] - x) + 1e-7f) << x;  // float midpoints
   }
 }
+
+}  // namespace codebook_test

@@ -32,6 +32,8 @@
 #include "hf_test_dirs.hpp"
 #include "llm_test_models.hpp"
 
+namespace gguf_model_from_hf_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 using namespace nibble::model;
 using json = nlohmann::json;
@@ -323,3 +325,7 @@ TEST(GgufFromHf, BadInputIsAClearErrorAndLeavesNoFile) {
   EXPECT_FALSE(exists(out));
   EXPECT_FALSE(exists(out + ".tmp"));
 }
+
+#undef EXPECT_HAS
+
+}  // namespace gguf_model_from_hf_test

@@ -16,6 +16,8 @@
 
 #include "test_util.hpp"
 
+namespace gguf_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 using io::GgufReader;
 
@@ -276,3 +278,5 @@ TEST(Gguf, RejectsMalformedFiles) {
   f[b_info + 8 + 1 + 4 + 8 + 7] = 0x40;  // ne[1] huge: bytes run past the end or overflow
   expect_error(f, "");
 }
+
+}  // namespace gguf_test

@@ -20,6 +20,8 @@
 
 #include "test_util.hpp"
 
+namespace gguf_types_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 using io::GgmlType;
 using io::GgufReader;
@@ -519,3 +521,5 @@ TEST(GgufQ4_1, BadBlocksThrow) {
   expect_error([&] { io::from_q4_1_blocks(2, 64, io::ByteView{bytes.data(), bytes.size()}); },
                "Q4_1 block 1 of row 0 has a non-finite d or m");
 }
+
+}  // namespace gguf_types_test

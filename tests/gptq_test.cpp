@@ -14,6 +14,8 @@
 #include "nibble/quant/metrics.hpp"
 #include "test_util.hpp"
 
+namespace gptq_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 
 namespace {
@@ -383,3 +385,5 @@ TEST(Gptq, WorksWithStreamedHessian) {
   const GptqResult g = gptq_quantize(W, acc.hessian(), gptq(quant(Codebook::uint4_asym, 32)));
   EXPECT_LT(output_error(W, g.matrix, X).mse, output_error(W, quantize(W, quant(Codebook::uint4_asym, 32)), X).mse);
 }
+
+}  // namespace gptq_test

@@ -5,6 +5,8 @@
 
 #include "nibble/core/half.hpp"
 
+namespace half_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 
 // Exact value of a binary16 pattern computed independently from its fields.
@@ -91,3 +93,5 @@ TEST(BFloat16, KnownPatternsAndRounding) {
     ASSERT_EQ(float_to_bf16(f), b);
   }
 }
+
+}  // namespace half_test

@@ -6,6 +6,8 @@
 #include "nibble/quant/hessian.hpp"
 #include "test_util.hpp"
 
+namespace hessian_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 
 // One-shot reference: 2/n · XᵀX in double, computed directly.
@@ -133,3 +135,5 @@ TEST(Hessian, RejectsBadInput) {
   EXPECT_EQ(acc.tokens(), 3u);  // rejected batches left nothing behind
   EXPECT_TRUE(acc.hessian().isApprox(Eigen::MatrixXd::Constant(4, 4, 2.0)));
 }
+
+}  // namespace hessian_test

@@ -24,6 +24,8 @@
 
 #include "hf_test_dirs.hpp"
 
+namespace hf_model_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 using namespace nibble::model;
 using json = nlohmann::json;
@@ -709,3 +711,7 @@ TEST_F(HfModelBad, ShardIndexProblems) {
   write_text(d + "/model-00003-of-00003.safetensors", "garbage");
   EXPECT_LOAD_ERROR(d, "model-00003-of-00003.safetensors");
 }
+
+#undef EXPECT_LOAD_ERROR
+
+}  // namespace hf_model_test

@@ -29,6 +29,8 @@
 #include "hf_test_dirs.hpp"
 #include "llm_test_models.hpp"
 
+namespace hf_quantized_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 using namespace nibble::model;
 using namespace nibble::test;
@@ -394,3 +396,5 @@ TEST_F(HfQuantizedBad, LoaderRejectsNonFiniteScalesAndStrayParts) {
 }
 
 }  // namespace
+
+}  // namespace hf_quantized_test

@@ -7,6 +7,8 @@
 #include "nibble/quant/rtn.hpp"
 #include "test_util.hpp"
 
+namespace hqq_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 
 namespace {
@@ -144,3 +146,5 @@ TEST(Hqq, RejectsBadInput) {
   bad(2, 3) = std::nanf("");
   EXPECT_THROW(hqq_quantize(bad), Error);
 }
+
+}  // namespace hqq_test

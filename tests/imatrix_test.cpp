@@ -26,6 +26,8 @@
 #include "llama_imatrix_fit_ref.hpp"
 #include "test_util.hpp"
 
+namespace imatrix_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 
 namespace {
@@ -580,3 +582,5 @@ TEST(WeightedFit, EdgeCases) {
   huge(1, 40) = 65504.0f * 100.0f;  // fine for IQ4_NL (d = x / 127), too large for Q4_0 (x / 8)
   EXPECT_NO_THROW(quantize_weighted(huge, Codebook::iq4_nl, {}));
 }
+
+}  // namespace imatrix_test

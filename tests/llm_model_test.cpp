@@ -26,6 +26,8 @@
 #include "llm_test_models.hpp"
 #include "test_util.hpp"
 
+namespace llm_model_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 namespace {
 
 using namespace nibble;
@@ -479,3 +481,5 @@ TEST(Chat, ChatMlPromptWithTheTemplatesDefaultSystemMessage) {
 }
 
 }  // namespace
+
+}  // namespace llm_model_test

@@ -6,6 +6,8 @@
 #include "nibble/quant/rtn.hpp"
 #include "test_util.hpp"
 
+namespace metrics_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 
 TEST(Metrics, HandComputedValues) {
@@ -38,3 +40,5 @@ TEST(Metrics, OutputErrorAgainstDirectComputation) {
   EXPECT_THROW(output_error(W, q, Eigen::MatrixXf(5, 63)), Error);
   EXPECT_THROW(output_error(Eigen::MatrixXf(W.leftCols(32)), q, X), Error);
 }
+
+}  // namespace metrics_test

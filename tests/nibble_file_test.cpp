@@ -14,6 +14,8 @@
 
 #include "test_util.hpp"
 
+namespace nibble_file_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 using io::NibbleFileReader;
 
@@ -183,3 +185,5 @@ TEST(NibbleFile, WriterRejectsDuplicatesAndBadRawTensors) {
   EXPECT_THROW(w.add_raw("y", io::DType::I32, {2}, x, 8), Error);
   std::remove(path.c_str());
 }
+
+}  // namespace nibble_file_test

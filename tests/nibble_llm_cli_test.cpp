@@ -10,6 +10,8 @@
 
 #include "cli_util.hpp"
 
+namespace nibble_llm_cli_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 namespace {
 
 using nibble::test::cli_dir;
@@ -114,3 +116,5 @@ TEST(NibbleLlm, BadInputIsAClearErrorNeverACrash) {
 }
 
 }  // namespace
+
+}  // namespace nibble_llm_cli_test

@@ -14,6 +14,8 @@
 #include "cli_util.hpp"
 #include "test_util.hpp"
 
+namespace nibble_quant_awq_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 
 namespace {
@@ -148,3 +150,5 @@ TEST(CliAwq, FoldedScalesKeepTheLayerFunctionInAnyFormat) {
   for (const std::string& f : {in, calib, awq, rtn, awq + ".quantization_config.json", rtn + ".quantization_config.json"})
     std::remove(f.c_str());
 }
+
+}  // namespace nibble_quant_awq_test

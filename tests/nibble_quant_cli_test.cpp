@@ -18,6 +18,8 @@
 #include "cli_util.hpp"
 #include "test_util.hpp"
 
+namespace nibble_quant_cli_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 
 namespace {
@@ -252,3 +254,5 @@ TEST_F(CliTest, CalibratedMethodsMatchTheLibrary) {
   std::remove(gguf.c_str());
   std::remove(out.c_str());
 }
+
+}  // namespace nibble_quant_cli_test

@@ -21,6 +21,8 @@
 #include "cli_util.hpp"
 #include "hf_test_dirs.hpp"
 
+namespace nibble_quant_model_cli_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 namespace {
 
 using namespace nibble;
@@ -268,3 +270,5 @@ TEST(NibbleQuantModel, HfDirectoryToGptqAwqAndBitsandbytesDirectories) {
 }
 
 }  // namespace
+
+}  // namespace nibble_quant_model_cli_test

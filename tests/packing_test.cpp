@@ -5,6 +5,8 @@
 
 #include "nibble/format/packing.hpp"
 
+namespace packing_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 
 TEST(Packing, FirstElementGoesInTheHighNibble) {
@@ -39,3 +41,5 @@ TEST(Packing, RejectsValuesWiderThanFourBits) {
   EXPECT_THROW(pack_nibbles({1, 16}), Error);
   EXPECT_THROW(unpack_nibbles(std::vector<std::uint8_t>{0x12}, 3), Error);
 }
+
+}  // namespace packing_test

@@ -21,6 +21,8 @@
 
 #include "llm_test_models.hpp"
 
+namespace quantize_gguf_model_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 namespace {
 
 using namespace nibble;
@@ -281,3 +283,5 @@ TEST(GgufModelWriter, MismatchesAreClearErrorsAndLeaveNoFile) {
 }
 
 }  // namespace
+
+}  // namespace quantize_gguf_model_test

@@ -4,6 +4,8 @@
 
 #include "nibble/format/quantized_matrix.hpp"
 
+namespace quantized_matrix_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 
 // A 2 × 5 uint4_asym matrix with group size 4 (ragged last group of 1), built by hand.
@@ -73,3 +75,5 @@ TEST(QuantizedMatrix, FloatZeroPoints) {
   EXPECT_EQ(q.value(0, 1), 15.0f);
   EXPECT_THROW(ZeroPoints::floats({1.0f}, ScaleFormat::dq8), Error);
 }
+
+}  // namespace quantized_matrix_test

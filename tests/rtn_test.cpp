@@ -8,6 +8,8 @@
 #include "nibble/quant/rtn.hpp"
 #include "test_util.hpp"
 
+namespace rtn_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 
 static QuantConfig config(Codebook cb, int gs, ScaleFormat sf = ScaleFormat::f32) {
@@ -228,3 +230,5 @@ TEST(Rtn, Deterministic) {
   EXPECT_EQ(a.codes(), b.codes());
   EXPECT_EQ(a.scales().decode(), b.scales().decode());
 }
+
+}  // namespace rtn_test

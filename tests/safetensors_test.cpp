@@ -13,6 +13,8 @@
 
 #include "test_util.hpp"
 
+namespace safetensors_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using nibble::io::DType;
 using nibble::io::SafetensorsReader;
 using nibble::io::SafetensorsWriter;
@@ -134,3 +136,5 @@ TEST(Safetensors, WriterRejectsInconsistentTensors) {
   w.add_floats("x", {4}, x, 4);
   EXPECT_THROW(w.add_floats("x", {4}, x, 4), nibble::Error);
 }
+
+}  // namespace safetensors_test

@@ -6,6 +6,8 @@
 
 #include "nibble/format/scales.hpp"
 
+namespace scales_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 using namespace nibble;
 
 static std::vector<float> random_scales(std::size_t n, std::uint32_t seed) {
@@ -74,3 +76,5 @@ TEST(ScaleArray, ReadersValidateParts) {
   EXPECT_THROW(ScaleArray::from_double_quant(std::vector<std::uint8_t>(10), {NAN}, 0.0f), Error);
   EXPECT_THROW(ScaleArray::from_raw16({0x7C00}, ScaleFormat::f16), Error);  // Inf
 }
+
+}  // namespace scales_test

@@ -14,6 +14,8 @@
 
 #include <nibble/kernels/threading.hpp>
 
+namespace thread_pool_test {  // one per file: a test group compiles as one unit (tests/CMakeLists.txt)
+
 namespace {
 
 using nibble::detail::ThreadPool;
@@ -77,3 +79,5 @@ TEST(ThreadPool, ConcurrentCallersAllFinish) {
 }
 
 }  // namespace
+
+}  // namespace thread_pool_test
