@@ -8,13 +8,27 @@
 #   scripts/test.sh dev asan        only these presets
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each phase's wall time, printed as it ends and again in a table at the end, so a slow
+# CI run shows where its minutes went (budget: 45 minutes on 2 cores).
+timings=()
+phase_start=$SECONDS phase_name=""
+phase() {
+  if [ -n "$phase_name" ]; then
+    local t=$((SECONDS - phase_start))
+    timings+=("$(printf '%4dm%02ds  %s' $((t / 60)) $((t % 60)) "$phase_name")")
+    echo "--- $phase_name took $((t / 60))m$((t % 60))s"
+  fi
+  phase_start=$SECONDS phase_name="$*"
+  [ -z "$*" ] || echo "=== $* ==="
+}
+phase "Debian packages (scripts/install-deps.sh)"
 scripts/install-deps.sh
 jobs=$(nproc)
 presets=("$@")
 ((${#presets[@]})) || presets=(dev asan x86-noavx2 aarch64-qemu aarch64-qemu-nodot)
 total=0
 for preset in "${presets[@]}"; do
-  echo "=== preset $preset ==="
+  phase "preset $preset"
   cmake --preset "$preset" >/dev/null
   cmake --build --preset "$preset" -j"$jobs"
   log=$(mktemp)
@@ -24,22 +38,26 @@ for preset in "${presets[@]}"; do
   rm -f "$log"
 done
 if [ $# -eq 0 ]; then
-  echo "=== AVX-512 kernels under bochs (emulated Tiger Lake and Skylake-X) ==="
+  phase "AVX-512 kernels under bochs (emulated Tiger Lake and Skylake-X)"
   scripts/test-avx512.sh
-  echo "=== consumer projects ==="
+  phase "consumer projects"
   scripts/check-consumers.sh
-  echo "=== entry points in any order (demo, compare) ==="
+  phase "entry points in any order (demo, compare)"
   scripts/test-entry-points.sh
-  echo "=== exporters read back by Python gguf / safetensors / numpy ==="
+  phase "exporters read back by Python gguf / safetensors / numpy"
   scripts/test-interop.sh
-  echo "=== a real model (SmolLM2-135M) against llama.cpp on the same file ==="
+  phase "a real model (SmolLM2-135M) against llama.cpp on the same file"
   scripts/test-real-model.sh build/dev
-  echo "=== Hugging Face directories (scripts/make-hf-model.py) against the GGUF / llama2.c loaders ==="
+  phase "Hugging Face directories (scripts/make-hf-model.py) against the GGUF / llama2.c loaders"
   scripts/test-hf.sh
-  echo "=== bitsandbytes-exact mode against bitsandbytes 0.50.2 itself (torch CPU) ==="
+  phase "bitsandbytes-exact mode against bitsandbytes 0.50.2 itself (torch CPU)"
   scripts/test-bnb.sh
-  echo "=== fuzz every file reader (10 s each) ==="
+  phase "fuzz every file reader (10 s each)"
   scripts/fuzz.sh 10
 fi
+phase ""
+echo "=== time per phase ==="
+printf '%s\n' "${timings[@]}"
+printf '%4dm%02ds  total\n' $((SECONDS / 60)) $((SECONDS % 60))
 echo "all presets: ${presets[*]}"
 echo "${total} passed, 0 failed"
