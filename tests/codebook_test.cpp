@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -138,6 +141,39 @@ TEST(DynamicMap, NearestCodeBruteForce) {
     const std::uint8_t got = nearest_dynamic_code(x);
     for (int c = 0; c < 256; ++c)
       ASSERT_LE(std::fabs(dynamic_map()[got] - x), std::fabs(dynamic_map()[c] - x) + 1e-7f) << x;  // float midpoints
+  }
+}
+
+// round_half_even is nearbyint written out (2^23 added and removed); it must agree with
+// std::nearbyint bit for bit, sign of zero included, on ties, near 2^22 … 2^24 where the
+// spacing of floats is 0.5 … 2, and on every kind of special value.
+TEST(RoundHalfEven, EqualsNearbyintBitForBit) {
+  std::vector<float> xs = {0.0f, -0.0f, 0.3f, -0.3f, 0.5f, -0.5f, 1.5f, -1.5f, 2.5f, -2.5f, 7.5f, -8.5f,
+                           0.49999997f, -0.49999997f, 1e-30f, -1e-45f, 4194303.5f, 4194304.5f, -4194304.5f,
+                           8388607.5f, -8388607.5f, 8388608.0f, 8388609.0f, 16777216.0f, 3e38f,
+                           std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                           std::numeric_limits<float>::denorm_min(), std::numeric_limits<float>::max()};
+  for (float x = 0.0f; x < 40.0f; x += 0.25f) {  // every tie below 40 and the values between
+    xs.push_back(x);
+    xs.push_back(-x);
+  }
+  std::uint32_t state = 12345;  // random bit patterns: every exponent, including NaNs
+  for (int i = 0; i < 200000; ++i) {
+    state = state * 1664525u + 1013904223u;
+    float x;
+    std::memcpy(&x, &state, sizeof x);
+    xs.push_back(x);
+  }
+  for (float x : xs) {
+    const float want = std::nearbyint(x), got = nibble::round_half_even(x);
+    if (std::isnan(x)) {
+      EXPECT_TRUE(std::isnan(got)) << x;
+      continue;
+    }
+    std::uint32_t a, b;
+    std::memcpy(&a, &want, sizeof a);
+    std::memcpy(&b, &got, sizeof b);
+    ASSERT_EQ(a, b) << "x = " << x << ": nearbyint " << want << ", round_half_even " << got;
   }
 }
 

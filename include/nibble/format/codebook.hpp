@@ -126,7 +126,22 @@ inline std::uint8_t nearest_iq4_nl(float x) {
   return static_cast<std::uint8_t>(x - kIQ4NLValues[hi - 1] < kIQ4NLValues[hi] - x ? hi - 1 : hi);
 }
 
-// Round half to even, as torch.round and ggml's nearest_int do.
-inline float round_half_even(float x) { return std::nearbyint(x); }
+// Round half to even, as torch.round and ggml's nearest_int do: std::nearbyint under the
+// default rounding mode, written out because without SSE4.1 (nibble's baseline x86-64
+// build) nearbyint is a libm call, and the clip search rounds every weight ~50 times.
+// Adding and removing 2^23 leaves no fraction bits, so the FPU's round-to-nearest-even
+// does the rounding; values of 2^23 and beyond (and inf, NaN) are integers already;
+// copysign keeps the sign of a zero result (−0.3 → −0) as nearbyint does. Under
+// -ffast-math the compiler may cancel the two additions, so such builds keep nearbyint.
+inline float round_half_even(float x) {
+#if defined(__FAST_MATH__)
+  return std::nearbyint(x);
+#else
+  constexpr float kTwo23 = 8388608.0f;
+  if (!(std::fabs(x) < kTwo23)) return x;
+  const float magic = std::copysign(kTwo23, x);
+  return std::copysign((x + magic) - magic, x);
+#endif
+}
 
 }  // namespace nibble

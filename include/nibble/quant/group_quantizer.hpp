@@ -24,6 +24,25 @@ struct GroupParams {
   float zero = 0.0f;
 };
 
+// What fit_group reads from a group: its range (widened to contain 0), and its
+// largest magnitude with that value's sign.
+struct GroupRange {
+  float lo = 0.0f, hi = 0.0f, amax = 0.0f, extreme = 0.0f;
+};
+
+inline GroupRange group_range(const float* w, std::size_t n) {
+  GroupRange r;
+  for (std::size_t i = 0; i < n; ++i) {
+    r.lo = std::min(r.lo, w[i]);
+    r.hi = std::max(r.hi, w[i]);
+    if (std::fabs(w[i]) > r.amax) {
+      r.amax = std::fabs(w[i]);
+      r.extreme = w[i];
+    }
+  }
+  return r;
+}
+
 // Fits scale (and zero) to n values. `shrink` ∈ (0, 1] narrows the range that is
 // covered (clip search); 1 means plain min/max or absmax.
 //   int4_sym   see SymScale
@@ -33,25 +52,15 @@ struct GroupParams {
 //   iq4_nl     scale = w_extreme / −127: the signed extreme maps to the table's −127
 //              (llama.cpp's starting point; its least-squares refinement lives in
 //              io/gguf.hpp, the clip search and GPTQ work from this rule)
-inline GroupParams fit_group(const float* w, std::size_t n, Codebook codebook,
-                             SymScale sym_scale = SymScale::absmax_over_7, float shrink = 1.0f) {
-  float lo = 0.0f, hi = 0.0f, amax = 0.0f, extreme = 0.0f;
-  for (std::size_t i = 0; i < n; ++i) {
-    lo = std::min(lo, w[i]);
-    hi = std::max(hi, w[i]);
-    if (std::fabs(w[i]) > amax) {
-      amax = std::fabs(w[i]);
-      extreme = w[i];
-    }
-  }
+inline GroupParams fit_group(const GroupRange& range, Codebook codebook, SymScale sym_scale = SymScale::absmax_over_7,
+                             float shrink = 1.0f) {
   GroupParams p;
   switch (codebook) {
     case Codebook::int4_sym:
-      p.scale = sym_scale == SymScale::absmax_over_7 ? shrink * amax / 7.0f : shrink * extreme / -8.0f;
+      p.scale = sym_scale == SymScale::absmax_over_7 ? shrink * range.amax / 7.0f : shrink * range.extreme / -8.0f;
       break;
     case Codebook::uint4_asym: {
-      lo *= shrink;
-      hi *= shrink;
+      const float lo = range.lo * shrink, hi = range.hi * shrink;
       if (hi > lo) {
         p.scale = (hi - lo) / 15.0f;
         p.zero = std::clamp(round_half_even(-lo / p.scale), 0.0f, 15.0f);
@@ -59,10 +68,15 @@ inline GroupParams fit_group(const float* w, std::size_t n, Codebook codebook,
       break;
     }
     case Codebook::nf4:
-    case Codebook::fp4: p.scale = shrink * amax; break;
-    case Codebook::iq4_nl: p.scale = shrink * extreme / -127.0f; break;
+    case Codebook::fp4: p.scale = shrink * range.amax; break;
+    case Codebook::iq4_nl: p.scale = shrink * range.extreme / -127.0f; break;
   }
   return p;
+}
+
+inline GroupParams fit_group(const float* w, std::size_t n, Codebook codebook,
+                             SymScale sym_scale = SymScale::absmax_over_7, float shrink = 1.0f) {
+  return fit_group(group_range(w, n), codebook, sym_scale, shrink);
 }
 
 // Nearest code for one value under given parameters. A zero scale encodes every
@@ -105,14 +119,34 @@ inline float round_scale(float s, ScaleFormat format) {
   }
 }
 
-// Sum of squared errors of n values quantized and dequantized with p.
-inline double group_squared_error(const float* w, std::size_t n, const GroupParams& p, Codebook codebook) {
+// Sum of squared errors of n values quantized and dequantized with p. With `stop_at`
+// the sum stops growing once it reaches that value (the clip search only asks whether
+// a candidate beats the best so far; the terms are never negative and rounding is
+// monotonic, so a partial sum ≥ stop_at means the full sum is too).
+namespace detail {
+template <Codebook C>
+double group_squared_error_as(const float* w, std::size_t n, const GroupParams& p, double stop_at) {
   double sse = 0.0;
   for (std::size_t i = 0; i < n; ++i) {
-    const double e = static_cast<double>(w[i]) - decode_value(encode_value(w[i], p, codebook), p, codebook);
+    const double e = static_cast<double>(w[i]) - decode_value(encode_value(w[i], p, C), p, C);
     sse += e * e;
+    if (sse >= stop_at) break;
   }
   return sse;
+}
+}  // namespace detail
+
+inline double group_squared_error(const float* w, std::size_t n, const GroupParams& p, Codebook codebook,
+                                  double stop_at = HUGE_VAL) {
+  // One loop per codebook, so encode_value's switch is decided once, not per value.
+  switch (codebook) {
+    case Codebook::int4_sym: return detail::group_squared_error_as<Codebook::int4_sym>(w, n, p, stop_at);
+    case Codebook::uint4_asym: return detail::group_squared_error_as<Codebook::uint4_asym>(w, n, p, stop_at);
+    case Codebook::nf4: return detail::group_squared_error_as<Codebook::nf4>(w, n, p, stop_at);
+    case Codebook::fp4: return detail::group_squared_error_as<Codebook::fp4>(w, n, p, stop_at);
+    case Codebook::iq4_nl: return detail::group_squared_error_as<Codebook::iq4_nl>(w, n, p, stop_at);
+  }
+  return 0.0;
 }
 
 // Options of the MSE clip search: shrink factors 1, 1 − step, …, down to min_shrink.
@@ -127,15 +161,16 @@ struct ClipSearch {
 // never worse than plain rounding on this group.
 inline GroupParams fit_group_mse(const float* w, std::size_t n, Codebook codebook, SymScale sym_scale,
                                  const ClipSearch& search, ScaleFormat storage) {
-  GroupParams best = fit_group(w, n, codebook, sym_scale, 1.0f);
+  const GroupRange range = group_range(w, n);  // the same for every candidate
+  GroupParams best = fit_group(range, codebook, sym_scale, 1.0f);
   best.scale = round_scale(best.scale, storage);
   if (!search.enabled) return best;
   double best_err = group_squared_error(w, n, best, codebook);
   const int steps = static_cast<int>(std::floor((1.0f - search.min_shrink) / search.step + 1e-4f));
   for (int i = 1; i <= steps; ++i) {
-    GroupParams p = fit_group(w, n, codebook, sym_scale, 1.0f - static_cast<float>(i) * search.step);
+    GroupParams p = fit_group(range, codebook, sym_scale, 1.0f - static_cast<float>(i) * search.step);
     p.scale = round_scale(p.scale, storage);
-    const double err = group_squared_error(w, n, p, codebook);
+    const double err = group_squared_error(w, n, p, codebook, best_err);
     if (err < best_err) {
       best_err = err;
       best = p;
