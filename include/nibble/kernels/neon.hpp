@@ -3,10 +3,11 @@
 // dotprod (__ARM_FEATURE_DOTPROD, e.g. -march=armv8.2-a+dotprod), else widening
 // multiplies (smull/smlal, then pairwise adds).
 //
-// One row at a time. Codes: a block's 16 bytes split into high nibbles (even
-// elements) and low nibbles (odd elements), matching the de-interleaved
-// activations. Table codebooks (nf4/fp4/iq4_nl) decode through vqtbl1q: in fast mode to int8 directly, in
-// exact mode as four byte planes of the float table, zipped back into floats.
+// Fast mode takes four rows at a time (one per float lane), exact mode one. Codes: a
+// block's 16 bytes split into high nibbles (even elements) and low nibbles (odd
+// elements), matching the de-interleaved activations. Table codebooks (nf4/fp4/iq4_nl)
+// decode through vqtbl1q: in fast mode to int8 directly, in exact mode as four byte
+// planes of the float table, zipped back into floats.
 // fast: the block's int32 sum is exact, and the float steps are the scalar
 // reference's, in its order, so results are bit-identical to it.
 #pragma once
@@ -17,6 +18,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "activation.hpp"
 #include "packed_matrix.hpp"
@@ -30,17 +32,85 @@ inline uint8x16_t load_codes(const PackedMatrix& W, std::size_t r, const BlockSp
   return vld1q_u8(W.bytes16(r, span.byte_begin, tmp));
 }
 
-inline std::int32_t block_dot(int8x16_t wh, int8x16_t wl, int8x16_t qe, int8x16_t qo) {
+// Four int32 partial sums whose total is the block's integer dot product.
+inline int32x4_t block_partials(int8x16_t wh, int8x16_t wl, int8x16_t qe, int8x16_t qo) {
 #if defined(__ARM_FEATURE_DOTPROD)
-  return vaddvq_s32(vdotq_s32(vdotq_s32(vdupq_n_s32(0), wh, qe), wl, qo));
+  return vdotq_s32(vdotq_s32(vdupq_n_s32(0), wh, qe), wl, qo);
 #else
   // |w·q| <= 127·127, so two products fit in int16.
   int16x8_t p0 = vmull_s8(vget_low_s8(wh), vget_low_s8(qe));
   p0 = vmlal_s8(p0, vget_low_s8(wl), vget_low_s8(qo));
   int16x8_t p1 = vmull_high_s8(wh, qe);
   p1 = vmlal_high_s8(p1, wl, qo);
-  return vaddvq_s32(vpadalq_s16(vpaddlq_s16(p0), p1));
+  return vpadalq_s16(vpaddlq_s16(p0), p1);
 #endif
+}
+
+inline std::int32_t block_dot(int8x16_t wh, int8x16_t wl, int8x16_t qe, int8x16_t qo) {
+  return vaddvq_s32(block_partials(wh, wl, qe, qo));
+}
+
+// A block's codes as int8 values: high nibbles (even elements), low nibbles (odd).
+template <bool kTable>
+inline void block_values(uint8x16_t v, int8x16_t table, int8x16_t& wh, int8x16_t& wl) {
+  wh = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+  wl = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
+  if (kTable) {
+    wh = vqtbl1q_s8(table, vreinterpretq_u8_s8(wh));
+    wl = vqtbl1q_s8(table, vreinterpretq_u8_s8(wl));
+  }
+}
+
+template <bool kTable>
+inline int32x4_t row_partials(uint8x16_t v, int8x16_t table, int8x16_t qe, int8x16_t qo) {
+  int8x16_t wh, wl;
+  block_values<kTable>(v, table, wh, wl);
+  return block_partials(wh, wl, qe, qo);
+}
+
+// Four rows (r … r+3, r a multiple of 4, so one row tile) at once, fast mode: each
+// row's block sum lands in one lane (two pairwise adds instead of four horizontal
+// sums), and the float steps run four rows wide in the scalar reference's order, so
+// results stay bit-identical to it.
+// sk[4g + j] = scale(r+j, g) · int8 factor; noff[4g + j] = −offset(r+j, g).
+template <bool kTable>
+inline void rows4_fast(const PackedMatrix& W, const PreparedActivations& p, float* Y, std::size_t r,
+                       const float* sk, const float* noff, int8x16_t table) {
+  const std::size_t G = W.groups_per_row(), rows = W.rows(), nb = W.block_count();
+  for (std::size_t b = 0; b < p.batch; ++b) {
+    float32x4_t y = vdupq_n_f32(0.0f);
+    for (std::size_t g = 0; g < G; ++g) {
+      const float32x4_t nof = vld1q_f32(noff + 4 * g);
+      float32x4_t a = vdupq_n_f32(0.0f);
+      for (std::size_t blk = W.first_block(g); blk < W.first_block(g + 1); ++blk) {
+        const std::size_t slot = b * nb + blk, k = W.blocks()[blk].byte_begin;
+        const std::int8_t* q = p.q.data() + slot * kActivationBlock;
+        const int8x16_t qe = vld1q_s8(q), qo = vld1q_s8(q + 16);
+        uint8x16_t v0, v1, v2, v3;
+        if (k % kChunkBytes <= kChunkBytes - 16) {  // within one chunk: the rows are kChunkBytes apart
+          const std::uint8_t* c = W.chunk(r / kTileRows, k / kChunkBytes) + (r % kTileRows) * kChunkBytes + k % kChunkBytes;
+          v0 = vld1q_u8(c);
+          v1 = vld1q_u8(c + kChunkBytes);
+          v2 = vld1q_u8(c + 2 * kChunkBytes);
+          v3 = vld1q_u8(c + 3 * kChunkBytes);
+        } else {
+          v0 = load_codes(W, r, W.blocks()[blk]);
+          v1 = load_codes(W, r + 1, W.blocks()[blk]);
+          v2 = load_codes(W, r + 2, W.blocks()[blk]);
+          v3 = load_codes(W, r + 3, W.blocks()[blk]);
+        }
+        const int32x4_t i = vpaddq_s32(
+            vpaddq_s32(row_partials<kTable>(v0, table, qe, qo), row_partials<kTable>(v1, table, qe, qo)),
+            vpaddq_s32(row_partials<kTable>(v2, table, qe, qo), row_partials<kTable>(v3, table, qe, qo)));
+        const float32x4_t t = vfmaq_f32(vcvtq_f32_s32(i), nof, vdupq_n_f32(p.qsum_f[slot]));  // i − off·qsum
+        a = vfmaq_f32(a, vdupq_n_f32(p.d[slot]), t);                                          // a + d·t
+      }
+      y = vfmaq_f32(y, vld1q_f32(sk + 4 * g), a);  // y + scale·k·a
+    }
+    float out[4];
+    vst1q_f32(out, y);
+    for (std::size_t j = 0; j < 4; ++j) Y[b * rows + r + j] = out[j];
+  }
 }
 
 inline void gemm_fast(const PackedMatrix& W, const PreparedActivations& p, float* Y, std::size_t r0,
@@ -49,31 +119,42 @@ inline void gemm_fast(const PackedMatrix& W, const PreparedActivations& p, float
   const bool table_cb = W.table_codebook();
   const int8x16_t table = vld1q_s8(W.int8_base_values().data());
   const float k = W.int8_factor();
-  const uint8x16_t mask = vdupq_n_u8(0x0F);
-  for (std::size_t r = r0; r < r1; ++r) {
+  thread_local std::vector<float> sk, noff;  // per thread, so no allocation once warm
+  sk.resize(4 * G);
+  noff.resize(4 * G);
+  std::size_t r = r0;
+  auto one_row = [&](std::size_t row) {
     for (std::size_t b = 0; b < p.batch; ++b) {
       float y = 0.0f;
       for (std::size_t g = 0; g < G; ++g) {
-        const float off = W.offset(r * G + g);
+        const float off = W.offset(row * G + g);
         float a = 0.0f;
         for (std::size_t blk = W.first_block(g); blk < W.first_block(g + 1); ++blk) {
           const std::size_t slot = b * nb + blk;
-          const uint8x16_t v = load_codes(W, r, W.blocks()[blk]);
-          int8x16_t wh = vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), wl = vreinterpretq_s8_u8(vandq_u8(v, mask));
-          if (table_cb) {
-            wh = vqtbl1q_s8(table, vreinterpretq_u8_s8(wh));
-            wl = vqtbl1q_s8(table, vreinterpretq_u8_s8(wl));
-          }
+          int8x16_t wh, wl;
+          const uint8x16_t v = load_codes(W, row, W.blocks()[blk]);
+          if (table_cb) block_values<true>(v, table, wh, wl);
+          else block_values<false>(v, table, wh, wl);
           const std::int8_t* q = p.q.data() + slot * kActivationBlock;
           const std::int32_t i = block_dot(wh, wl, vld1q_s8(q), vld1q_s8(q + 16));
           const float t = std::fma(-off, p.qsum_f[slot], static_cast<float>(i));
           a = std::fma(p.d[slot], t, a);
         }
-        y = std::fma(W.scale(r, g) * k, a, y);
+        y = std::fma(W.scale(row, g) * k, a, y);
       }
-      Y[b * rows + r] = y;
+      Y[b * rows + row] = y;
     }
+  };
+  for (; r < r1 && r % 4 != 0; ++r) one_row(r);  // up to a multiple of 4: then 4 rows share a tile
+  for (; r + 4 <= r1; r += 4) {
+    for (std::size_t j = 0; j < 4; ++j) {
+      W.decode_scales((r + j) * G, G, k, sk.data() + j, 4);
+      W.decode_negated_offsets((r + j) * G, G, noff.data() + j, 4);
+    }
+    if (table_cb) rows4_fast<true>(W, p, Y, r, sk.data(), noff.data(), table);
+    else rows4_fast<false>(W, p, Y, r, sk.data(), noff.data(), table);
   }
+  for (; r < r1; ++r) one_row(r);  // the last rows of the range
 }
 
 // 16 codes → 16 floats of the base values, in 4 vectors.
