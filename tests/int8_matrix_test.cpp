@@ -490,6 +490,9 @@ TEST(Int8Kernels, RequiredPathsArePresent) {
   const char* req = std::getenv("NIBBLE_TEST_REQUIRE");
   if (req == nullptr || *req == '\0') GTEST_SKIP() << "NIBBLE_TEST_REQUIRE not set";
   const std::string r = std::string(",") + req + ",";
+  if (r.find(",scalar,") != std::string::npos) {
+    EXPECT_EQ(nibble::detected_isa(), Isa::scalar);
+  }
   if (r.find(",avx512,") != std::string::npos) {
     EXPECT_TRUE(nibble::isa_available(Isa::avx512));
   }
