@@ -83,12 +83,11 @@ inline void rows4_fast(const PackedMatrix& W, const PreparedActivations& p, floa
       const float32x4_t nof = vld1q_f32(noff + 4 * g);
       float32x4_t a = vdupq_n_f32(0.0f);
       for (std::size_t blk = W.first_block(g); blk < W.first_block(g + 1); ++blk) {
-        const std::size_t slot = b * nb + blk, k = W.blocks()[blk].byte_begin;
+        const std::size_t slot = b * nb + blk;
         const std::int8_t* q = p.q.data() + slot * kActivationBlock;
         const int8x16_t qe = vld1q_s8(q), qo = vld1q_s8(q + 16);
         uint8x16_t v0, v1, v2, v3;
-        if (k % kChunkBytes <= kChunkBytes - 16) {  // within one chunk: the rows are kChunkBytes apart
-          const std::uint8_t* c = W.chunk(r / kTileRows, k / kChunkBytes) + (r % kTileRows) * kChunkBytes + k % kChunkBytes;
+        if (const std::uint8_t* c = W.bytes16_in_chunk(r, W.blocks()[blk].byte_begin)) {  // rows kChunkBytes apart
           v0 = vld1q_u8(c);
           v1 = vld1q_u8(c + kChunkBytes);
           v2 = vld1q_u8(c + 2 * kChunkBytes);

@@ -163,11 +163,16 @@ class PackedMatrix {
   std::uint8_t code_byte(std::size_t r, std::size_t k) const {
     return chunk(r / kTileRows, k / kChunkBytes)[(r % kTileRows) * kChunkBytes + k % kChunkBytes];
   }
+  // The 16 bytes from byte k of row r in place, when they lie in one chunk (then row
+  // r + 1 of the same tile has its bytes kChunkBytes further on); else nullptr.
+  const std::uint8_t* bytes16_in_chunk(std::size_t r, std::size_t k) const {
+    if (k % kChunkBytes > kChunkBytes - 16) return nullptr;
+    return chunk(r / kTileRows, k / kChunkBytes) + (r % kTileRows) * kChunkBytes + k % kChunkBytes;
+  }
   // 16 readable bytes starting at byte k of row r: in place when they lie in one
   // chunk, else gathered into tmp (bytes past the padded row read as 0).
   const std::uint8_t* bytes16(std::size_t r, std::size_t k, std::uint8_t* tmp) const {
-    if (k % kChunkBytes <= kChunkBytes - 16)
-      return chunk(r / kTileRows, k / kChunkBytes) + (r % kTileRows) * kChunkBytes + k % kChunkBytes;
+    if (const std::uint8_t* in_place = bytes16_in_chunk(r, k)) return in_place;
     for (std::size_t j = 0; j < 16; ++j) tmp[j] = k + j < chunks_ * kChunkBytes ? code_byte(r, k + j) : 0;
     return tmp;
   }
