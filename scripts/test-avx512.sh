@@ -8,22 +8,32 @@
 # NIBBLE_TEST_REQUIRE makes the run fail if the guest CPU did not offer the path,
 # so a misconfigured emulator cannot pass by skipping. On a CPU with AVX-512 the
 # normal presets (dev, asan) run these kernels natively as well.
+#
+#   scripts/test-avx512.sh [BUILD_DIR]
+# BUILD_DIR: a build tree that has kernels_test_static and int8_matrix_test_static
+# (the dev preset links them from its own objects, so scripts/test.sh compiles nothing
+# here); without it, build/avx512-static is configured and built for just these two.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-build=build/avx512-static
 tests=(kernels_test int8_matrix_test)
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_EXE_LINKER_FLAGS=-static \
-  -DNIBBLE_TEST_ONLY="$(IFS=';'; echo "${tests[*]}")" -DNIBBLE_BUILD_BENCHMARKS=OFF -DNIBBLE_BUILD_EXAMPLES=OFF \
-  -DNIBBLE_BUILD_TOOLS=OFF >/dev/null
-cmake --build "$build" -j"$(nproc)" --target "${tests[@]}" 2>&1 | grep -v "getaddrinfo\|gtest-all.cc" || true
-for test in "${tests[@]}"; do test -x "$build/tests/$test"; done
+build=${1:-}
+if [ -z "$build" ]; then
+  build=build/avx512-static
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DNIBBLE_TEST_STATIC="$(IFS=';'; echo "${tests[*]}")" \
+    -DNIBBLE_TEST_ONLY="$(IFS=';'; echo "${tests[*]}")" -DNIBBLE_BUILD_BENCHMARKS=OFF -DNIBBLE_BUILD_EXAMPLES=OFF \
+    -DNIBBLE_BUILD_TOOLS=OFF >/dev/null
+  cmake --build "$build" -j"$(nproc)" --target "${tests[@]/%/_static}" 2>&1 | grep -v "getaddrinfo\|gtest-all.cc" || true
+fi
+for test in "${tests[@]}"; do
+  test -x "$build/tests/${test}_static" || { echo "test-avx512: $build/tests/${test}_static was not built" >&2; exit 1; }
+done
 # One CPU model's runs, one after the other, into its own log.
 run_cpu() {
   local cpu=$1 require=$2 test status
   for test in "${tests[@]}"; do
     echo "=== $test under bochs, cpu=$cpu ==="
     status=0
-    scripts/bochs/run_static.sh --cpu "$cpu" --env "NIBBLE_TEST_REQUIRE=$require" "$build/tests/$test" 2>&1 || status=$?
+    scripts/bochs/run_static.sh --cpu "$cpu" --env "NIBBLE_TEST_REQUIRE=$require" "$build/tests/${test}_static" 2>&1 || status=$?
     echo "=== $test cpu=$cpu status $status ==="
   done
 }

@@ -61,7 +61,9 @@ void expect_error_containing(const std::function<void()>& f, const std::string& 
 
 TEST(GptqCheckpoint, SymmetricZerosAreTheKnownConstants) {
   const QuantizedMatrix m = make(Codebook::int4_sym, 32, ScaleFormat::f16, 16, 64, 1);
-  for (auto [format, word] : {std::pair{io::GptqFormat::v1, 0x77777777u}, std::pair{io::GptqFormat::v2, 0x88888888u}}) {
+  for (const auto& [format_in_list, word] :
+       {std::pair{io::GptqFormat::v1, 0x77777777u}, std::pair{io::GptqFormat::v2, 0x88888888u}}) {
+    const io::GptqFormat format = format_in_list;  // C++17 lambdas cannot capture a structured binding
     const auto r = write_and_open("sym.safetensors", [&](SafetensorsWriter& w) { io::write_gptq(w, "l", m, format); });
     for (std::uint32_t z : r.values<std::uint32_t>("l.qzeros", io::DType::I32)) EXPECT_EQ(z, word);
     EXPECT_EQ(r.info("l.qweight").shape, (std::vector<std::uint64_t>{8, 16}));

@@ -483,19 +483,25 @@ TEST(WeightedFit, WithinAHairOfExhaustiveFp16Search) {
       std::uint8_t codes[32];
       const std::uint16_t h = fit_block_weighted(x.data(), imp.data(), n, cb, codes);
       const double ours = weighted_block_error(x.data(), imp.data(), n, cb, half_to_float(h), codes);
-      // Every finite fp16 scale of either sign with the nearest codes for it.
+      // Every finite fp16 scale of either sign with the nearest codes for it. The 16
+      // grid points d * v[c] in ascending order put the nearest one to x[j] next to where
+      // x[j] would be inserted, so two candidates per weight give the minimum over all
+      // 16 (the same value as trying each; a quarter of the time, which counts under ASan).
       double brute = INFINITY;
       const auto& v = codebook_values(cb);
+      ASSERT_TRUE(std::is_sorted(v.begin(), v.end()));
       for (std::uint32_t bits = 0; bits < 0x10000; ++bits) {
         const float d = half_to_float(static_cast<std::uint16_t>(bits));
         if (!std::isfinite(d)) continue;
+        double grid[16];
+        for (int c = 0; c < 16; ++c) grid[d < 0 ? 15 - c : c] = static_cast<double>(d * v[c]);
         double e = 0.0;
         for (std::size_t j = 0; j < n; ++j) {
+          const double xj = static_cast<double>(x[j]);
+          const double* above = std::lower_bound(grid, grid + 16, xj);
           double best_j = INFINITY;
-          for (int c = 0; c < 16; ++c) {
-            const double r = static_cast<double>(x[j]) - static_cast<double>(d * v[c]);
-            best_j = std::min(best_j, r * r);
-          }
+          if (above != grid + 16) best_j = (xj - *above) * (xj - *above);
+          if (above != grid) best_j = std::min(best_j, (xj - above[-1]) * (xj - above[-1]));
           e += imp[j] * best_j;
         }
         brute = std::min(brute, e);
