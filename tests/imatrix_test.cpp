@@ -486,7 +486,7 @@ TEST(WeightedFit, WithinAHairOfExhaustiveFp16Search) {
       // Every finite fp16 scale of either sign with the nearest codes for it. The 16
       // grid points d * v[c] in ascending order put the nearest one to x[j] next to where
       // x[j] would be inserted, so two candidates per weight give the minimum over all
-      // 16 (the same value as trying each; a quarter of the time, which counts under ASan).
+      // 16 (the same value as trying each; a third of the time: 94 -> 32 s under ASan).
       double brute = INFINITY;
       const auto& v = codebook_values(cb);
       ASSERT_TRUE(std::is_sorted(v.begin(), v.end()));
