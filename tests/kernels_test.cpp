@@ -20,6 +20,7 @@ namespace {
 
 using nibble::ActivationMode;
 using nibble::Codebook;
+using nibble::CodeLayout;
 using nibble::GemvOptions;
 using nibble::Isa;
 using nibble::PackedMatrix;
@@ -37,6 +38,10 @@ std::vector<Isa> simd_isas() {
     if (nibble::isa_available(isa)) out.push_back(isa);
   return out;
 }
+
+const CodeLayout kLayouts[] = {CodeLayout::row_tiles, CodeLayout::row_panels};
+
+const char* layout_name(CodeLayout l) { return l == CodeLayout::row_tiles ? "row_tiles" : "row_panels"; }
 
 enum class ZeroKind { uint4, f32, f16 };
 
@@ -134,7 +139,9 @@ TEST(PackedMatrix, RoundTripsLosslessly) {
     for (Codebook cb : kCodebooks)
       for (ScaleFormat sf : kScaleFormats) {
         const QuantizedMatrix q = random_matrix(s.rows, s.cols, s.gs, cb, sf, 7);
-        const PackedMatrix W(q);
+        for (CodeLayout layout : kLayouts) {
+        const PackedMatrix W(q, layout);
+        EXPECT_EQ(W.code_layout(), layout);
         const QuantizedMatrix u = W.unpack();
         EXPECT_EQ(u.rows(), q.rows());
         EXPECT_EQ(u.cols(), q.cols());
@@ -145,6 +152,7 @@ TEST(PackedMatrix, RoundTripsLosslessly) {
         EXPECT_EQ(u.scales().decode(), q.scales().decode());
         EXPECT_EQ(u.decoded_zeros(), q.decoded_zeros());
         EXPECT_EQ(W.weight_bytes(), q.storage_bytes());
+        }
       }
 }
 
@@ -237,7 +245,7 @@ TEST(SimdPaths, ExactCloseToScalarAndFastBitExact) {
           for (ZeroKind zk : {ZeroKind::uint4, ZeroKind::f32}) {
             if (zk != ZeroKind::uint4 && cb != Codebook::uint4_asym) continue;
             const QuantizedMatrix q = random_matrix(s.rows, s.cols, s.gs, cb, sf, 21, zk);
-            const PackedMatrix W(q);
+            const PackedMatrix W(q, nibble::preferred_code_layout(isa));  // the layout its kernels read
             for (std::size_t batch : {std::size_t{1}, std::size_t{3}, std::size_t{6}}) {
               const auto X = random_activations(batch * s.cols, 9);
               const auto mag = magnitudes(q, X.data(), batch);
@@ -256,56 +264,80 @@ TEST(SimdPaths, ExactCloseToScalarAndFastBitExact) {
           }
 }
 
-// Batches from kPanelMinBatch on take the AVX-512 VNNI panel kernels (16 rows per panel,
-// decoded once per call): every shape, codebook, scale and zero format, with panels cut
-// short by the matrix and by the threads' row ranges (2 threads), and batch remainders
-// of the 4-row step. Bit for bit equal to the scalar reference.
-#if defined(NIBBLE_HAVE_AVX2_KERNELS)
-constexpr std::size_t kPanelBatch = nibble::detail::avx512::kPanelMinBatch;
-#else
-constexpr std::size_t kPanelBatch = 16;
-#endif
-
+// The AVX-512 VNNI row-panel kernels at the batch steps the test above does not reach
+// (4 rows at a time, and 4 plus a remainder at prompt sizes), with panels cut short by
+// the matrix and by the threads' row ranges (2 threads): every shape, codebook, scale
+// and zero format, bit for bit equal to the scalar reference.
 TEST(SimdPaths, PanelBatchesBitExact) {
-  // Only AVX-512 VNNI has panels. Other paths run these batches on their tile kernels,
-  // whose batch steps the tests around this one cover (batches 1, 3, 6 in every format;
-  // up to 64 in one); under bochs each extra path here would cost half a minute.
+  // Only AVX-512 VNNI has panel kernels; other paths run a row_panels matrix on the
+  // scalar kernels (Layouts.EveryPathGivesTheSameBitsOnEitherLayout). Under bochs each
+  // extra path here would cost half a minute.
   if (!nibble::isa_available(Isa::avx512) || !nibble::cpu_features().avx512vnni)
     GTEST_SKIP() << "no AVX-512 VNNI on this CPU/build: no panel kernels to test";
-  const Isa isas[] = {Isa::avx512};
-  // 24 × 1100 at batch 16 is worth two threads (thread_count), split after tile 1: the
-  // second thread's range starts at row 8 and the first is a lone tile.
+  // 40 × 1100 at batch 4 is worth two threads (thread_count), split after panel 1: the
+  // second thread's range starts at row 16 and ends with a panel of 8 rows.
   std::vector<Shape> shapes(std::begin(kShapes), std::end(kShapes));
-  shapes.push_back({24, 1100, 32});
-  shapes.push_back({24, 1100, 128});
-  for (Isa isa : isas)
-    for (const Shape& s : shapes)
-      for (Codebook cb : kCodebooks)
-        for (ScaleFormat sf : kScaleFormats)
-          for (ZeroKind zk : {ZeroKind::uint4, ZeroKind::f32, ZeroKind::f16}) {
-            if (zk != ZeroKind::uint4 && cb != Codebook::uint4_asym) continue;
-            const QuantizedMatrix q = random_matrix(s.rows, s.cols, s.gs, cb, sf, 23, zk);
-            const PackedMatrix W(q);
-            for (std::size_t batch : {kPanelBatch, kPanelBatch + 5}) {
-              const auto X = random_activations(batch * s.cols, 10);
-              const auto ref = run(Isa::scalar, W, X, batch, ActivationMode::fast);
-              for (int threads : {1, 2}) {
-                const auto got = run(isa, W, X, batch, ActivationMode::fast, threads);
-                for (std::size_t i = 0; i < ref.size(); ++i)
-                  ASSERT_EQ(std::memcmp(&got[i], &ref[i], sizeof(float)), 0)
-                      << nibble::to_string(isa) << " " << label(s, cb, sf) << " batch " << batch << " threads "
-                      << threads << " i " << i << ": " << got[i] << " vs " << ref[i];
-              }
+  shapes.push_back({40, 1100, 32});
+  shapes.push_back({40, 1100, 128});
+  for (const Shape& s : shapes)
+    for (Codebook cb : kCodebooks)
+      for (ScaleFormat sf : kScaleFormats)
+        for (ZeroKind zk : {ZeroKind::uint4, ZeroKind::f32, ZeroKind::f16}) {
+          if (zk != ZeroKind::uint4 && cb != Codebook::uint4_asym) continue;
+          const QuantizedMatrix q = random_matrix(s.rows, s.cols, s.gs, cb, sf, 23, zk);
+          const PackedMatrix W(q, CodeLayout::row_panels);
+          for (std::size_t batch : {std::size_t{4}, std::size_t{21}}) {
+            const auto X = random_activations(batch * s.cols, 10);
+            const auto ref = run(Isa::scalar, W, X, batch, ActivationMode::fast);
+            for (int threads : {1, 2}) {
+              const auto got = run(Isa::avx512, W, X, batch, ActivationMode::fast, threads);
+              for (std::size_t i = 0; i < ref.size(); ++i)
+                ASSERT_EQ(std::memcmp(&got[i], &ref[i], sizeof(float)), 0)
+                    << label(s, cb, sf) << " batch " << batch << " threads " << threads << " i " << i << ": "
+                    << got[i] << " vs " << ref[i];
             }
           }
+        }
+}
+
+// A matrix packed for one path stays correct on every other: each path on each layout
+// (its own kernels, or the scalar ones where it has none for that layout) gives the
+// scalar reference's bits on row_tiles in fast mode, and its exact result within rounding.
+TEST(Layouts, EveryPathGivesTheSameBitsOnEitherLayout) {
+  std::vector<Isa> isas = simd_isas();
+  isas.push_back(Isa::scalar);
+  const Shape shapes[] = {{21, 96, 96}, {9, 224, 32}, {11, 257, 32}, {13, 67, 2}, {40, 208, 16}};
+  for (const Shape& s : shapes)
+    for (Codebook cb : {Codebook::int4_sym, Codebook::uint4_asym, Codebook::nf4}) {
+      const QuantizedMatrix q = random_matrix(s.rows, s.cols, s.gs, cb, ScaleFormat::f16, 29, ZeroKind::f32);
+      const PackedMatrix tiles(q, CodeLayout::row_tiles), panels(q, CodeLayout::row_panels);
+      const std::size_t batch = 5;
+      const auto X = random_activations(batch * s.cols, 12);
+      const auto ref = run(Isa::scalar, tiles, X, batch, ActivationMode::fast);
+      const auto ref_exact = run(Isa::scalar, tiles, X, batch, ActivationMode::exact);
+      const auto mag = magnitudes(q, X.data(), batch);
+      for (Isa isa : isas)
+        for (const PackedMatrix* W : {&tiles, &panels}) {
+          const auto got = run(isa, *W, X, batch, ActivationMode::fast, 2);
+          const auto got_exact = run(isa, *W, X, batch, ActivationMode::exact, 2);
+          for (std::size_t i = 0; i < ref.size(); ++i) {
+            ASSERT_EQ(std::memcmp(&got[i], &ref[i], sizeof(float)), 0)
+                << nibble::to_string(isa) << " " << layout_name(W->code_layout()) << " " << label(s, cb, ScaleFormat::f16)
+                << " i " << i;
+            ASSERT_NEAR(got_exact[i], ref_exact[i], 2e-6 * mag[i] + 1e-30)
+                << nibble::to_string(isa) << " exact " << layout_name(W->code_layout()) << " i " << i;
+          }
+        }
+    }
 }
 
 TEST(SimdPaths, BatchesUpTo64AndUnalignedPointers) {
   std::vector<Isa> isas = simd_isas();
   isas.push_back(Isa::scalar);
   const QuantizedMatrix q = random_matrix(19, 100, 20, Codebook::nf4, ScaleFormat::f16, 4);
-  const PackedMatrix W(q);
+  for (CodeLayout layout : kLayouts)
   for (std::size_t batch : {1, 2, 5, 8, 31, 64}) {
+    const PackedMatrix W(q, layout);
     // Offset both buffers by one float so neither is 32-byte aligned.
     std::vector<float> xbuf(batch * q.cols() + 1), ybuf(batch * q.rows() + 1, 0.0f);
     const auto X = random_activations(batch * q.cols(), static_cast<std::uint32_t>(batch));
@@ -346,7 +378,8 @@ TEST(SimdPaths, ExtremeCodesAndActivationsDoNotOverflow) {
         nibble::ZeroPoints zeros;
         if (cb == Codebook::uint4_asym) zeros = nibble::ZeroPoints::uint4(std::vector<std::uint8_t>(groups, 0));
         const QuantizedMatrix q(rows, cols, 128, cb, codes, scales, zeros);
-        const PackedMatrix W(q);
+        for (CodeLayout layout : kLayouts) {
+        const PackedMatrix W(q, layout);
         const std::vector<float> x(cols, sign);
         const auto ref = run(Isa::scalar, W, x, 1, ActivationMode::fast);
         // Independent value: every block has q = ±127 and d = 1/127, so y = Σ_c w8(code)·sign·k.
@@ -362,6 +395,7 @@ TEST(SimdPaths, ExtremeCodesAndActivationsDoNotOverflow) {
             ASSERT_NEAR(got[r], want, 1e-4 * std::fabs(want) + 1e-6) << nibble::to_string(isa) << " " << nibble::to_string(cb);
           }
         }
+        }
       }
 }
 
@@ -371,12 +405,14 @@ TEST(Threads, AnyThreadCountGivesIdenticalResults) {
   // Large enough that every thread count below really splits the rows (small products
   // stay on one thread: detail::kMinWorkPerThread).
   const QuantizedMatrix q = random_matrix(45, 1600, 32, Codebook::uint4_asym, ScaleFormat::bf16, 2);
-  const PackedMatrix W(q);
   const auto X = random_activations(4 * q.cols(), 3);
   EXPECT_EQ(nibble::detail::thread_count(45, 1600, 4, 7), 4u);
+  EXPECT_EQ(nibble::detail::thread_count(45, 1600, 4, 7, nibble::kPanelRows), 3u);  // 16-row panels
   EXPECT_EQ(nibble::detail::thread_count(64, 64, 1, 2), 1u);
+  for (CodeLayout layout : kLayouts)
   for (Isa isa : isas)
     for (ActivationMode mode : {ActivationMode::exact, ActivationMode::fast}) {
+      const PackedMatrix W(q, layout);
       const auto y1 = run(isa, W, X, 4, mode, 1);
       for (int t : {2, 3, 7, 64}) EXPECT_EQ(run(isa, W, X, 4, mode, t), y1) << nibble::to_string(isa) << " t=" << t;
     }

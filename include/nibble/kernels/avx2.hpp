@@ -43,10 +43,13 @@ inline constexpr std::size_t kPrefetchBytes = 8192;
 NIBBLE_TARGET_AVX2 inline __m128i load_code_bytes(const PackedMatrix& W, std::size_t t, std::size_t i,
                                                   const BlockSpan& span) {
   const std::size_t k = span.byte_begin;
+  alignas(16) std::uint8_t tmp[16];
+  if (W.code_layout() == CodeLayout::row_panels)  // four dwords 64 bytes apart (exact mode reads rows this way)
+    return _mm_loadu_si128(reinterpret_cast<const __m128i*>(W.bytes16(t * kTileRows + i, k, tmp)));
   if (k % kChunkBytes <= kChunkBytes - 16)  // inside one chunk: bytes past a short block are multiplied by 0
     return _mm_loadu_si128(reinterpret_cast<const __m128i*>(W.chunk(t, k / kChunkBytes) + i * kChunkBytes +
                                                             k % kChunkBytes));
-  alignas(16) std::uint8_t tmp[16];  // straddles two chunks (group sizes that are not a multiple of 32)
+  // straddles two chunks (group sizes that are not a multiple of 32)
   return _mm_loadu_si128(reinterpret_cast<const __m128i*>(W.bytes16(t * kTileRows + i, k, tmp)));
 }
 
@@ -227,16 +230,12 @@ NIBBLE_TARGET_AVX2 inline float scale_at(const PackedMatrix& W, std::size_t r, s
   return W.scale(r, g);
 }
 
-// Scales of groups at .. at + 7 (f32, f16 or dq8), bit-identical to PackedMatrix::scale:
-// F16C conversion is exact, and double quantization is one fused multiply-add of the
-// map value and block absmax, as std::fma there.
-// Only for matrices without the tile-ordered fp16 copy (then the row-ordered one exists).
+// Double-quantized scales of groups at .. at + 7, bit-identical to PackedMatrix::scale:
+// one fused multiply-add of the map value and block absmax, as std::fma there. (f32 and
+// f16 scales are read from their tile-ordered copies instead.)
 NIBBLE_TARGET_AVX2 inline __m256 decode8_scales(const PackedMatrix& W, std::size_t at) {
   const ScaleArray& s = W.row_ordered_scales();
   switch (W.scale_format()) {
-    case ScaleFormat::f32: return _mm256_loadu_ps(s.f32_values().data() + at);
-    case ScaleFormat::f16:
-      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s.raw16().data() + at)));
     case ScaleFormat::dq8: {
       // Gathers are slow on this AMD core (measured no faster than scalar decoding), so the
       // eight map values are plain loads, and the block absmax is one broadcast unless the
@@ -256,32 +255,9 @@ NIBBLE_TARGET_AVX2 inline __m256 decode8_scales(const PackedMatrix& W, std::size
       }
       return _mm256_fmadd_ps(values, absmax2, _mm256_set1_ps(s.dq_offset()));
     }
-    case ScaleFormat::bf16: break;
+    default: break;
   }
   detail::throw_error("decode8_scales: unsupported scale format");
-}
-
-// −zero of groups at .. at + 7 for uint4 zero points, the values
-// PackedMatrix::decode_negated_offsets gives. Group a's zero is the nibble at a in the
-// canonical order (high nibble of byte a/2 when a is even): with p = (at & 1) + k, lane
-// k takes bits 8·(p/2) + (p even ? 4 : 0) of the bytes from at/2 on.
-NIBBLE_TARGET_AVX2 inline __m256 negated_zeros8(const PackedMatrix& W, std::size_t at) {
-  const std::vector<std::uint8_t>& packed = W.zeros().packed;
-  std::uint8_t bytes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  std::memcpy(bytes, packed.data() + at / 2, std::min<std::size_t>(8, packed.size() - at / 2));
-  std::int32_t lo, hi;  // bytes 0-3 and 4-7
-  std::memcpy(&lo, bytes, 4);
-  std::memcpy(&hi, bytes + 4, 4);
-  __m256i v, shift;
-  if (at % 2 == 0) {
-    v = _mm256_set1_epi32(lo);
-    shift = _mm256_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24);
-  } else {  // the eighth nibble is the high half of byte 4
-    v = _mm256_setr_epi32(lo, lo, lo, lo, lo, lo, lo, hi);
-    shift = _mm256_setr_epi32(0, 12, 8, 20, 16, 28, 24, 4);
-  }
-  const __m256i zeros = _mm256_and_si256(_mm256_srlv_epi32(v, shift), _mm256_set1_epi32(0x0F));
-  return _mm256_xor_ps(_mm256_cvtepi32_ps(zeros), _mm256_set1_ps(-0.0f));  // −z, also −0 for 0 as in the scalar code
 }
 
 // Per group g, the scale·k (sv[8g + i]) and −offset (nov[8g + i]) of rows r + i of a
@@ -296,16 +272,21 @@ NIBBLE_TARGET_AVX2 inline const float* tile_scales(const PackedMatrix& W, std::s
   const float k = W.int8_factor();
   std::size_t first[8];
   for (std::size_t i = 0; i < 8; ++i) first[i] = (r + std::min(i, nr - 1)) * G;
-  // Scales: widened 8 at a time from the tile-ordered fp16 copy (PackedMatrix::
-  // build_tile_order) where there is one, else decoded 8 groups × 8 rows at a time
-  // (each row's 8 scales times k, transposed into sv[8g + i]).
+  // Scales: times k, read 8 at a time from the tile-ordered fp16 or f32 copy
+  // (PackedMatrix::build_tile_order) where there is one, else (dq8) decoded 8 groups ×
+  // 8 rows at a time and transposed into sv[8g + i]; bf16 and the groups left over one
+  // by one.
+  const std::size_t H = W.tile_order_rows();  // group g of the tile-ordered copies at + H·g
   std::size_t g_done = 0;  // groups whose scales are already in sv
+  const __m256 kv = _mm256_set1_ps(k);
   if (const std::uint16_t* s16 = W.tile_scales16(t)) {
     for (; g_done < G; ++g_done)
-      _mm256_storeu_ps(sv + 8 * g_done,
-                       _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s16 + 8 * g_done))));
-  } else if (W.scale_format() != ScaleFormat::bf16) {
-    const __m256 kv = _mm256_set1_ps(k);
+      _mm256_storeu_ps(sv + 8 * g_done, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(
+                                                          reinterpret_cast<const __m128i*>(s16 + H * g_done))),
+                                                      kv));
+  } else if (const float* s32 = W.tile_scales32(t)) {
+    for (; g_done < G; ++g_done) _mm256_storeu_ps(sv + 8 * g_done, _mm256_mul_ps(_mm256_loadu_ps(s32 + H * g_done), kv));
+  } else if (W.scale_format() == ScaleFormat::dq8) {
     for (; g_done + 8 <= G; g_done += 8) {
       __m256 m[8];
       for (std::size_t i = 0; i < 8; ++i) m[i] = _mm256_mul_ps(decode8_scales(W, first[i] + g_done), kv);
@@ -313,36 +294,31 @@ NIBBLE_TARGET_AVX2 inline const float* tile_scales(const PackedMatrix& W, std::s
       for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(sv + 8 * (g_done + j), m[j]);
     }
   }
-  // −Offsets: the tile-ordered f32 copy is read in place; fp16 ones are widened; uint4
-  // zero points are decoded 8 groups × 8 rows at a time.
+  // −Offsets: the tile-ordered f32 copy is read in place (8-row tiles; copied for 16-row
+  // panels); fp16 ones and uint4 zero points are widened 8 at a time.
   const float* offsets = nov;
   std::size_t nov_done = 0;  // groups whose −offsets are already in place
   if (const float* o32 = W.tile_offsets32(t)) {  // float zero points (HQQ, GGUF Q4_1 imports)
-    offsets = o32;
+    if (H == kTileRows) {
+      offsets = o32;
+    } else {
+      for (std::size_t g = 0; g < G; ++g) _mm256_storeu_ps(nov + 8 * g, _mm256_loadu_ps(o32 + H * g));
+    }
     nov_done = G;
   } else if (const std::uint16_t* o16 = W.tile_offsets16(t)) {
     for (; nov_done < G; ++nov_done)
       _mm256_storeu_ps(nov + 8 * nov_done,
-                       _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(o16 + 8 * nov_done))));
-  } else if (W.codebook() == Codebook::uint4_asym && W.zeros().format == ZeroFormat::uint4) {
-    for (; nov_done + 8 <= G; nov_done += 8) {
-      __m256 m[8];
-      for (std::size_t i = 0; i < 8; ++i) m[i] = negated_zeros8(W, first[i] + nov_done);
-      transpose8(m);
-      for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(nov + 8 * (nov_done + j), m[j]);
+                       _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(o16 + H * nov_done))));
+  } else if (const std::uint8_t* z8 = W.tile_zeros8(t)) {  // −z, also −0 for 0 as in the scalar code
+    for (; nov_done < G; ++nov_done) {
+      const __m256i z = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(z8 + H * nov_done)));
+      _mm256_storeu_ps(nov + 8 * nov_done, _mm256_xor_ps(_mm256_cvtepi32_ps(z), _mm256_set1_ps(-0.0f)));
     }
   }
   for (std::size_t i = 0; i < 8; ++i) {
-    // Groups left over exist only without the tile-ordered copy, so the row-ordered
-    // scales are there.
-    if (g_done < G) {
-      if (W.scale_format() == ScaleFormat::f16) {
-        const std::uint16_t* h = W.row_ordered_scales().raw16().data() + first[i];
-        for (std::size_t g = g_done; g < G; ++g) sv[8 * g + i] = _cvtsh_ss(h[g]) * k;
-      } else {
-        W.decode_scales(first[i] + g_done, G - g_done, k, sv + 8 * g_done + i, 8);
-      }
-    }
+    // Groups left over (bf16, and dq8 past a multiple of 8) exist only without a
+    // tile-ordered copy.
+    if (g_done < G) W.decode_scales(first[i] + g_done, G - g_done, k, sv + 8 * g_done + i, 8);
     if ((W.codebook() == Codebook::uint4_asym || first_tile) && nov_done < G)
       W.decode_negated_offsets(first[i] + nov_done, G - nov_done, nov + 8 * nov_done + i, 8);
   }

@@ -191,222 +191,9 @@ NIBBLE_TARGET_AVX512 inline void fast_rows(const PackedMatrix& W, const Prepared
                                                                                                        r1);
 }
 
-// ---- Batches (prompt processing): 16-row panels, one row per int32 lane ----------
-//
-// With many activation rows the tile kernels above spend most of their instructions
-// on horizontal sums and on float steps for 8 rows at a time. Here a panel of 16 rows
-// (two tiles) is decoded once into per-thread scratch, laid out so that vpdpbusd with
-// one activation dword broadcast to all lanes adds 4 products to each of the 16 rows'
-// sums: no horizontal sums, and the float steps run 16 rows per vector in the scalar
-// reference's order (so results equal it bit for bit, as everywhere in fast mode).
-// Block blk of the panel is 8 vectors at + 512·blk: vector m holds, for each row, the
-// 4 unsigned codes that meet activation bytes 4m..4m+3 of the block (m < 4: the even
-// elements 4m..4m+3, high nibbles; m >= 4: odd elements 4(m−4).., low nibbles), table
-// codebooks already looked up as w + 128. VNNI only: without it the unsigned w + 128
-// of a table would overflow maddubs' 16-bit pairs.
-// Lane e of a panel vector is panel row 4·(e % 4) + e / 4: a 4 × 4 transpose of the
-// natural order, which is what the cheapest decoding of the tile layout gives. Scales
-// are laid out the same way, and results go back to row order when stored (the
-// transpose is its own inverse).
-
-// From this batch on, gemm_fast takes the panel path: the per-call decoding of the
-// panels is paid back somewhere between 8 and 16 batch rows (4096² g32, AMD EPYC Zen 4,
-// 1 thread: batch 8 measured 0–9% slower than the tile kernels in four alternating runs,
-// batch 32 1.5× faster).
-inline constexpr std::size_t kPanelMinBatch = 16;
-inline constexpr std::size_t kPanelRows = 16;
-inline constexpr std::size_t kPanelBlockBytes = 8 * 64;
-
-// The lane permutation between panel order and row order (either way).
-NIBBLE_TARGET_AVX512 inline __m512i panel_transpose() {
-  return _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-}
-
-// 8 floats at lo, then 8 at hi.
-NIBBLE_TARGET_AVX512 inline __m512 join8(const float* lo, const float* hi) {
-  const __m512d v = _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_loadu_ps(lo)));
-  return _mm512_castpd_ps(_mm512_insertf64x4(v, _mm256_castps_pd(_mm256_loadu_ps(hi)), 1));
-}
-
-// rows[n] holds 16 code bytes of panel rows 4n .. 4n + 3 in its 128-bit lanes 0..3.
-// Transposes dwords (lane L of vector m ends as dword m of rows L, 4 + L, 8 + L, 12 + L:
-// the panel order above), splits the nibbles and stores the block's 8 vectors.
-template <bool kTable>
-NIBBLE_TARGET_AVX512 __attribute__((always_inline)) inline void store_panel_block(const __m512i* rows, __m512i table,
-                                                                                   std::uint8_t* dst) {
-  const __m512i t0 = _mm512_unpacklo_epi32(rows[0], rows[1]), t1 = _mm512_unpackhi_epi32(rows[0], rows[1]);
-  const __m512i t2 = _mm512_unpacklo_epi32(rows[2], rows[3]), t3 = _mm512_unpackhi_epi32(rows[2], rows[3]);
-  const __m512i dwords[4] = {_mm512_unpacklo_epi64(t0, t2), _mm512_unpackhi_epi64(t0, t2),
-                             _mm512_unpacklo_epi64(t1, t3), _mm512_unpackhi_epi64(t1, t3)};
-  const __m512i low4 = _mm512_set1_epi8(0x0F);
-  for (std::size_t m = 0; m < 4; ++m) {
-    __m512i even = _mm512_and_si512(_mm512_srli_epi16(dwords[m], 4), low4);
-    __m512i odd = _mm512_and_si512(dwords[m], low4);
-    if constexpr (kTable) {
-      even = _mm512_shuffle_epi8(table, even);
-      odd = _mm512_shuffle_epi8(table, odd);
-    }
-    _mm512_storeu_si512(dst + 64 * m, even);
-    _mm512_storeu_si512(dst + 64 * (m + 4), odd);
-  }
-}
-
-// Decodes the codes of rows 8t .. 8t + 15 (tile t, and tile t + 1 when second_tile;
-// otherwise those rows are zero) into panel scratch. Lanes past the panel's rows are
-// computed but never stored (masked), whatever their scales.
-template <bool kTable>
-NIBBLE_TARGET_AVX512 inline void decode_panel(const PackedMatrix& W, std::size_t t, bool second_tile, __m512i table,
-                                              std::uint8_t* out) {
-  const std::size_t nb = W.block_count();
-  const BlockSpan* spans = W.blocks();
-  for (std::size_t blk = 0; blk < nb;) {
-    std::uint8_t* dst = out + blk * kPanelBlockBytes;
-    if (blk + 1 < nb && spans[blk].byte_begin % kChunkBytes == 0 && spans[blk].elements == kActivationBlock &&
-        spans[blk + 1].elements == kActivationBlock) {
-      // Two full blocks filling a 32-byte chunk: each tile's 8 rows are 4 vectors of 2
-      // rows (in the 128-bit lanes: row 2k block A, block B, row 2k + 1 block A, block B).
-      const std::size_t c = spans[blk].byte_begin / kChunkBytes;
-      __m512i z[8];
-      for (std::size_t k = 0; k < 4; ++k) {
-        z[k] = _mm512_loadu_si512(W.chunk(t, c) + 64 * k);
-        z[4 + k] = second_tile ? _mm512_loadu_si512(W.chunk(t + 1, c) + 64 * k) : _mm512_setzero_si512();
-      }
-      __m512i rows_a[4], rows_b[4];  // panel rows 4n .. 4n + 3 of block A / B
-      for (std::size_t n = 0; n < 4; ++n) {
-        rows_a[n] = _mm512_shuffle_i64x2(z[2 * n], z[2 * n + 1], _MM_SHUFFLE(2, 0, 2, 0));
-        rows_b[n] = _mm512_shuffle_i64x2(z[2 * n], z[2 * n + 1], _MM_SHUFFLE(3, 1, 3, 1));
-      }
-      store_panel_block<kTable>(rows_a, table, dst);
-      store_panel_block<kTable>(rows_b, table, dst + kPanelBlockBytes);
-      blk += 2;
-      continue;
-    }
-    __m512i rows[4];  // any other block: 16 code bytes per row, row by row
-    for (std::size_t n = 0; n < 4; ++n) {
-      const std::size_t tile = t + n / 2, i = 4 * (n % 2);
-      if (n >= 2 && !second_tile) {
-        rows[n] = _mm512_setzero_si512();
-        continue;
-      }
-      __m512i v = _mm512_castsi128_si512(avx2::load_code_bytes(W, tile, i, spans[blk]));
-      v = _mm512_inserti32x4(v, avx2::load_code_bytes(W, tile, i + 1, spans[blk]), 1);
-      v = _mm512_inserti32x4(v, avx2::load_code_bytes(W, tile, i + 2, spans[blk]), 2);
-      rows[n] = _mm512_inserti32x4(v, avx2::load_code_bytes(W, tile, i + 3, spans[blk]), 3);
-    }
-    store_panel_block<kTable>(rows, table, dst);
-    ++blk;
-  }
-}
-
-// t_b of one block of activation slot `slot` for the panel's 16 rows (w: the block's 8
-// decoded vectors).
-template <bool kTable>
-NIBBLE_TARGET_AVX512 __attribute__((always_inline)) inline __m512 panel_block_sum(const __m512i* w,
-                                                                                   const PreparedActivations& p,
-                                                                                   std::size_t slot, __m512 neg_off) {
-  const std::int32_t* qd = reinterpret_cast<const std::int32_t*>(p.q.data()) + slot * (kActivationBlock / 4);
-  // Two chains (even and odd elements) so consecutive vpdpbusd do not wait on each other.
-  __m512i even = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], _mm512_set1_epi32(qd[0]));
-  __m512i odd = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[4], _mm512_set1_epi32(qd[4]));
-  for (int m = 1; m < 4; ++m) {
-    even = _mm512_dpbusd_epi32(even, w[m], _mm512_set1_epi32(qd[m]));
-    odd = _mm512_dpbusd_epi32(odd, w[m + 4], _mm512_set1_epi32(qd[m + 4]));
-  }
-  __m512i isum = _mm512_add_epi32(even, odd);
-  if constexpr (kTable) isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(p.qsum[slot] * 128));
-  // t_b = fma(−offset, Σq, i_b), as accumulate_block.
-  return _mm512_fmadd_ps(neg_off, _mm512_set1_ps(p.qsum_f[slot]), _mm512_cvtepi32_ps(isum));
-}
-
-// Batch rows [b0, b0 + NB) of one decoded panel: Y rows r .. r + nr − 1. sv / nov: per
-// group g, the panel rows' scale·k and −offset at 16g + lane. kOneBlockGroups: every
-// group is one block (group size 32), so the group loop is the block loop.
-template <bool kTable, bool kOneBlockGroups, int NB>
-NIBBLE_TARGET_AVX512 inline void panel_rows(const PackedMatrix& W, const PreparedActivations& p,
-                                            const std::uint8_t* codes, const float* sv, const float* nov, float* Y,
-                                            std::size_t r, std::size_t nr, std::size_t b0) {
-  const std::size_t G = W.groups_per_row(), nb = W.block_count(), rows = W.rows();
-  __m512 y[NB];
-  for (int j = 0; j < NB; ++j) y[j] = _mm512_setzero_ps();
-  for (std::size_t g = 0; g < G; ++g) {
-    const __m512 neg_off = _mm512_loadu_ps(nov + kPanelRows * g);
-    __m512 a[NB];
-    for (int j = 0; j < NB; ++j) a[j] = _mm512_setzero_ps();
-    const std::size_t blk_begin = kOneBlockGroups ? g : W.first_block(g);
-    const std::size_t blk_end = kOneBlockGroups ? g + 1 : W.first_block(g + 1);
-    for (std::size_t blk = blk_begin; blk < blk_end; ++blk) {
-      const std::uint8_t* wb = codes + blk * kPanelBlockBytes;
-      __m512i w[8];
-      for (int m = 0; m < 8; ++m) w[m] = _mm512_loadu_si512(wb + 64 * m);
-      for (int j = 0; j < NB; ++j) {
-        const std::size_t slot = (b0 + static_cast<std::size_t>(j)) * nb + blk;
-        a[j] = _mm512_fmadd_ps(_mm512_set1_ps(p.d[slot]), panel_block_sum<kTable>(w, p, slot, neg_off), a[j]);
-      }
-    }
-    const __m512 s = _mm512_loadu_ps(sv + kPanelRows * g);
-    for (int j = 0; j < NB; ++j) y[j] = _mm512_fmadd_ps(s, a[j], y[j]);
-  }
-  const __mmask16 keep = static_cast<__mmask16>((1u << nr) - 1);
-  for (int j = 0; j < NB; ++j)
-    _mm512_mask_storeu_ps(Y + (b0 + static_cast<std::size_t>(j)) * rows + r, keep,
-                          _mm512_permutexvar_ps(panel_transpose(), y[j]));
-}
-
-// Rows [r0, r1) (r0 a multiple of 8) for the whole batch, panel by panel.
-template <bool kTable>
-NIBBLE_TARGET_AVX512 inline void panel_gemm(const PackedMatrix& W, const PreparedActivations& p, float* Y,
-                                            std::size_t r0, std::size_t r1) {
-  const std::size_t G = W.groups_per_row();
-  const __m512i table = codes_table<true>(W);
-  // Per-thread scratch kept across calls: the decoded panel, its scales and −offsets,
-  // and tile_scales' per-tile output.
-  thread_local std::vector<std::uint8_t> codes;
-  thread_local std::vector<float> sv, nov, tile_sv[2], tile_nov[2];
-  codes.resize(W.block_count() * kPanelBlockBytes);
-  sv.resize(kPanelRows * G);
-  nov.resize(kPanelRows * G);
-  for (std::size_t half = 0; half < 2; ++half) {
-    tile_sv[half].resize(kTileRows * G);
-    tile_nov[half].resize(kTileRows * G);
-  }
-  // The batch kernels, 4 rows and 1 row at a time, for this matrix's group layout.
-  using PanelRowsFn = decltype(&panel_rows<kTable, true, 4>);
-  const bool one_block_groups = W.block_count() == G;
-  const PanelRowsFn rows4 = one_block_groups ? &panel_rows<kTable, true, 4> : &panel_rows<kTable, false, 4>;
-  const PanelRowsFn rows1 = one_block_groups ? &panel_rows<kTable, true, 1> : &panel_rows<kTable, false, 1>;
-  for (std::size_t r = r0; r < r1; r += kPanelRows) {
-    const std::size_t nr = std::min(kPanelRows, r1 - r), t = r / kTileRows;
-    const bool second_tile = nr > kTileRows;
-    decode_panel<kTable>(W, t, second_tile, table, codes.data());
-    // tile_scales fills the −offsets of codebooks whose offsets do not vary by row only
-    // on the first tile it is given (first_tile); each tile has its own buffers here.
-    const float* offsets[2];
-    for (std::size_t half = 0; half < (second_tile ? 2u : 1u); ++half) {
-      const std::size_t hr = r + half * kTileRows;
-      offsets[half] = avx2::tile_scales(W, hr, std::min(kTileRows, r1 - hr), r == r0, tile_sv[half].data(),
-                                        tile_nov[half].data());
-    }
-    if (!second_tile) offsets[1] = tile_nov[1].data();  // lanes that are never stored
-    for (std::size_t g = 0; g < G; ++g) {  // the tiles' rows 0..7, 0..7 → panel order
-      const __m512 s16 = join8(tile_sv[0].data() + 8 * g, tile_sv[1].data() + 8 * g);
-      const __m512 o16 = join8(offsets[0] + 8 * g, offsets[1] + 8 * g);
-      _mm512_storeu_ps(sv.data() + kPanelRows * g, _mm512_permutexvar_ps(panel_transpose(), s16));
-      _mm512_storeu_ps(nov.data() + kPanelRows * g, _mm512_permutexvar_ps(panel_transpose(), o16));
-    }
-    std::size_t b = 0;
-    for (; b + 4 <= p.batch; b += 4) rows4(W, p, codes.data(), sv.data(), nov.data(), Y, r, nr, b);
-    for (; b < p.batch; ++b) rows1(W, p, codes.data(), sv.data(), nov.data(), Y, r, nr, b);
-  }
-}
-
-// vnni: whether to use vpdpbusd (cpu.hpp's avx512vnni).
+// vnni: whether to use vpdpbusd (cpu.hpp's avx512vnni). Row tiles (CodeLayout::row_tiles).
 NIBBLE_TARGET_AVX512 inline void gemm_fast(const PackedMatrix& W, const PreparedActivations& p, float* Y,
                                            std::size_t r0, std::size_t r1, bool vnni) {
-  if (vnni && p.batch >= kPanelMinBatch) {
-    if (W.table_codebook()) panel_gemm<true>(W, p, Y, r0, r1);
-    else panel_gemm<false>(W, p, Y, r0, r1);
-    return;
-  }
   if (W.table_codebook()) {
     if (vnni) fast_rows<true, true>(W, p, Y, r0, r1);
     else fast_rows<true, false>(W, p, Y, r0, r1);
@@ -414,6 +201,200 @@ NIBBLE_TARGET_AVX512 inline void gemm_fast(const PackedMatrix& W, const Prepared
     if (vnni) fast_rows<false, true>(W, p, Y, r0, r1);
     else fast_rows<false, false>(W, p, Y, r0, r1);
   }
+}
+
+// ---- Row panels (CodeLayout::row_panels), VNNI: 16 rows, one row per int32 lane ----
+//
+// Block blk of panel pn is 4 vectors of 64 bytes (PackedMatrix::panel_dword): vector m
+// holds code bytes 4m .. 4m + 3 of the block for each of the 16 rows. Their high
+// nibbles are even elements, which meet dword m of the block's de-interleaved
+// activations; their low nibbles meet dword 4 + m. vpdpbusd with that dword broadcast
+// to all lanes adds 4 products to each row's sum: no horizontal sums, no shuffles, and
+// the float steps run 16 rows per vector in the scalar reference's order, so results
+// equal it bit for bit (as everywhere in fast mode), at every batch size.
+// int4/uint4 codes are multiplied where they lie: v & 0xF0 is 16·code, and the even
+// sums are shifted right by 4 after (exact: they are multiples of 16 far below 2^31).
+// Table codebooks look up w + 128 (unsigned) and subtract 128·Σq of the block.
+
+// 8 floats at lo, then 8 at hi.
+NIBBLE_TARGET_AVX512 inline __m512 join8(const float* lo, const float* hi) {
+  const __m512d v = _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_loadu_ps(lo)));
+  return _mm512_castpd_ps(_mm512_insertf64x4(v, _mm256_castps_pd(_mm256_loadu_ps(hi)), 1));
+}
+
+// The codes of one block of panel pn, ready for vpdpbusd: even[m] / odd[m] meet
+// activation dwords m / 4 + m. A block that does not start on a dword, or would read
+// past the stored dwords (ragged group sizes), is gathered byte by byte; bytes past a
+// short block meet zero activations.
+template <bool kTable>
+NIBBLE_TARGET_AVX512 __attribute__((always_inline)) inline void panel_block_codes(const PackedMatrix& W,
+                                                                                   std::size_t pn,
+                                                                                   const BlockSpan& span,
+                                                                                   __m512i table, __m512i* even,
+                                                                                   __m512i* odd) {
+  const std::size_t k = span.byte_begin;
+  __m512i v[4];
+  if (k % 4 == 0 && k / 4 + 4 <= W.panel_dwords()) {
+    const std::uint8_t* src = W.panel_dword(pn, k / 4);
+    // The panel is one sequential stream; into L2 as avx2::pair_chunk explains.
+    const std::uintptr_t ahead = reinterpret_cast<std::uintptr_t>(src) + avx2::kPrefetchBytes;
+    for (std::size_t m = 0; m < 4; ++m) {
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + 64 * m), _MM_HINT_T1);
+      v[m] = _mm512_loadu_si512(src + 64 * m);
+    }
+  } else {
+    alignas(64) std::uint8_t tmp[4 * 64];
+    for (std::size_t i = 0; i < kPanelRows; ++i)
+      for (std::size_t j = 0; j < 16; ++j) tmp[(j / 4) * 64 + 4 * i + j % 4] = W.code_byte(pn * kPanelRows + i, k + j);
+    for (std::size_t m = 0; m < 4; ++m) v[m] = _mm512_load_si512(tmp + 64 * m);
+  }
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  for (std::size_t m = 0; m < 4; ++m) {
+    if constexpr (kTable) {
+      even[m] = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v[m], 4), low4));
+      odd[m] = _mm512_shuffle_epi8(table, _mm512_and_si512(v[m], low4));
+    } else {
+      even[m] = _mm512_andnot_si512(low4, v[m]);  // 16·code
+      odd[m] = _mm512_and_si512(v[m], low4);
+    }
+  }
+}
+
+// t_b = fma(−offset, Σq, i_b) of one block of activation slot `slot` for the panel's
+// 16 rows, as accumulate_block.
+template <bool kTable>
+NIBBLE_TARGET_AVX512 __attribute__((always_inline)) inline __m512 panel_block_sum(const __m512i* even,
+                                                                                   const __m512i* odd,
+                                                                                   const PreparedActivations& p,
+                                                                                   std::size_t slot, __m512 neg_off) {
+  const std::int32_t* qd = reinterpret_cast<const std::int32_t*>(p.q.data()) + slot * (kActivationBlock / 4);
+  // Two chains (even and odd elements) so consecutive vpdpbusd do not wait on each other.
+  __m512i e = _mm512_dpbusd_epi32(_mm512_setzero_si512(), even[0], _mm512_set1_epi32(qd[0]));
+  __m512i o = _mm512_dpbusd_epi32(_mm512_setzero_si512(), odd[0], _mm512_set1_epi32(qd[4]));
+  for (int m = 1; m < 4; ++m) {
+    e = _mm512_dpbusd_epi32(e, even[m], _mm512_set1_epi32(qd[m]));
+    o = _mm512_dpbusd_epi32(o, odd[m], _mm512_set1_epi32(qd[m + 4]));
+  }
+  __m512i isum;
+  if constexpr (kTable) isum = _mm512_sub_epi32(_mm512_add_epi32(e, o), _mm512_set1_epi32(p.qsum[slot] * 128));
+  else isum = _mm512_add_epi32(_mm512_srai_epi32(e, 4), o);
+  return _mm512_fmadd_ps(neg_off, _mm512_set1_ps(p.qsum_f[slot]), _mm512_cvtepi32_ps(isum));
+}
+
+// Batch rows [b0, b0 + NB) of panel pn: Y rows r .. r + nr − 1. Per group g the 16 rows'
+// scales come from the fp16 tile-ordered copy s16 (kF16Scales) or from sv, times k
+// (fast mode's factor where they are the stored scales, 1 where sv has it already), and
+// their −offsets from the tile-ordered uint4 zeros z8 or fp16 zeros o16 where given,
+// else from nov, at 16g + lane. kOneBlockGroups: every group is one block
+// (group size 32), so the group loop is the block loop.
+template <bool kTable, bool kOneBlockGroups, bool kF16Scales, int NB>
+NIBBLE_TARGET_AVX512 inline void panel_rows(const PackedMatrix& W, const PreparedActivations& p, std::size_t pn,
+                                            const std::uint16_t* s16, const float* sv, float k,
+                                            const std::uint8_t* z8, const std::uint16_t* o16, const float* nov,
+                                            __m512i table, float* Y, std::size_t r, std::size_t nr, std::size_t b0) {
+  const std::size_t G = W.groups_per_row(), nb = W.block_count(), rows = W.rows();
+  const BlockSpan* spans = W.blocks();
+  __m512 y[NB];
+  for (int j = 0; j < NB; ++j) y[j] = _mm512_setzero_ps();
+  for (std::size_t g = 0; g < G; ++g) {
+    __m512 neg_off;
+    if (z8 != nullptr)  // −z, also −0 for 0 as in the scalar code
+      neg_off = _mm512_castsi512_ps(_mm512_xor_si512(
+          _mm512_castps_si512(_mm512_cvtepi32_ps(
+              _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(z8 + kPanelRows * g))))),
+          _mm512_set1_epi32(static_cast<int>(0x80000000u))));
+    else if (o16 != nullptr)
+      neg_off = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(o16 + kPanelRows * g)));
+    else
+      neg_off = _mm512_loadu_ps(nov + kPanelRows * g);
+    __m512 a[NB];
+    for (int j = 0; j < NB; ++j) a[j] = _mm512_setzero_ps();
+    const std::size_t blk_begin = kOneBlockGroups ? g : W.first_block(g);
+    const std::size_t blk_end = kOneBlockGroups ? g + 1 : W.first_block(g + 1);
+    for (std::size_t blk = blk_begin; blk < blk_end; ++blk) {
+      __m512i even[4], odd[4];
+      panel_block_codes<kTable>(W, pn, spans[blk], table, even, odd);
+      for (int j = 0; j < NB; ++j) {
+        const std::size_t slot = (b0 + static_cast<std::size_t>(j)) * nb + blk;
+        a[j] = _mm512_fmadd_ps(_mm512_set1_ps(p.d[slot]), panel_block_sum<kTable>(even, odd, p, slot, neg_off), a[j]);
+      }
+    }
+    const __m512 s = _mm512_mul_ps(
+        kF16Scales ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s16 + kPanelRows * g)))
+                   : _mm512_loadu_ps(sv + kPanelRows * g),
+        _mm512_set1_ps(k));
+    for (int j = 0; j < NB; ++j) y[j] = _mm512_fmadd_ps(s, a[j], y[j]);
+  }
+  const __mmask16 keep = static_cast<__mmask16>((1u << nr) - 1);
+  for (int j = 0; j < NB; ++j) _mm512_mask_storeu_ps(Y + (b0 + static_cast<std::size_t>(j)) * rows + r, keep, y[j]);
+}
+
+// Rows [r0, r1) (r0 a multiple of 16) for the whole batch, panel by panel.
+template <bool kTable, bool kOneBlockGroups, bool kF16Scales>
+NIBBLE_TARGET_AVX512 inline void panel_gemm_rows(const PackedMatrix& W, const PreparedActivations& p, float* Y,
+                                                 std::size_t r0, std::size_t r1) {
+  const std::size_t G = W.groups_per_row();
+  const __m512i table = codes_table<true>(W);
+  // Per-thread scratch kept across calls: the panel's scales and −offsets, and
+  // tile_scales' output for its two 8-row halves.
+  thread_local std::vector<float> sv, nov, tile_sv[2], tile_nov[2];
+  sv.resize(kPanelRows * G);
+  nov.resize(kPanelRows * G);
+  for (std::size_t half = 0; half < 2; ++half) {
+    tile_sv[half].resize(kTileRows * G);
+    tile_nov[half].resize(kTileRows * G);
+  }
+  // Scales and zeros are read in place from the tile-ordered copies where there are
+  // some (f16 / f32 scales; every zero format); the rest (bf16 / dq8 scales) is decoded
+  // per panel, and the offsets that do not vary by row (all but uint4_asym) once per
+  // call (tile_scales' first_tile).
+  for (std::size_t r = r0; r < r1; r += kPanelRows) {
+    const std::size_t nr = std::min(kPanelRows, r1 - r), pn = r / kPanelRows;
+    const float* o32 = W.tile_offsets32(pn * 2);
+    const float* s32 = W.tile_scales32(pn * 2);
+    const std::uint8_t* z8 = W.tile_zeros8(pn * 2);
+    const std::uint16_t* o16 = W.tile_offsets16(pn * 2);
+    const bool scales_in_place = kF16Scales || s32 != nullptr;
+    if (!scales_in_place || r == r0) {
+      for (std::size_t half = 0; half < (nr > kTileRows ? 2u : 1u); ++half) {
+        const std::size_t hr = r + half * kTileRows;
+        avx2::tile_scales(W, hr, std::min(kTileRows, r1 - hr), r == r0, tile_sv[half].data(), tile_nov[half].data());
+      }
+      // Lanes 8..15 of a panel with 8 rows or fewer are never stored, whatever they hold.
+      for (std::size_t g = 0; g < G; ++g) {
+        _mm512_storeu_ps(sv.data() + kPanelRows * g, join8(tile_sv[0].data() + 8 * g, tile_sv[1].data() + 8 * g));
+        _mm512_storeu_ps(nov.data() + kPanelRows * g, join8(tile_nov[0].data() + 8 * g, tile_nov[1].data() + 8 * g));
+      }
+    }
+    const std::uint16_t* s16 = W.tile_scales16(pn * 2);
+    const float* svp = s32 != nullptr ? s32 : sv.data();
+    const float k = scales_in_place ? W.int8_factor() : 1.0f;
+    const float* nv = o32 != nullptr ? o32 : nov.data();
+    std::size_t b = 0;
+    for (; b + 4 <= p.batch; b += 4)
+      panel_rows<kTable, kOneBlockGroups, kF16Scales, 4>(W, p, pn, s16, svp, k, z8, o16, nv, table, Y, r, nr, b);
+    for (; b < p.batch; ++b)
+      panel_rows<kTable, kOneBlockGroups, kF16Scales, 1>(W, p, pn, s16, svp, k, z8, o16, nv, table, Y, r, nr, b);
+  }
+}
+
+template <bool kTable>
+NIBBLE_TARGET_AVX512 inline void panel_gemm_for(const PackedMatrix& W, const PreparedActivations& p, float* Y,
+                                                std::size_t r0, std::size_t r1) {
+  const bool one_block_groups = W.block_count() == W.groups_per_row();
+  const bool f16 = W.tile_scales16(0) != nullptr;
+  if (one_block_groups && f16) panel_gemm_rows<kTable, true, true>(W, p, Y, r0, r1);
+  else if (one_block_groups) panel_gemm_rows<kTable, true, false>(W, p, Y, r0, r1);
+  else if (f16) panel_gemm_rows<kTable, false, true>(W, p, Y, r0, r1);
+  else panel_gemm_rows<kTable, false, false>(W, p, Y, r0, r1);
+}
+
+// Fast mode on a row_panels matrix (VNNI only: without it the unsigned w + 128 of a
+// table would overflow maddubs' 16-bit pairs).
+NIBBLE_TARGET_AVX512 inline void panel_gemm(const PackedMatrix& W, const PreparedActivations& p, float* Y,
+                                            std::size_t r0, std::size_t r1) {
+  if (W.table_codebook()) panel_gemm_for<true>(W, p, Y, r0, r1);
+  else panel_gemm_for<false>(W, p, Y, r0, r1);
 }
 
 template <int NB>

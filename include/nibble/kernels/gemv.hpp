@@ -35,7 +35,8 @@ inline constexpr int kMaxThreads = 256;
 
 namespace detail {
 
-// Threads split the rows in whole tiles of this many rows (the AVX2 tile height).
+// Threads split the rows in whole tiles of this many rows (the AVX2 tile height) unless
+// the matrix asks for more (PackedMatrix::rows_per_split: 16-row panels).
 inline constexpr std::size_t kRowTile = 8;
 
 // A thread is only given work worth waking it for: at least this many multiply-adds
@@ -45,8 +46,9 @@ inline constexpr std::size_t kRowTile = 8;
 inline constexpr std::size_t kMinWorkPerThread = std::size_t{1} << 16;
 
 // Threads a call of rows × cols × batch multiply-adds uses (threads requested: t).
-inline std::size_t thread_count(std::size_t rows, std::size_t cols, std::size_t batch, int t) {
-  const std::size_t tiles = (rows + kRowTile - 1) / kRowTile;
+inline std::size_t thread_count(std::size_t rows, std::size_t cols, std::size_t batch, int t,
+                                std::size_t unit = kRowTile) {
+  const std::size_t tiles = (rows + unit - 1) / unit;
   // rows·cols fits (the matrices check it); times the batch it may not, so that saturates.
   const std::size_t macs = std::max<std::size_t>(1, rows * cols);
   const std::size_t work =
@@ -54,15 +56,16 @@ inline std::size_t thread_count(std::size_t rows, std::size_t cols, std::size_t 
   return std::max<std::size_t>(1, std::min({static_cast<std::size_t>(t), tiles, work}));
 }
 
-// Runs rows(r0, r1) over [0, rows) split in whole row tiles among thread_count(...)
-// threads of the pool (shared by the 4-bit and the 8-bit gemm).
+// Runs rows(r0, r1) over [0, rows) split in whole units of `unit` rows among
+// thread_count(...) threads of the pool (shared by the 4-bit and the 8-bit gemm).
 template <class RunRows>
-void split_rows(std::size_t rows, std::size_t cols, std::size_t batch, int threads, RunRows&& run_rows_fn) {
-  const std::size_t tiles = (rows + kRowTile - 1) / kRowTile;
-  const std::size_t n = thread_count(rows, cols, batch, threads);
+void split_rows(std::size_t rows, std::size_t cols, std::size_t batch, int threads, RunRows&& run_rows_fn,
+                std::size_t unit = kRowTile) {
+  const std::size_t tiles = (rows + unit - 1) / unit;
+  const std::size_t n = thread_count(rows, cols, batch, threads, unit);
   const std::function<void(std::size_t)> task = [&](std::size_t t) {
-    const std::size_t r0 = std::min(rows, tiles * t / n * kRowTile);
-    const std::size_t r1 = std::min(rows, tiles * (t + 1) / n * kRowTile);
+    const std::size_t r0 = std::min(rows, tiles * t / n * unit);
+    const std::size_t r1 = std::min(rows, tiles * (t + 1) / n * unit);
     if (r0 < r1) run_rows_fn(r0, r1);
   };
   ThreadPool::instance().run(n, task);
@@ -88,30 +91,37 @@ inline FullBlockQuantizer full_block_quantizer(Isa isa) {
   return nullptr;
 }
 
+// Each path runs its own kernels on the layout they are written for (row_tiles, or
+// row_panels for AVX-512 VNNI fast mode); AVX2 and AVX-512 exact mode also read
+// row_panels (through PackedMatrix::bytes16). Other combinations take the scalar
+// kernels, which read any layout and give the same bits.
 inline void run_rows(Isa isa, const PackedMatrix& W, ActivationMode mode, const float* X, std::size_t batch,
                      const PreparedActivations& p, float* Y, std::size_t r0, std::size_t r1) {
+  const bool tiles = W.code_layout() == CodeLayout::row_tiles;
   switch (isa) {
 #if defined(NIBBLE_HAVE_AVX2_KERNELS)
     case Isa::avx2:
-      if (mode == ActivationMode::exact) avx2::gemm_exact(W, p, Y, r0, r1);
-      else avx2::gemm_fast(W, p, Y, r0, r1);
-      return;
+      if (mode == ActivationMode::exact) return avx2::gemm_exact(W, p, Y, r0, r1);
+      if (tiles) return avx2::gemm_fast(W, p, Y, r0, r1);
+      break;
     case Isa::avx512:
-      if (mode == ActivationMode::exact) avx512::gemm_exact(W, p, Y, r0, r1);
-      else avx512::gemm_fast(W, p, Y, r0, r1, cpu_features().avx512vnni);
-      return;
+      if (mode == ActivationMode::exact) return avx512::gemm_exact(W, p, Y, r0, r1);
+      if (!tiles && cpu_features().avx512vnni) return avx512::panel_gemm(W, p, Y, r0, r1);
+      if (tiles) return avx512::gemm_fast(W, p, Y, r0, r1, cpu_features().avx512vnni);
+      break;
 #endif
 #if defined(NIBBLE_HAVE_NEON_KERNELS)
     case Isa::neon:
+      if (!tiles) break;
       if (mode == ActivationMode::exact) neon::gemm_exact(W, p, Y, r0, r1);
       else neon::gemm_fast(W, p, Y, r0, r1);
       return;
 #endif
     default:
-      if (mode == ActivationMode::exact) scalar::gemm_exact(W, X, batch, Y, r0, r1);
-      else scalar::gemm_fast(W, p, Y, r0, r1);
-      return;
+      break;
   }
+  if (mode == ActivationMode::exact) scalar::gemm_exact(W, X, batch, Y, r0, r1);
+  else scalar::gemm_fast(W, p, Y, r0, r1);
 }
 
 }  // namespace detail
@@ -134,8 +144,10 @@ inline void gemm(const PackedMatrix& W, const float* X, std::size_t batch, float
       detail::check_finite_activation(X[i], i / W.cols(), i % W.cols());
 
   const detail::PreparedActivations& p = prepared;
-  detail::split_rows(W.rows(), W.cols(), batch, opt.threads,
-                     [&](std::size_t r0, std::size_t r1) { detail::run_rows(isa, W, opt.mode, X, batch, p, Y, r0, r1); });
+  detail::split_rows(
+      W.rows(), W.cols(), batch, opt.threads,
+      [&](std::size_t r0, std::size_t r1) { detail::run_rows(isa, W, opt.mode, X, batch, p, Y, r0, r1); },
+      W.rows_per_split());
 }
 
 inline void gemv(const PackedMatrix& W, const float* x, float* y, const GemvOptions& opt = {}) {
