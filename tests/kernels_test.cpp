@@ -1,6 +1,7 @@
 // Kernels: every ISA path available at run time against the scalar reference,
-// the scalar reference against q.dequantize() * x, threads, dispatch, bad input;
-// the attention softmax (kernels/softmax*.hpp) the same way.
+// the scalar reference against q.dequantize() * x, threads, dispatch, bad input.
+// The attention kernels' tests (softmax, decode attention) are attention_kernels_test.cpp,
+// built into the same executable.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,7 +14,6 @@
 #include <thread>
 #include <vector>
 
-#include <nibble/kernels/softmax.hpp>
 #include <nibble/nibble.hpp>
 
 namespace {
@@ -606,69 +606,6 @@ TEST(FastActivations, SimdBlockQuantizerEqualsTheScalarRule) {
 #else
   GTEST_SKIP() << "x86-64 only";
 #endif
-}
-
-// The attention softmax: its exp against double precision, the rows against a double
-// softmax, and every SIMD path against the scalar specification bit for bit (lengths
-// around the 16-lane steps, scores large enough that some exps underflow to 0).
-TEST(Softmax, ExpIsAccurateAndFlushesOnlyBelowMinus87) {
-  float worst = 0.0f;
-  for (int i = 0; i <= 200000; ++i) {
-    const float x = -87.0f + 88.0f * static_cast<float>(i) / 200000.0f;  // [-87, 1]
-    const double ref = std::exp(static_cast<double>(x));
-    const float got = nibble::detail::exp_for_softmax(x);
-    worst = std::max(worst, static_cast<float>(std::fabs(got - ref) / ref));
-  }
-  EXPECT_LT(worst, 3.0e-7f);  // 2.5 ulp of float
-  EXPECT_EQ(nibble::detail::exp_for_softmax(0.0f), 1.0f);
-  EXPECT_EQ(nibble::detail::exp_for_softmax(-87.5f), 0.0f);
-  EXPECT_EQ(nibble::detail::exp_for_softmax(-INFINITY), 0.0f);
-  EXPECT_TRUE(std::isnan(nibble::detail::exp_for_softmax(std::nanf(""))));
-}
-
-TEST(Softmax, EveryPathEqualsTheScalarSpecification) {
-  std::mt19937 rng(11);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<std::size_t> lengths;
-  for (std::size_t n = 1; n <= 70; ++n) lengths.push_back(n);
-  lengths.push_back(1000);
-  for (float spread : {0.01f, 1.0f, 30.0f, 300.0f})
-    for (std::size_t n : lengths) {
-      std::vector<float> v(n);
-      for (float& e : v) e = spread * normal(rng);
-      std::vector<float> spec = v;
-      nibble::detail::softmax(spec.data(), n, Isa::scalar);
-      // The specification against a softmax in double.
-      const double mx = *std::max_element(v.begin(), v.end());
-      double sum = 0;
-      for (float e : v) sum += std::exp(static_cast<double>(e) - mx);
-      for (std::size_t i = 0; i < n; ++i)
-        ASSERT_NEAR(spec[i], std::exp(static_cast<double>(v[i]) - mx) / sum, 1e-6) << "n=" << n << " i=" << i;
-      for (Isa isa : simd_isas()) {
-        std::vector<float> got = v;
-        nibble::detail::softmax(got.data(), n, isa);
-        ASSERT_EQ(0, std::memcmp(got.data(), spec.data(), n * sizeof(float)))
-            << nibble::to_string(isa) << " n=" << n << " spread=" << spread;
-      }
-    }
-}
-
-TEST(Softmax, NonFiniteScores) {
-  std::vector<Isa> isas = simd_isas();
-  isas.push_back(Isa::scalar);
-  for (Isa isa : isas) {
-    for (std::size_t n : {std::size_t{5}, std::size_t{16}, std::size_t{37}}) {
-      std::vector<float> v(n, 1.0f);
-      v[n / 2] = -INFINITY;  // a masked-out score: weight 0, the others share 1
-      nibble::detail::softmax(v.data(), n, isa);
-      EXPECT_EQ(v[n / 2], 0.0f) << nibble::to_string(isa);
-      EXPECT_FLOAT_EQ(v[0], 1.0f / static_cast<float>(n - 1)) << nibble::to_string(isa);
-      std::fill(v.begin(), v.end(), 1.0f);
-      v[n - 1] = std::nanf("");  // NaN anywhere poisons the whole row, never a plausible number
-      nibble::detail::softmax(v.data(), n, isa);
-      for (float e : v) EXPECT_TRUE(std::isnan(e)) << nibble::to_string(isa) << " n=" << n;
-    }
-  }
 }
 
 }  // namespace

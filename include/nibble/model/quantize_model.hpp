@@ -352,8 +352,9 @@ void calibrate_sequential(Transformer& model, const std::vector<std::vector<int>
     quantize_stage(l, LinearSite::attention_input, static_cast<const RowMatrixXf&>(stack_rows(part)));
     parallel_for(n, threads, [&](std::size_t s) {
       const RowMatrixXf xb = std::move(part[s]);
-      RowMatrixXf K(xb.rows(), c.kv_dim()), V(xb.rows(), c.kv_dim());
-      model.attention(l, xb, K, V, 0, part[s]);
+      const int positions = static_cast<int>(xb.rows());
+      RowMatrixXf K(Eigen::Index{c.n_kv_heads} * positions, c.head_size()), V(K.rows(), K.cols());  // KvCache's layout
+      model.attention(l, xb, K, V, positions, 0, part[s]);
     });
     quantize_stage(l, LinearSite::attention_output, static_cast<const RowMatrixXf&>(stack_rows(part)));
     parallel_for(n, threads, [&](std::size_t s) {

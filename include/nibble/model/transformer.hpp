@@ -26,6 +26,7 @@
 #include "../core/error.hpp"
 #include "../core/workers.hpp"
 #include "../format/quantized_matrix.hpp"
+#include "../kernels/attention.hpp"
 #include "../kernels/gemv.hpp"
 #include "../kernels/int8_gemv.hpp"
 #include "../kernels/packed_matrix.hpp"
@@ -193,11 +194,15 @@ struct TransformerLayer {
 };
 
 // Keys and values of every past position, per layer. Rows are allocated for the
-// capacity asked for (new_cache), not for the model's whole context.
+// capacity asked for (new_cache), not for the model's whole context. Each KV head's
+// positions are contiguous (head g at rows [g·capacity, (g+1)·capacity), one head_size
+// row per position): decode reads a head's keys and values as two plain streams, where
+// position-major rows (every head side by side) made it stride through them.
 struct KvCache {
-  std::vector<RowMatrixXf> keys, values;  // per layer: capacity × kv_dim
+  std::vector<RowMatrixXf> keys, values;  // per layer: n_kv_heads·capacity × head_size
   int length = 0;
-  int capacity() const { return keys.empty() ? 0 : static_cast<int>(keys.front().rows()); }
+  int positions = 0;  // capacity
+  int capacity() const { return positions; }
 };
 
 // How quantized weights run when a Transformer is built from LlamaWeights.
@@ -211,6 +216,8 @@ struct Transformer {
   LlamaConfig config;
   // Attention's query rows go in blocks of this many (see attention()).
   static constexpr Eigen::Index kAttentionBlock = 64;
+  // Chunks of at most this many rows (decode) take attention one row at a time.
+  static constexpr Eigen::Index kRowByRowRows = 4;
   StoredMatrix token_embedding;
   Linear output;  // vocab × dim: the classifier (shares the embedding's storage when tied)
   std::vector<TransformerLayer> layers;
@@ -296,9 +303,11 @@ struct Transformer {
     detail::require(capacity > 0 && capacity <= config.seq_len, "KV cache of ", capacity,
                     " positions (the model's context is ", config.seq_len, ")");
     KvCache c;
+    c.positions = capacity;
+    const Eigen::Index rows = Eigen::Index{config.n_kv_heads} * capacity;
     for (int l = 0; l < config.n_layers; ++l) {
-      c.keys.emplace_back(RowMatrixXf::Zero(capacity, config.kv_dim()));
-      c.values.emplace_back(RowMatrixXf::Zero(capacity, config.kv_dim()));
+      c.keys.emplace_back(RowMatrixXf::Zero(rows, config.head_size()));
+      c.values.emplace_back(RowMatrixXf::Zero(rows, config.head_size()));
     }
     return c;
   }
@@ -354,7 +363,8 @@ struct Transformer {
     thread_local RowMatrixXf xb, att, h, out;
     rms_norm(X, L.rms_att, xb);
     if (hook) (*hook)(l, LinearSite::attention_input, xb);
-    attention(l, xb, cache.keys[static_cast<std::size_t>(l)], cache.values[static_cast<std::size_t>(l)], start, att);
+    attention(l, xb, cache.keys[static_cast<std::size_t>(l)], cache.values[static_cast<std::size_t>(l)],
+              cache.capacity(), start, att);
     if (hook) (*hook)(l, LinearSite::attention_output, att);
     L.wo.apply(att, out);
     X += out;
@@ -368,13 +378,17 @@ struct Transformer {
 
   // Block l's attention for the normed rows xb at positions start, start+1, …: the q/k/v
   // projections (+ biases), RoPE, this block's keys/values written into rows start… of
-  // K and V (which hold the earlier positions), causal softmax per head. att gets the
-  // heads' outputs side by side: the input of wo.
-  void attention(int l, const RowMatrixXf& xb, RowMatrixXf& K, RowMatrixXf& V, int start, RowMatrixXf& att) const {
+  // K and V (KvCache's layout, `capacity` positions per KV head; they hold the earlier
+  // positions), causal softmax per head. att gets the heads' outputs side by side: the
+  // input of wo.
+  void attention(int l, const RowMatrixXf& xb, RowMatrixXf& K, RowMatrixXf& V, int capacity, int start,
+                 RowMatrixXf& att) const {
     const TransformerLayer& L = layers[static_cast<std::size_t>(l)];
     const Eigen::Index T = xb.rows();
-    detail::require(start + T <= K.rows() && start + T <= V.rows(), "attention: ", start + T,
-                    " positions exceed the ", K.rows(), " rows of the keys");
+    detail::require(start + T <= capacity && K.rows() == Eigen::Index{capacity} * config.n_kv_heads &&
+                        V.rows() == K.rows() && K.cols() == config.head_size() && V.cols() == K.cols(),
+                    "attention: ", start + T, " positions in a KV cache of ", K.rows(), " x ", K.cols(), " for ",
+                    capacity, " positions of ", config.n_kv_heads, " heads of ", config.head_size());
     const int hs = config.head_size();
     thread_local RowMatrixXf q, k, v, qkv;  // reused across calls, as run_layer's
     att.resize(T, config.q_dim());
@@ -396,8 +410,10 @@ struct Transformer {
     for (Eigen::Index t = 0; t < T; ++t) {
       rope(q, t, start + static_cast<int>(t));
       rope(k, t, start + static_cast<int>(t));
-      K.row(start + t) = k.row(t);
-      V.row(start + t) = v.row(t);
+      for (int g = 0; g < config.n_kv_heads; ++g) {
+        K.row(Eigen::Index{g} * capacity + start + t) = k.row(t).segment(g * hs, hs);
+        V.row(Eigen::Index{g} * capacity + start + t) = v.row(t).segment(g * hs, hs);
+      }
     }
     // Per head: scores S = Q_h·K_hᵀ / sqrt(hs), causal mask, row softmax, O_h = P·V_h.
     // Rows go in blocks of kAttentionBlock so each block only multiplies the keys it can
@@ -422,26 +438,38 @@ struct Transformer {
       thread_local std::vector<float> scores;
       scores.resize(static_cast<std::size_t>(std::min(kAttentionBlock, T) * (start + T)));
       for (int h = static_cast<int>(task); h < config.n_heads; h += tasks)
-        attention_head(h, queries, K, V, start, inv_sqrt, isa, qh, scores, att);
+        attention_head(h, queries, K, V, capacity, start, inv_sqrt, isa, qh, scores, att);
     };
     if (tasks <= 1) heads(0);
     else detail::ThreadPool::instance().run(static_cast<std::size_t>(tasks), heads);
   }
 
   // One head of attention() for the chunk: att's columns of head h.
-  void attention_head(int h, const RowMatrixXf& q, const RowMatrixXf& K, const RowMatrixXf& V, int start,
-                      float inv_sqrt, Isa isa, RowMatrixXf& qh, std::vector<float>& scores, RowMatrixXf& att) const {
+  void attention_head(int h, const RowMatrixXf& q, const RowMatrixXf& K, const RowMatrixXf& V, int capacity,
+                      int start, float inv_sqrt, Isa isa, RowMatrixXf& qh, std::vector<float>& scores,
+                      RowMatrixXf& att) const {
     const Eigen::Index T = q.rows();
     const int hs = config.head_size();
-    const int kv_off = (h / (config.n_heads / config.n_kv_heads)) * hs;
+    const Eigen::Index kv_row = Eigen::Index{h / (config.n_heads / config.n_kv_heads)} * capacity;  // its KV head's
     qh = q.middleCols(h * hs, hs) * inv_sqrt;
+    if (T <= kRowByRowRows) {  // decode: a row at a time (kernels/attention.hpp), no BLAS call
+      const auto hsz = static_cast<std::size_t>(hs);
+      for (Eigen::Index t = 0; t < T; ++t) {
+        const auto valid = static_cast<std::size_t>(start + t + 1);  // causal: positions 0..start+t
+        detail::attention_scores(qh.row(t).data(), K.row(kv_row).data(), hsz, valid, hsz, scores.data(), isa);
+        detail::softmax(scores.data(), valid, isa);
+        detail::attention_mix(scores.data(), V.row(kv_row).data(), hsz, valid, hsz,
+                              att.data() + t * att.cols() + h * hs, isa);
+      }
+      return;
+    }
     for (Eigen::Index t0 = 0; t0 < T; t0 += kAttentionBlock) {
       const Eigen::Index rows = std::min(kAttentionBlock, T - t0);
       const Eigen::Index n = start + t0 + rows;  // keys visible to the block's last row
       Eigen::Map<RowMatrixXf> S(scores.data(), rows, n);
       // S = Q·Kᵀ, computed as its column-major transpose K·Qᵀ (detail::gemm: BLAS or Eigen).
       Eigen::Map<Eigen::MatrixXf> St(scores.data(), n, rows);
-      detail::gemm(St, K.block(0, kv_off, n, hs), qh.middleRows(t0, rows).transpose(), 1.0f, false);
+      detail::gemm(St, K.middleRows(kv_row, n), qh.middleRows(t0, rows).transpose(), 1.0f, false);
       for (Eigen::Index r = 0; r < rows; ++r) {
         const Eigen::Index valid = start + t0 + r + 1;  // causal: positions 0..start+t0+r
         detail::softmax(S.row(r).data(), static_cast<std::size_t>(valid), isa);
@@ -450,7 +478,7 @@ struct Transformer {
       // O_h = P·V_h for the block's rows, likewise as O_hᵀ = V_hᵀ·Pᵀ in att's storage.
       Eigen::Map<Eigen::MatrixXf, 0, Eigen::OuterStride<>> Ot(att.data() + t0 * att.cols() + h * hs, hs, rows,
                                                               Eigen::OuterStride<>(att.cols()));
-      detail::gemm(Ot, V.block(0, kv_off, n, hs).transpose(), St, 1.0f, false);
+      detail::gemm(Ot, V.middleRows(kv_row, n).transpose(), St, 1.0f, false);
     }
   }
 
