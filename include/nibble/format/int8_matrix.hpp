@@ -24,6 +24,19 @@
 // by construction (-0 and subnormal scales included), and decoding is exact and
 // cheap where the kernels need it (F16C vcvtph2ps, NEON vcvt, half_to_float).
 //
+// A second layout, row_panels, holds the same bytes in the order AVX-512 VNNI kernels
+// read with one row per 32-bit lane (kernels/int8_avx512.hpp): rows in panels of 16
+// (kInt8PanelRows; a last short panel is padded with zero rows), and in panel p
+//
+//   codes   block k, dword d (codes 4d..4d+3 of the block), row i, byte b at
+//           (((p·nb + k)·8 + d)·16 + i)·4 + b          (nb = cols/32)
+//   scales  block k, row i at (p·nb + k)·16 + i
+//
+// so one 64-byte load is dword d of block k for 16 rows, and 16 rows' scales of a block
+// are one 32-byte load. Every accessor (code, scale, dequantize_row, to_q8_0_blocks)
+// gives the same values in either layout; row_codes() and the row-major codes() /
+// scale_bits() views are the row_major layout's only.
+//
 // Scales must be finite (a NaN or Inf scale is rejected with its row and block); any
 // int8 code is accepted, −128 included (llama.cpp's quantizer never writes it, but a
 // file may hold it).
@@ -51,6 +64,11 @@ using RowMatrixXf = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::
 
 inline constexpr std::size_t kQ8Block = 32;        // weights per scale
 inline constexpr std::size_t kQ8_0BlockBytes = 34;  // GGUF Q8_0: fp16 d + 32 int8
+inline constexpr std::size_t kInt8PanelRows = 16;   // rows of a row_panels panel
+
+enum class Int8Layout { row_major, row_panels };
+
+inline const char* to_string(Int8Layout l) { return l == Int8Layout::row_major ? "row_major" : "row_panels"; }
 
 class Int8Matrix {
  public:
@@ -95,27 +113,71 @@ class Int8Matrix {
   }
 
   std::vector<std::uint8_t> to_q8_0_blocks() const {
-    std::vector<std::uint8_t> out(scales_.size() * kQ8_0BlockBytes);
+    const std::size_t nb = blocks_per_row();
+    std::vector<std::uint8_t> out(rows_ * nb * kQ8_0BlockBytes);
     std::uint8_t* p = out.data();
-    for (std::size_t i = 0; i < scales_.size(); ++i, p += kQ8_0BlockBytes) {
-      p[0] = static_cast<std::uint8_t>(scales_[i] & 0xFF);
-      p[1] = static_cast<std::uint8_t>(scales_[i] >> 8);
-      std::memcpy(p + 2, codes_.data() + i * kQ8Block, kQ8Block);
-    }
+    for (std::size_t r = 0; r < rows_; ++r)
+      for (std::size_t k = 0; k < nb; ++k, p += kQ8_0BlockBytes) {
+        const std::uint16_t d = scale_bit(r, k);
+        p[0] = static_cast<std::uint8_t>(d & 0xFF);
+        p[1] = static_cast<std::uint8_t>(d >> 8);
+        if (layout_ == Int8Layout::row_major) std::memcpy(p + 2, codes_.data() + (r * nb + k) * kQ8Block, kQ8Block);
+        else
+          for (std::size_t e = 0; e < kQ8Block; e += 4) std::memcpy(p + 2 + e, codes_.data() + code_index(r, k * kQ8Block + e), 4);
+      }
     return out;
   }
 
   std::size_t rows() const { return rows_; }
   std::size_t cols() const { return cols_; }
   std::size_t blocks_per_row() const { return cols_ / kQ8Block; }
+  Int8Layout layout() const { return layout_; }
 
+  // The same matrix in layout `l` (a copy; on an rvalue, row_major → row_panels
+  // reorders the storage in place, one panel at a time, so no second copy of the codes
+  // is held — beyond one reallocation when rows are not a multiple of 16).
+  Int8Matrix with_layout(Int8Layout l) const& { return Int8Matrix(*this).with_layout(l); }
+  Int8Matrix with_layout(Int8Layout l) && {
+    if (l != layout_) {
+      if (l == Int8Layout::row_panels) to_panels();
+      else to_row_major();
+    }
+    return std::move(*this);
+  }
+
+  // Storage in layout() order (row_panels: padded to whole panels).
   const std::vector<std::int8_t>& codes() const { return codes_; }
-  const std::int8_t* row_codes(std::size_t r) const { return codes_.data() + r * cols_; }
-  std::int8_t code(std::size_t r, std::size_t c) const { return codes_[r * cols_ + c]; }
-
-  // fp16 bits, row-major: row r block k at r·blocks_per_row() + k.
   const std::vector<std::uint16_t>& scale_bits() const { return scales_; }
-  float scale(std::size_t r, std::size_t k) const { return half_to_float(scales_[r * blocks_per_row() + k]); }
+
+  // Row r's codes in element order; the row_major layout only.
+  const std::int8_t* row_codes(std::size_t r) const {
+    detail::require(layout_ == Int8Layout::row_major, "Int8Matrix::row_codes: the matrix is in the row_panels layout");
+    return codes_.data() + r * cols_;
+  }
+  // Row r's codes into out[0, cols), either layout.
+  void copy_row_codes(std::size_t r, std::int8_t* out) const {
+    if (layout_ == Int8Layout::row_major) {
+      std::memcpy(out, codes_.data() + r * cols_, cols_);
+      return;
+    }
+    for (std::size_t c = 0; c < cols_; c += 4) std::memcpy(out + c, codes_.data() + code_index(r, c), 4);
+  }
+  std::int8_t code(std::size_t r, std::size_t c) const { return codes_[code_index(r, c)]; }
+
+  // Where code (r, c) and scale (r, k) are stored in codes() / scale_bits().
+  std::size_t code_index(std::size_t r, std::size_t c) const {
+    if (layout_ == Int8Layout::row_major) return r * cols_ + c;
+    const std::size_t p = r / kInt8PanelRows, i = r % kInt8PanelRows, k = c / kQ8Block, e = c % kQ8Block;
+    return (((p * blocks_per_row() + k) * 8 + e / 4) * kInt8PanelRows + i) * 4 + e % 4;
+  }
+  std::size_t scale_index(std::size_t r, std::size_t k) const {
+    if (layout_ == Int8Layout::row_major) return r * blocks_per_row() + k;
+    return ((r / kInt8PanelRows) * blocks_per_row() + k) * kInt8PanelRows + r % kInt8PanelRows;
+  }
+
+  // fp16 bits of the scale of row r, block k, and its value.
+  std::uint16_t scale_bit(std::size_t r, std::size_t k) const { return scales_[scale_index(r, k)]; }
+  float scale(std::size_t r, std::size_t k) const { return half_to_float(scale_bit(r, k)); }
 
   float value(std::size_t r, std::size_t c) const {
     return scale(r, c / kQ8Block) * static_cast<float>(code(r, c));
@@ -125,12 +187,10 @@ class Int8Matrix {
   void dequantize_row(std::size_t r, float* out) const {
     detail::require(r < rows_, "dequantize_row: row ", r, " is out of range (", rows_, " rows)");
     detail::require(out != nullptr, "dequantize_row: null output pointer");
-    const std::int8_t* q = row_codes(r);
-    const std::uint16_t* s = scales_.data() + r * blocks_per_row();
     for (std::size_t k = 0; k < blocks_per_row(); ++k) {
-      const float d = half_to_float(s[k]);
+      const float d = scale(r, k);
       for (std::size_t j = 0; j < kQ8Block; ++j)
-        out[k * kQ8Block + j] = d * static_cast<float>(q[k * kQ8Block + j]);
+        out[k * kQ8Block + j] = d * static_cast<float>(code(r, k * kQ8Block + j));
     }
   }
 
@@ -140,7 +200,8 @@ class Int8Matrix {
     return out;
   }
 
-  // Bytes of the format (codes + fp16 scales), the size of the GGUF Q8_0 data.
+  // Bytes held (codes + fp16 scales): the size of the GGUF Q8_0 data, plus a row_panels
+  // matrix's padding rows.
   std::size_t storage_bytes() const { return codes_.size() + 2 * scales_.size(); }
   double bits_per_weight() const { return rows_ == 0 ? 0.0 : 8.0 + 16.0 / kQ8Block; }
 
@@ -162,7 +223,44 @@ class Int8Matrix {
     }
   }
 
+  // Row-major → row_panels in place: each panel covers the same byte range in both
+  // layouts (16 rows' codes, 16 rows' scales), so a panel-sized buffer is enough; the
+  // codes grow by the padding rows first.
+  void to_panels() {
+    const std::size_t nb = blocks_per_row(), panels = (rows_ + kInt8PanelRows - 1) / kInt8PanelRows;
+    codes_.resize(panels * kInt8PanelRows * cols_, 0);
+    scales_.resize(panels * kInt8PanelRows * nb, 0);
+    std::vector<std::int8_t> rows_codes(kInt8PanelRows * cols_);
+    std::vector<std::uint16_t> rows_scales(kInt8PanelRows * nb);
+    for (std::size_t p = 0; p < panels; ++p) {
+      std::int8_t* codes = codes_.data() + p * rows_codes.size();
+      std::uint16_t* scales = scales_.data() + p * rows_scales.size();
+      std::memcpy(rows_codes.data(), codes, rows_codes.size());
+      std::memcpy(rows_scales.data(), scales, rows_scales.size() * sizeof(std::uint16_t));
+      for (std::size_t k = 0; k < nb; ++k)
+        for (std::size_t i = 0; i < kInt8PanelRows; ++i) {
+          scales[k * kInt8PanelRows + i] = rows_scales[i * nb + k];
+          for (std::size_t d = 0; d < 8; ++d)
+            std::memcpy(codes + ((k * 8 + d) * kInt8PanelRows + i) * 4, rows_codes.data() + i * cols_ + k * kQ8Block + 4 * d, 4);
+        }
+    }
+    layout_ = Int8Layout::row_panels;
+  }
+
+  void to_row_major() {
+    std::vector<std::int8_t> codes(rows_ * cols_);
+    std::vector<std::uint16_t> scales(rows_ * blocks_per_row());
+    for (std::size_t r = 0; r < rows_; ++r) {
+      copy_row_codes(r, codes.data() + r * cols_);
+      for (std::size_t k = 0; k < blocks_per_row(); ++k) scales[r * blocks_per_row() + k] = scale_bit(r, k);
+    }
+    codes_ = std::move(codes);
+    scales_ = std::move(scales);
+    layout_ = Int8Layout::row_major;
+  }
+
   std::size_t rows_ = 0, cols_ = 0;
+  Int8Layout layout_ = Int8Layout::row_major;
   std::vector<std::int8_t> codes_;
   std::vector<std::uint16_t> scales_;
 };

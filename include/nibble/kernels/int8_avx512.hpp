@@ -18,8 +18,10 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "../format/int8_matrix.hpp"
 #include "avx512.hpp"
@@ -160,6 +162,66 @@ NIBBLE_TARGET_AVX512 inline void gemm_fast(const Int8Matrix& W, const Int8Activa
   else
     int8_avx2::run_tiles<fast_tile<false, 1>, fast_tile<false, 2>, fast_tile<false, 4>>(W, nullptr, p, p.batch, Y, r0,
                                                                                         r1);
+}
+
+// ---- row_panels layout (format/int8_matrix.hpp), VNNI fast mode ----------------------
+// One int32 lane per row: a 64-byte load is dword d of block k for 16 rows, and
+// vpdpbusd(w + 128, broadcast activation dword d) adds its 4 products to each row's
+// sum. No horizontal sums: after 8 dwords each lane holds the block's i_k + 128·Σq,
+// and the scalar rule's float step runs 16 rows wide (scales: one vcvtph2ps).
+
+// y[j] for rows of panel pn, batch rows b0 .. b0+NB-1 (lanes past the matrix's rows
+// hold padding and are not stored).
+template <int NB>
+NIBBLE_TARGET_AVX512 inline void panel_fast_rows(const Int8Matrix& W, const Int8Activations& p, std::size_t pn,
+                                                 std::size_t b0, __m512* y) {
+  const std::size_t nb = W.blocks_per_row(), cols = W.cols();
+  const std::int8_t* codes = W.codes().data() + pn * kInt8PanelRows * cols;
+  const std::uint16_t* scales = W.scale_bits().data() + pn * kInt8PanelRows * nb;
+  const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int j = 0; j < NB; ++j) y[j] = _mm512_setzero_ps();
+  for (std::size_t k = 0; k < nb; ++k) {
+    const std::int8_t* block = codes + k * 8 * 64;
+    const std::uintptr_t ahead = reinterpret_cast<std::uintptr_t>(block) + avx2::kPrefetchBytes;
+    __m512i acc[NB];
+    for (int j = 0; j < NB; ++j) acc[j] = _mm512_setzero_si512();
+    for (std::size_t d = 0; d < 8; ++d) {
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + 64 * d), _MM_HINT_T1);
+      const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(block + 64 * d), bias);
+      for (int j = 0; j < NB; ++j) {
+        std::int32_t q4;
+        std::memcpy(&q4, p.q.data() + ((b0 + static_cast<std::size_t>(j)) * nb + k) * kQ8Block + 4 * d, 4);
+        acc[j] = _mm512_dpbusd_epi32(acc[j], w, _mm512_set1_epi32(q4));
+      }
+    }
+    const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + k * kInt8PanelRows)));
+    for (int j = 0; j < NB; ++j) {
+      const std::size_t slot = (b0 + static_cast<std::size_t>(j)) * nb + k;
+      const __m512i isum = _mm512_sub_epi32(acc[j], _mm512_set1_epi32(p.qsum[slot] * 128));
+      const __m512 dd = _mm512_mul_ps(s, _mm512_set1_ps(p.d[slot]));
+      y[j] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(isum), y[j]);
+    }
+  }
+}
+
+// Rows [r0, r1) of Y (r0 on a panel boundary) from a row_panels matrix.
+NIBBLE_TARGET_AVX512 inline void panel_gemm_fast(const Int8Matrix& W, const Int8Activations& p, float* Y,
+                                                 std::size_t r0, std::size_t r1) {
+  const std::size_t rows = W.rows();
+  for (std::size_t r = r0; r < r1; r += kInt8PanelRows) {
+    const std::size_t pn = r / kInt8PanelRows, nr = std::min(kInt8PanelRows, r1 - r);
+    const __mmask16 keep = static_cast<__mmask16>(nr == 16 ? 0xFFFFu : (1u << nr) - 1u);
+    __m512 y[4];
+    std::size_t b = 0;
+    for (; b + 4 <= p.batch; b += 4) {
+      panel_fast_rows<4>(W, p, pn, b, y);
+      for (std::size_t j = 0; j < 4; ++j) _mm512_mask_storeu_ps(Y + (b + j) * rows + r, keep, y[j]);
+    }
+    for (; b < p.batch; ++b) {
+      panel_fast_rows<1>(W, p, pn, b, y);
+      _mm512_mask_storeu_ps(Y + b * rows + r, keep, y[0]);
+    }
+  }
 }
 
 }  // namespace nibble::detail::int8_avx512

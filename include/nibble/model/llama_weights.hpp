@@ -61,7 +61,7 @@ class StoredMatrix {
   StoredMatrix(std::shared_ptr<const RowMatrixXf> m) : dense_(std::move(m)) {}
   StoredMatrix(QuantizedMatrix q) : quantized_(std::make_shared<const QuantizedMatrix>(std::move(q))) {}
   StoredMatrix(std::shared_ptr<const QuantizedMatrix> q) : quantized_(std::move(q)) {}
-  StoredMatrix(Int8Matrix q) : int8_(std::make_shared<const Int8Matrix>(std::move(q))) {}
+  StoredMatrix(Int8Matrix q) : int8_(std::make_shared<Int8Matrix>(std::move(q))), int8_owned_(true) {}
   StoredMatrix(std::shared_ptr<const Int8Matrix> q) : int8_(std::move(q)) {}
 
   bool empty() const { return !dense_ && !quantized_ && !int8_; }
@@ -88,6 +88,22 @@ class StoredMatrix {
   const std::shared_ptr<const RowMatrixXf>& dense_ptr() const { return dense_; }
   const std::shared_ptr<const QuantizedMatrix>& quantized_ptr() const { return quantized_; }
   const std::shared_ptr<const Int8Matrix>& int8_ptr() const { return int8_; }
+
+  // An 8-bit matrix put in layout l (no-op otherwise). When this is the only holder of
+  // a matrix it created, the storage is reordered in place (no second copy, which
+  // would raise a run's peak memory by the whole tensor); else a reordered copy
+  // replaces this one's pointer and other holders keep theirs.
+  void set_int8_layout(Int8Layout l) {
+    if (!int8_ || int8_->layout() == l) return;
+    if (int8_owned_ && int8_.use_count() == 1) {
+      // Created non-const by this class (make_shared<Int8Matrix>), so writing is allowed.
+      auto& m = const_cast<Int8Matrix&>(*int8_);
+      m = std::move(m).with_layout(l);
+    } else {
+      int8_ = std::make_shared<Int8Matrix>(int8_->with_layout(l));
+      int8_owned_ = true;
+    }
+  }
 
   // The weights in fp32, decoded when quantized.
   RowMatrixXf to_float() const {
@@ -129,6 +145,7 @@ class StoredMatrix {
   std::shared_ptr<const RowMatrixXf> dense_;
   std::shared_ptr<const QuantizedMatrix> quantized_;
   std::shared_ptr<const Int8Matrix> int8_;
+  bool int8_owned_ = false;  // int8_ points to a non-const Int8Matrix this class made
 };
 
 struct LlamaLayer {

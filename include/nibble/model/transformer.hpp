@@ -253,6 +253,16 @@ struct Transformer {
   // the same matrices, if any, keep them alive).
   static Transformer from_weights(LlamaWeights&& w, const RuntimeOptions& o = {}) {
     validate_weights(w, "model");
+    // 8-bit matrices (GGUF Q8_0) in the layout this CPU's fast kernels read best; the
+    // tied embedding is reordered once, in place, and serves both its uses.
+    if (o.backend == LinearBackend::kernel_fast) {
+      const Int8Layout l = preferred_int8_layout();
+      w.token_embedding.set_int8_layout(l);
+      w.wcls.set_int8_layout(l);
+      for (LlamaLayer& layer : w.layers)
+        for (StoredMatrix* m : {&layer.wq, &layer.wk, &layer.wv, &layer.wo, &layer.w1, &layer.w2, &layer.w3})
+          m->set_int8_layout(l);
+    }
     Transformer t;
     t.config = w.config;
     t.attention_threads = o.threads;
