@@ -161,12 +161,16 @@ nibble::Int8Matrix random_q8_0(std::size_t rows, std::size_t cols, std::uint64_t
   return nibble::Int8Matrix(rows, cols, std::move(codes), std::move(scales));
 }
 
-// The 8-bit form; weight bytes = codes + fp16 scales, the GGUF Q8_0 tensor size.
+// The 8-bit form; weight bytes = codes + fp16 scales, the GGUF Q8_0 tensor size. In the
+// layout the model would use for this mode (nibble::preferred_int8_layout in fast mode,
+// row_major in exact mode) unless one is given.
 void bench_q8_0(benchmark::State& st, std::size_t rows, std::size_t cols, std::size_t batch,
-                nibble::ActivationMode mode, int threads, bool cold) {
-  DataSet& d = dataset("nibble/q8_0/" + shape_name(rows, cols) + regime(cold));
+                nibble::ActivationMode mode, int threads, bool cold, const nibble::Int8Layout* layout = nullptr) {
+  const nibble::Int8Layout l =
+      layout ? *layout : mode == nibble::ActivationMode::fast ? nibble::preferred_int8_layout() : nibble::Int8Layout::row_major;
+  DataSet& d = dataset("nibble/q8_0/" + std::string(nibble::to_string(l)) + "/" + shape_name(rows, cols) + regime(cold));
   if (d.q8.empty()) {
-    const nibble::Int8Matrix q = random_q8_0(rows, cols, 1);
+    const nibble::Int8Matrix q = random_q8_0(rows, cols, 1).with_layout(l);
     for (std::size_t i = 0, n = copies_for(q.storage_bytes(), cold); i < n; ++i)
       d.q8.push_back(std::make_unique<nibble::Int8Matrix>(q));
   }
@@ -351,6 +355,18 @@ void register_all(bool quick) {
       for (ActivationMode mode : {ActivationMode::fast, ActivationMode::exact}) {
         const std::string m = mode == ActivationMode::fast ? "fast" : "exact";
         add("nibble/q8_0/" + m + suffix, [=](benchmark::State& st) { bench_q8_0(st, rows, cols, 1, mode, t, cold); });
+        if (mode == ActivationMode::fast && nibble::preferred_int8_layout() != nibble::Int8Layout::row_major) {
+          // The layout fast mode takes here against the row-major one, at batch 1 and 64.
+          static const nibble::Int8Layout row_major = nibble::Int8Layout::row_major;
+          add("nibble/q8_0_row_major/" + m + suffix,
+              [=](benchmark::State& st) { bench_q8_0(st, rows, cols, 1, mode, t, cold, &row_major); });
+          if (!cold) {
+            const std::string b64 = "/" + shape_name(rows, cols) + "/b64/t" + std::to_string(t) + "/hot";
+            add("nibble/q8_0/" + m + b64, [=](benchmark::State& st) { bench_q8_0(st, rows, cols, 64, mode, t, cold); });
+            add("nibble/q8_0_row_major/" + m + b64,
+                [=](benchmark::State& st) { bench_q8_0(st, rows, cols, 64, mode, t, cold, &row_major); });
+          }
+        }
         add("nibble/" + main_formats.front().name() + "/" + m + suffix, [=](benchmark::State& st) {
           bench_nibble(st, rows, cols, 1, main_formats.front(), mode, t, cold);
         });

@@ -433,7 +433,7 @@ struct Transformer {
     const float inv_sqrt = 1.0f / std::sqrt(static_cast<float>(hs));
     // Heads are independent: a long enough chunk deals them to the threads (head h to
     // task h mod tasks; each head's arithmetic is the same whoever runs it).
-    constexpr Eigen::Index kMinScoresPerTask = Eigen::Index{1} << 16;
+    constexpr Eigen::Index kMinScoresPerTask = Eigen::Index{1} << 13;
     const Eigen::Index scores_per_head = T * (start + T) * hs;
     const int tasks = static_cast<int>(std::min<Eigen::Index>(
         {attention_threads, config.n_heads, std::max<Eigen::Index>(1, scores_per_head * config.n_heads / kMinScoresPerTask)}));
