@@ -59,12 +59,12 @@ TEST(Int8Layout, EveryPathOnPanelsEqualsTheScalarReference) {
     const Int8Matrix W = random_matrix(s.rows, s.cols, 42);
     const Int8Matrix P = W.with_layout(Int8Layout::row_panels);
     for (std::size_t batch : {1, 2, 4, 5, 9}) {
-      if (s.rows > 1000 && batch > 5) continue;
+      if (s.rows > 1000 && batch != 1 && batch != 5) continue;  // emulator time
       const auto X = random_activations(batch * s.cols, static_cast<std::uint32_t>(batch));
       for (ActivationMode mode : {ActivationMode::exact, ActivationMode::fast}) {
         const auto ref = run(Isa::scalar, W, X, batch, mode);
         for (Isa isa : isas)
-          for (int t : {1, 2, 3}) {
+          for (int t : {1, 3}) {
             const auto got = run(isa, P, X, batch, mode, t);
             ASSERT_EQ(0, std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)))
                 << nibble::to_string(isa) << (mode == ActivationMode::fast ? " fast " : " exact ") << label(s)
