@@ -115,16 +115,17 @@ class Int8Matrix {
   std::vector<std::uint8_t> to_q8_0_blocks() const {
     const std::size_t nb = blocks_per_row();
     std::vector<std::uint8_t> out(rows_ * nb * kQ8_0BlockBytes);
+    std::vector<std::int8_t> row(cols_);
     std::uint8_t* p = out.data();
-    for (std::size_t r = 0; r < rows_; ++r)
+    for (std::size_t r = 0; r < rows_; ++r) {
+      copy_row_codes(r, row.data());
       for (std::size_t k = 0; k < nb; ++k, p += kQ8_0BlockBytes) {
         const std::uint16_t d = scale_bit(r, k);
         p[0] = static_cast<std::uint8_t>(d & 0xFF);
         p[1] = static_cast<std::uint8_t>(d >> 8);
-        if (layout_ == Int8Layout::row_major) std::memcpy(p + 2, codes_.data() + (r * nb + k) * kQ8Block, kQ8Block);
-        else
-          for (std::size_t e = 0; e < kQ8Block; e += 4) std::memcpy(p + 2 + e, codes_.data() + code_index(r, k * kQ8Block + e), 4);
+        std::memcpy(p + 2, row.data() + k * kQ8Block, kQ8Block);
       }
+    }
     return out;
   }
 

@@ -34,8 +34,7 @@ NIBBLE_TARGET_AVX2 inline void scores(const float* q, const float* K, std::size_
       a = _mm256_fmadd_ps(load_first(q + full, rest < 8 ? rest : 8), load_first(k + full, rest < 8 ? rest : 8), a);
       if (rest > 8) b = _mm256_fmadd_ps(load_first(q + full + 8, rest - 8), load_first(k + full + 8, rest - 8), b);
     }
-    const __m256 w8 = _mm256_add_ps(a, b);
-    s[j] = softmax_avx2::fold4(_mm_add_ps(_mm256_castps256_ps128(w8), _mm256_extractf128_ps(w8, 1)));
+    s[j] = softmax_avx2::fold16(a, b);
   }
 }
 

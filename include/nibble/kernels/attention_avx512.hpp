@@ -8,9 +8,8 @@
 
 #include <cstddef>
 
-#include "attention_avx2.hpp"
 #include "avx512.hpp"
-#include "softmax_avx2.hpp"
+#include "softmax_avx512.hpp"
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
@@ -19,11 +18,6 @@
 #endif
 
 namespace nibble::detail::attention_avx512 {
-
-NIBBLE_TARGET_AVX512 inline float fold16(__m512 s) {
-  const __m256 w8 = _mm256_add_ps(_mm512_castps512_ps256(s), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
-  return softmax_avx2::fold4(_mm_add_ps(_mm256_castps256_ps128(w8), _mm256_extractf128_ps(w8, 1)));
-}
 
 NIBBLE_TARGET_AVX512 inline void scores(const float* q, const float* K, std::size_t stride, std::size_t n,
                                         std::size_t hs, float* s) {
@@ -44,8 +38,8 @@ NIBBLE_TARGET_AVX512 inline void scores(const float* q, const float* K, std::siz
       b = _mm512_fmadd_ps(q2, _mm512_loadu_ps(l + 32), b);
       a = _mm512_fmadd_ps(q3, _mm512_loadu_ps(k + 48), a);
       b = _mm512_fmadd_ps(q3, _mm512_loadu_ps(l + 48), b);
-      s[j] = fold16(a);
-      s[j + 1] = fold16(b);
+      s[j] = softmax_avx512::fold16(a);
+      s[j + 1] = softmax_avx512::fold16(b);
     }
   }
   for (; j < n; ++j) {
@@ -53,7 +47,7 @@ NIBBLE_TARGET_AVX512 inline void scores(const float* q, const float* K, std::siz
     __m512 a = _mm512_setzero_ps();
     for (std::size_t i = 0; i < full; i += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), _mm512_loadu_ps(k + i), a);
     if (rest) a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, q + full), _mm512_maskz_loadu_ps(tail, k + full), a);
-    s[j] = fold16(a);
+    s[j] = softmax_avx512::fold16(a);
   }
 }
 

@@ -39,23 +39,40 @@ inline float exact_block(const std::int8_t* w, const float* x) {
   return ((u[0] + u[1]) + (u[2] + u[3])) + ((u[4] + u[5]) + (u[6] + u[7]));
 }
 
-// Row r's codes (in place when row-major, else copied to codes) and its fp16 scales
-// (into s): the scalar kernels read either layout.
-inline const std::int8_t* row_of(const Int8Matrix& W, std::size_t r, std::int8_t* codes, std::uint16_t* s) {
-  for (std::size_t k = 0; k < W.blocks_per_row(); ++k) s[k] = W.scale_bit(r, k);
-  if (W.layout() == Int8Layout::row_major) return W.row_codes(r);
-  W.copy_row_codes(r, codes);
-  return codes;
-}
+// Row r of W for the scalar kernels, which read either layout: its codes and fp16
+// scales in place when W is row-major, else gathered into buffers sized on first use
+// (a row-major call allocates nothing).
+struct RowReader {
+  std::vector<std::int8_t> codes;
+  std::vector<std::uint16_t> scales;
+  const std::int8_t* w = nullptr;
+  const std::uint16_t* s = nullptr;
+
+  void read(const Int8Matrix& W, std::size_t r) {
+    const std::size_t nb = W.blocks_per_row();
+    if (W.layout() == Int8Layout::row_major) {
+      w = W.row_codes(r);
+      s = W.scale_bits().data() + r * nb;
+      return;
+    }
+    codes.resize(W.cols());
+    scales.resize(nb);
+    W.copy_row_codes(r, codes.data());
+    for (std::size_t k = 0; k < nb; ++k) scales[k] = W.scale_bit(r, k);
+    w = codes.data();
+    s = scales.data();
+  }
+};
 
 // Rows [r0, r1) of Y (batch × rows) from fp32 X (batch × cols).
 inline void gemm_exact(const Int8Matrix& W, const float* X, std::size_t batch, float* Y, std::size_t r0,
                        std::size_t r1) {
   const std::size_t cols = W.cols(), rows = W.rows(), nb = W.blocks_per_row();
-  std::vector<std::int8_t> codes(cols);
-  std::vector<std::uint16_t> s(nb);
+  RowReader row;
   for (std::size_t r = r0; r < r1; ++r) {
-    const std::int8_t* w = row_of(W, r, codes.data(), s.data());
+    row.read(W, r);
+    const std::int8_t* w = row.w;
+    const std::uint16_t* s = row.s;
     for (std::size_t b = 0; b < batch; ++b) {
       const float* x = X + b * cols;
       float y = 0.0f;
@@ -68,10 +85,11 @@ inline void gemm_exact(const Int8Matrix& W, const float* X, std::size_t batch, f
 
 inline void gemm_fast(const Int8Matrix& W, const Int8Activations& p, float* Y, std::size_t r0, std::size_t r1) {
   const std::size_t cols = W.cols(), rows = W.rows(), nb = W.blocks_per_row();
-  std::vector<std::int8_t> codes(cols);
-  std::vector<std::uint16_t> s(nb);
+  RowReader row;
   for (std::size_t r = r0; r < r1; ++r) {
-    const std::int8_t* w = row_of(W, r, codes.data(), s.data());
+    row.read(W, r);
+    const std::int8_t* w = row.w;
+    const std::uint16_t* s = row.s;
     for (std::size_t b = 0; b < p.batch; ++b) {
       const std::int8_t* q = p.q.data() + b * cols;
       const float* dx = p.d.data() + b * nb;

@@ -41,6 +41,13 @@ NIBBLE_TARGET_AVX2 inline float fold4(__m128 s) {
   return _mm_cvtss_f32(s);
 }
 
+// The 16 partials (a: 0–7, b: 8–15) folded by the whole tree, w = 8, 4, 2, 1 (also the
+// score fold of attention_avx2.hpp).
+NIBBLE_TARGET_AVX2 inline float fold16(__m256 a, __m256 b) {
+  const __m256 s = _mm256_add_ps(a, b);  // w = 8
+  return fold4(_mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
+}
+
 NIBBLE_TARGET_AVX2 inline void softmax(float* v, std::size_t n) {
   const std::size_t full = n / 16 * 16, rest = n - full;
   alignas(32) float pad[16];
@@ -80,8 +87,7 @@ NIBBLE_TARGET_AVX2 inline void softmax(float* v, std::size_t n) {
     s0 = _mm256_add_ps(s0, e0);  // pad lanes add +0, which leaves a partial as it is
     s1 = _mm256_add_ps(s1, e1);
   }
-  const __m256 s = _mm256_add_ps(s0, s1);  // w = 8
-  const float sum = fold4(_mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));  // w = 4, 2, 1
+  const float sum = fold16(s0, s1);
   const __m256 inv = _mm256_set1_ps(1.0f / sum);
   for (std::size_t i = 0; i < full; i += 8) _mm256_storeu_ps(v + i, _mm256_mul_ps(_mm256_loadu_ps(v + i), inv));
   if (rest) {

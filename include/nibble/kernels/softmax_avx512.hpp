@@ -40,6 +40,12 @@ NIBBLE_TARGET_AVX512 inline __m512 exp16(__m512 x) {
   return _mm512_maskz_mul_ps(keep, y, _mm512_castsi512_ps(bits));
 }
 
+// The 16 partials of one vector folded by the whole tree, w = 8, 4, 2, 1 (also the score
+// fold of attention_avx512.hpp).
+NIBBLE_TARGET_AVX512 inline float fold16(__m512 s) {
+  return softmax_avx2::fold16(_mm512_castps512_ps256(s), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
+}
+
 NIBBLE_TARGET_AVX512 inline void softmax(float* v, std::size_t n) {
   const std::size_t full = n / 16 * 16, rest = n - full;
   const __mmask16 tail = static_cast<__mmask16>((1u << rest) - 1u);
@@ -60,8 +66,7 @@ NIBBLE_TARGET_AVX512 inline void softmax(float* v, std::size_t n) {
     _mm512_mask_storeu_ps(v + full, tail, e);
     s = _mm512_add_ps(s, e);  // masked-off lanes add +0, which leaves a partial as it is
   }
-  const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(s), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));  // w = 8
-  const float sum = softmax_avx2::fold4(_mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1)));
+  const float sum = fold16(s);
   const __m512 inv = _mm512_set1_ps(1.0f / sum);
   for (std::size_t i = 0; i < full; i += 16) _mm512_storeu_ps(v + i, _mm512_mul_ps(_mm512_loadu_ps(v + i), inv));
   if (rest) _mm512_mask_storeu_ps(v + full, tail, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, v + full), inv));
