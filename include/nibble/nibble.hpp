@@ -4,6 +4,7 @@
 #include "core/error.hpp"
 #include "core/half.hpp"
 #include "core/version.hpp"
+#include "core/weight_arena.hpp"
 #include "format/codebook.hpp"
 #include "format/dynamic_map.hpp"
 #include "format/int8_matrix.hpp"

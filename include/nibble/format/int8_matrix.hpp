@@ -55,6 +55,7 @@
 
 #include "../core/error.hpp"
 #include "../core/half.hpp"
+#include "../core/weight_arena.hpp"
 
 namespace nibble {
 
@@ -101,6 +102,8 @@ class Int8Matrix {
     Int8Matrix m;
     m.rows_ = rows;
     m.cols_ = cols;
+    m.codes_.reserve(rows * cols);
+    detail::advise_huge_pages(m.codes_.data(), rows * cols);  // before the first touch (core/weight_arena.hpp)
     m.codes_.resize(rows * cols);
     m.scales_.resize(rows * nb);
     for (std::size_t i = 0; i < rows * nb; ++i, p += kQ8_0BlockBytes) {

@@ -56,10 +56,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../core/error.hpp"
 #include "../core/half.hpp"
+#include "../core/weight_arena.hpp"
 #include "../format/codebook.hpp"
 #include "../format/dynamic_map.hpp"
 #include "../format/quantized_matrix.hpp"
@@ -114,7 +116,11 @@ inline CodeLayout preferred_code_layout(Isa isa) {
 class PackedMatrix {
  public:
   // layout: by default the one the selected path (cpu.hpp's selected_isa) runs fastest.
-  explicit PackedMatrix(const QuantizedMatrix& q, CodeLayout layout = preferred_code_layout(selected_isa()))
+  // arena: where the arrays the kernels stream (codes, tile-ordered scales and zeros)
+  // are allocated; by default each on its own (core/weight_arena.hpp). Copies of a
+  // PackedMatrix share those arrays, which are never written after construction.
+  explicit PackedMatrix(const QuantizedMatrix& q, CodeLayout layout = preferred_code_layout(selected_isa()),
+                        WeightArena* arena = nullptr)
       : rows_(q.rows()), cols_(q.cols()), group_size_(q.group_size()), codebook_(q.codebook()),
         storage_bytes_(q.storage_bytes()), scales_(q.scales()), zeros_(q.zeros()), layout_(layout) {
     const std::size_t G = groups_per_row(), gs = group_size_;
@@ -139,9 +145,9 @@ class PackedMatrix {
     tiles_ = (rows_ + kTileRows - 1) / kTileRows;
     panel_dwords_ = (row_bytes() + 3) / 4;
     panels_ = (rows_ + kPanelRows - 1) / kPanelRows;
-    build_tile_order();
+    build_tile_order(arena);
     if (layout_ == CodeLayout::row_tiles) {
-      codes_.assign(tiles_ * chunks_ * kTileRows * kChunkBytes, 0);
+      codes_ = WeightBuffer<std::uint8_t>(tiles_ * chunks_ * kTileRows * kChunkBytes, arena);
       for (std::size_t r = 0; r < rows_; ++r)
         for (std::size_t c = 0; c < chunks_; ++c) {
           const std::size_t n = std::min(kChunkBytes, row_bytes() - c * kChunkBytes);
@@ -149,7 +155,7 @@ class PackedMatrix {
           std::memcpy(dst, q.row_codes(r) + c * kChunkBytes, n);
         }
     } else {
-      codes_.assign(panels_ * panel_dwords_ * kPanelRows * 4, 0);
+      codes_ = WeightBuffer<std::uint8_t>(panels_ * panel_dwords_ * kPanelRows * 4, arena);
       for (std::size_t r = 0; r < rows_; ++r)
         for (std::size_t d = 0; d < panel_dwords_; ++d)
           std::memcpy(codes_.data() + panel_byte_index(r, 4 * d), q.row_codes(r) + 4 * d,
@@ -374,10 +380,10 @@ class PackedMatrix {
     return (r / H) * groups_per_row() * H + r % H;
   }
 
-  void build_tile_order() {
+  void build_tile_order(WeightArena* arena) {
     const std::size_t G = groups_per_row(), H = tile_order_rows(), units = (rows_ + H - 1) / H;
     auto tile_order = [&](auto& out, auto value) {
-      out.resize(units * G * H);
+      out = std::decay_t<decltype(out)>(units * G * H, arena);
       for (std::size_t u = 0; u < units; ++u)
         for (std::size_t g = 0; g < G; ++g)
           for (std::size_t i = 0; i < H; ++i) {
@@ -435,16 +441,16 @@ class PackedMatrix {
   ZeroPoints zeros_;
   CodeLayout layout_ = CodeLayout::row_tiles;
   std::size_t chunks_ = 0, tiles_ = 0, panel_dwords_ = 0, panels_ = 0;
-  std::vector<std::uint8_t> codes_;  // tiles × chunks × 8 rows × 32 bytes, or panels × dwords × 16 rows × 4
+  WeightBuffer<std::uint8_t> codes_;  // tiles × chunks × 8 rows × 32 bytes, or panels × dwords × 16 rows × 4
   std::vector<detail::BlockSpan> blocks_;
   std::vector<std::uint32_t> group_first_block_;
   std::array<float, 16> base_{};
   std::array<std::int8_t, 16> int8_base_{};
   ScaleFormat scale_format_ = ScaleFormat::f32;
   const float* dq_map_ = nullptr;
-  std::vector<std::uint16_t> tile_scales16_, tile_offsets16_;
-  std::vector<std::uint8_t> tile_zeros8_;
-  std::vector<float> tile_scales32_, tile_offsets32_;
+  WeightBuffer<std::uint16_t> tile_scales16_, tile_offsets16_;
+  WeightBuffer<std::uint8_t> tile_zeros8_;
+  WeightBuffer<float> tile_scales32_, tile_offsets32_;
 };
 
 }  // namespace nibble

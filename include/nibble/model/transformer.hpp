@@ -70,8 +70,10 @@ class Linear {
     cols_ = dense_->cols();
     options_.threads = threads;
   }
-  // threads: how many threads each kernel call splits its rows over.
-  Linear(const std::shared_ptr<const QuantizedMatrix>& q, LinearBackend backend, int threads = 1)
+  // threads: how many threads each kernel call splits its rows over. arena: where the
+  // packed arrays go (PackedMatrix; a model puts all its matrices in one).
+  Linear(const std::shared_ptr<const QuantizedMatrix>& q, LinearBackend backend, int threads = 1,
+         WeightArena* arena = nullptr)
       : backend_(backend) {
     detail::require(q != nullptr, "Linear: null QuantizedMatrix");
     detail::require(threads >= 1 && threads <= kMaxThreads, "Linear: threads = ", threads);
@@ -81,7 +83,7 @@ class Linear {
     if (backend == LinearBackend::dequantized) {
       dense_ = std::make_shared<const RowMatrixXf>(q->dequantize());
     } else {
-      packed_ = std::make_shared<const PackedMatrix>(*q);
+      packed_ = std::make_shared<const PackedMatrix>(*q, preferred_code_layout(selected_isa()), arena);
       options_.mode = backend == LinearBackend::kernel_fast ? ActivationMode::fast : ActivationMode::exact;
     }
   }
@@ -223,8 +225,8 @@ struct Transformer {
   std::vector<TransformerLayer> layers;
   Eigen::VectorXf rms_final;
 
-  static Linear make_linear(const StoredMatrix& m, const RuntimeOptions& o) {
-    if (m.is_quantized()) return Linear(m.quantized_ptr(), o.backend, o.threads);
+  static Linear make_linear(const StoredMatrix& m, const RuntimeOptions& o, WeightArena* arena) {
+    if (m.is_quantized()) return Linear(m.quantized_ptr(), o.backend, o.threads, arena);
     if (m.is_int8()) return Linear(m.int8_ptr(), o.backend, o.threads);
     return Linear(m.dense_ptr(), o.threads);
   }
@@ -263,11 +265,14 @@ struct Transformer {
         for (StoredMatrix* m : {&layer.wq, &layer.wk, &layer.wv, &layer.wo, &layer.w1, &layer.w2, &layer.w3})
           m->set_int8_layout(l);
     }
+    // Every packed 4-bit matrix in a few huge-page mappings (core/weight_arena.hpp):
+    // decode streams them all once per token, and most are smaller than one huge page.
+    WeightArena arena;
     Transformer t;
     t.config = w.config;
     t.attention_threads = o.threads;
     t.token_embedding = w.token_embedding;
-    t.output = make_linear(w.classifier(), o);
+    t.output = make_linear(w.classifier(), o, &arena);
     t.rms_final = w.rms_final;
     for (auto& l : w.layers) {
       TransformerLayer L;
@@ -275,19 +280,20 @@ struct Transformer {
       L.rms_ffn = l.rms_ffn;
       L.bq = l.bq, L.bk = l.bk, L.bv = l.bv;
       if (auto qkv = stacked({&l.wq, &l.wk, &l.wv}, o)) {
-        L.wqkv = Linear(qkv, o.backend, o.threads);
+        L.wqkv = Linear(qkv, o.backend, o.threads, &arena);
       } else {
-        L.wq = make_linear(l.wq, o), L.wk = make_linear(l.wk, o), L.wv = make_linear(l.wv, o);
+        L.wq = make_linear(l.wq, o, &arena), L.wk = make_linear(l.wk, o, &arena), L.wv = make_linear(l.wv, o, &arena);
       }
       if (auto up = stacked({&l.w1, &l.w3}, o)) {
-        L.w13 = Linear(up, o.backend, o.threads);
+        L.w13 = Linear(up, o.backend, o.threads, &arena);
       } else {
-        L.w1 = make_linear(l.w1, o), L.w3 = make_linear(l.w3, o);
+        L.w1 = make_linear(l.w1, o, &arena), L.w3 = make_linear(l.w3, o, &arena);
       }
-      L.wo = make_linear(l.wo, o);
-      L.w2 = make_linear(l.w2, o);
+      L.wo = make_linear(l.wo, o, &arena);
+      L.w2 = make_linear(l.w2, o, &arena);
       t.layers.push_back(std::move(L));
       l = LlamaLayer();
+      detail::release_free_heap();  // the layer's source matrices, now packed in the arena
     }
     return t;
   }
