@@ -59,8 +59,8 @@ inline void advise_huge_pages(void* p, std::size_t bytes) {
 
 // Gives the heap's free pages back to the system (glibc's malloc_trim; elsewhere a
 // no-op). When a model's matrices are repacked into a WeightArena, the heap blocks of
-// the ones they were made from are freed, but glibc keeps freed blocks of this size
-// resident for reuse that will not come: ~57 MiB for SmolLM2-135M's 4-bit layers.
+// the ones they were made from are freed, but glibc keeps such freed blocks resident for
+// reuse that will not come: without this a SmolLM2-135M decode peaked 52 MiB higher.
 inline void release_free_heap() {
 #if defined(__GLIBC__)
   (void)::malloc_trim(0);

@@ -260,6 +260,10 @@ NIBBLE_TARGET_AVX512 __attribute__((always_inline)) inline void panel_block_code
   }
 }
 
+// Groups ahead at which panel_rows prefetches fp16 scales: avx2::kPrefetchBytes of codes
+// at group size 32 (256 code bytes per 16-row block).
+inline constexpr std::size_t kScalePrefetchGroups = avx2::kPrefetchBytes / 256;
+
 // From this batch on, each panel's codes are split once per call into per-thread
 // scratch (8 vectors per block, even codes as they are, not times 16), and the batch
 // rows read them from there: no splitting and no shift per batch row. Measured on
@@ -322,6 +326,10 @@ NIBBLE_TARGET_AVX512 inline void panel_rows(const PackedMatrix& W, const Prepare
   __m512 y[NB];
   for (int j = 0; j < NB; ++j) y[j] = _mm512_setzero_ps();
   for (std::size_t g = 0; g < G; ++g) {
+    // The scales are a second stream next to the codes (32 bytes per group and panel):
+    // into L2 as far ahead as panel_block_codes fetches the codes at one block per group.
+    if constexpr (kF16Scales)
+      _mm_prefetch(reinterpret_cast<const char*>(s16 + kPanelRows * (g + kScalePrefetchGroups)), _MM_HINT_T1);
     __m512 neg_off;
     if (z8 != nullptr)  // −z, also −0 for 0 as in the scalar code
       neg_off = _mm512_castsi512_ps(_mm512_xor_si512(
