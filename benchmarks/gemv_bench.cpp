@@ -107,17 +107,9 @@ DataSet& dataset(const std::string& key) {
   return d;
 }
 
-// n zeros whose whole 2 MiB pages are backed by huge pages, as nibble's own weight
-// storage is (core/weight_arena.hpp): every baseline and the streaming read get the
-// same page size as the kernels they are compared with.
-template <class T>
-std::vector<T> huge_page_vector(std::size_t n) {
-  std::vector<T> v;
-  v.reserve(n);
-  nibble::detail::advise_huge_pages(v.data(), n * sizeof(T));  // before the first touch
-  v.resize(n);
-  return v;
-}
+// Every baseline and the streaming read get the same page size as nibble's weights
+// (core/weight_arena.hpp), so the ceiling stays honest.
+using nibble::detail::huge_page_vector;
 
 std::vector<float> random_vector(std::size_t n, std::uint64_t seed) {
   std::vector<float> v = huge_page_vector<float>(n);

@@ -15,6 +15,7 @@
 #include "nibble/core/weight_arena.hpp"
 #include "nibble/kernels/gemv.hpp"
 #include "nibble/kernels/packed_matrix.hpp"
+#include "packed_test_util.hpp"
 
 namespace weight_arena_test {
 
@@ -120,50 +121,24 @@ TEST(WeightBuffer, ZeroFilledSharedOnCopyAndEmptyWhenSizeZero) {
   }
 }
 
-// A random container with `zeros` zero points when the codebook is uint4_asym.
-nibble::QuantizedMatrix random_matrix(std::size_t rows, std::size_t cols, std::size_t gs, nibble::Codebook cb,
-                                      nibble::ScaleFormat sf, nibble::ZeroFormat zeros, std::uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> code(0, 15);
-  std::vector<std::uint8_t> values(rows * cols);
-  for (auto& v : values) v = static_cast<std::uint8_t>(code(rng));
-  std::vector<std::uint8_t> codes(rows * nibble::packed_size(cols));
-  for (std::size_t r = 0; r < rows; ++r)
-    nibble::pack_nibbles(values.data() + r * cols, cols, codes.data() + r * nibble::packed_size(cols));
-  const std::size_t groups = rows * ((cols + gs - 1) / gs);
-  std::vector<float> s(groups);
-  for (auto& v : s) v = std::uniform_real_distribution<float>(0.01f, 0.5f)(rng);
-  nibble::ZeroPoints z;
-  if (cb == nibble::Codebook::uint4_asym && zeros == nibble::ZeroFormat::uint4) {
-    std::vector<std::uint8_t> zc(groups);
-    for (auto& v : zc) v = static_cast<std::uint8_t>(code(rng));
-    z = nibble::ZeroPoints::uint4(zc);
-  } else if (cb == nibble::Codebook::uint4_asym) {
-    std::vector<float> zf(groups);
-    for (auto& v : zf) v = std::uniform_real_distribution<float>(-1.0f, 16.0f)(rng);
-    z = nibble::ZeroPoints::floats(zf, zeros == nibble::ZeroFormat::f32 ? nibble::ScaleFormat::f32 : nibble::ScaleFormat::f16);
-  }
-  return nibble::QuantizedMatrix(rows, cols, gs, cb, std::move(codes), nibble::ScaleArray::encode(s, sf), std::move(z));
-}
-
 // The arena only moves where a PackedMatrix's arrays live: unpack() gives the same
 // container and every product the same bits, for each layout and for the formats that
 // keep tile-ordered scales and zeros of each kind.
 TEST(WeightArena, PackedMatrixInAnArenaIsTheSameMatrix) {
   using nibble::Codebook;
   using nibble::ScaleFormat;
-  using nibble::ZeroFormat;
+  using packed_test::ZeroKind;
   struct Case {
     Codebook codebook;
     ScaleFormat scales;
-    ZeroFormat zeros;
+    ZeroKind zeros;  // uint4_asym only
   };
-  const std::vector<Case> cases = {{Codebook::int4_sym, ScaleFormat::f16, ZeroFormat::none},
-                                   {Codebook::int4_sym, ScaleFormat::f32, ZeroFormat::none},
-                                   {Codebook::uint4_asym, ScaleFormat::f16, ZeroFormat::uint4},
-                                   {Codebook::uint4_asym, ScaleFormat::f32, ZeroFormat::f32},
-                                   {Codebook::uint4_asym, ScaleFormat::f16, ZeroFormat::f16},
-                                   {Codebook::nf4, ScaleFormat::dq8, ZeroFormat::none}};
+  const std::vector<Case> cases = {{Codebook::int4_sym, ScaleFormat::f16, ZeroKind::uint4},
+                                   {Codebook::int4_sym, ScaleFormat::f32, ZeroKind::uint4},
+                                   {Codebook::uint4_asym, ScaleFormat::f16, ZeroKind::uint4},
+                                   {Codebook::uint4_asym, ScaleFormat::f32, ZeroKind::f32},
+                                   {Codebook::uint4_asym, ScaleFormat::f16, ZeroKind::f16},
+                                   {Codebook::nf4, ScaleFormat::dq8, ZeroKind::uint4}};
   WeightArena arena(std::size_t{1} << 20);
   const std::size_t rows = 37, cols = 200, batch = 3;
   std::mt19937 rng(5);
@@ -171,7 +146,7 @@ TEST(WeightArena, PackedMatrixInAnArenaIsTheSameMatrix) {
   for (float& v : x) v = std::normal_distribution<float>()(rng);
   for (const Case& c : cases)
     for (nibble::CodeLayout layout : {nibble::CodeLayout::row_tiles, nibble::CodeLayout::row_panels}) {
-      const auto q = random_matrix(rows, cols, 64, c.codebook, c.scales, c.zeros, 11);
+      const auto q = packed_test::random_matrix(rows, cols, 64, c.codebook, c.scales, 11, c.zeros);
       const nibble::PackedMatrix alone(q, layout), in_arena(q, layout, &arena);
       const std::string label = std::string(nibble::to_string(c.codebook)) + " scales " +
                                 std::to_string(static_cast<int>(c.scales)) + " layout " +

@@ -57,6 +57,17 @@ inline void advise_huge_pages(void* p, std::size_t bytes) {
 #endif
 }
 
+// n value-initialized elements whose whole 2 MiB pages are huge pages (the vector's
+// storage is advised between being allocated and being touched).
+template <class T>
+std::vector<T> huge_page_vector(std::size_t n) {
+  std::vector<T> v;
+  v.reserve(n);
+  advise_huge_pages(v.data(), n * sizeof(T));
+  v.resize(n);
+  return v;
+}
+
 // Gives the heap's free pages back to the system (glibc's malloc_trim; elsewhere a
 // no-op). When a model's matrices are repacked into a WeightArena, the heap blocks of
 // the ones they were made from are freed, but glibc keeps such freed blocks resident for

@@ -102,9 +102,7 @@ class Int8Matrix {
     Int8Matrix m;
     m.rows_ = rows;
     m.cols_ = cols;
-    m.codes_.reserve(rows * cols);
-    detail::advise_huge_pages(m.codes_.data(), rows * cols);  // before the first touch (core/weight_arena.hpp)
-    m.codes_.resize(rows * cols);
+    m.codes_ = detail::huge_page_vector<std::int8_t>(rows * cols);  // core/weight_arena.hpp
     m.scales_.resize(rows * nb);
     for (std::size_t i = 0; i < rows * nb; ++i, p += kQ8_0BlockBytes) {
       const std::uint16_t d = static_cast<std::uint16_t>(p[0] | (p[1] << 8));
