@@ -97,4 +97,16 @@ NIBBLE_TARGET_AVX2 inline void softmax(float* v, std::size_t n) {
   }
 }
 
+// softmax_scalar::silu_mul, 8 lanes at a time; the last n mod 8 elements by the scalar rule.
+NIBBLE_TARGET_AVX2 inline void silu_mul(const float* gate, const float* up, float* out, std::size_t n) {
+  const std::size_t full = n / 8 * 8;
+  const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+  for (std::size_t i = 0; i < full; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256 e = exp8(_mm256_xor_ps(g, sign));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + i)));
+  }
+  softmax_scalar::silu_mul(gate + full, up + full, out + full, n - full);
+}
+
 }  // namespace nibble::detail::softmax_avx2

@@ -72,6 +72,19 @@ NIBBLE_TARGET_AVX512 inline void softmax(float* v, std::size_t n) {
   if (rest) _mm512_mask_storeu_ps(v + full, tail, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, v + full), inv));
 }
 
+// softmax_scalar::silu_mul, 16 lanes at a time; the last n mod 16 elements by the scalar rule.
+NIBBLE_TARGET_AVX512 inline void silu_mul(const float* gate, const float* up, float* out, std::size_t n) {
+  const std::size_t full = n / 16 * 16;
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+  for (std::size_t i = 0; i < full; i += 16) {
+    const __m512 g = _mm512_loadu_ps(gate + i);
+    const __m512 e = exp16(_mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(g), sign)));
+    _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), _mm512_loadu_ps(up + i)));
+  }
+  softmax_scalar::silu_mul(gate + full, up + full, out + full, n - full);
+}
+
 }  // namespace nibble::detail::softmax_avx512
 
 #if defined(__GNUC__) && !defined(__clang__)

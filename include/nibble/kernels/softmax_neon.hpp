@@ -71,4 +71,16 @@ inline void softmax(float* v, std::size_t n) {
   if (rest) std::memcpy(v + full, pad, rest * sizeof(float));
 }
 
+// softmax_scalar::silu_mul, 4 lanes at a time; the last n mod 4 elements by the scalar rule.
+inline void silu_mul(const float* gate, const float* up, float* out, std::size_t n) {
+  const std::size_t full = n / 4 * 4;
+  const float32x4_t one = vdupq_n_f32(1.0f);
+  for (std::size_t i = 0; i < full; i += 4) {
+    const float32x4_t g = vld1q_f32(gate + i);
+    const float32x4_t e = exp4(vnegq_f32(g));
+    vst1q_f32(out + i, vmulq_f32(vdivq_f32(g, vaddq_f32(one, e)), vld1q_f32(up + i)));
+  }
+  softmax_scalar::silu_mul(gate + full, up + full, out + full, n - full);
+}
+
 }  // namespace nibble::detail::softmax_neon

@@ -1,7 +1,8 @@
 // In-place softmax of one row of attention scores, v ← exp(v − max v) / Σ exp(v − max v),
-// with AVX2 / AVX-512 / NEON paths. It exists because the model's attention spends most
-// of its time in exp: nibble is compiled without -m flags, so Eigen's vectorized exp is
-// its SSE2 one, 4 lanes wide; these paths are 8 and 16 wide and use FMA.
+// and the feed-forward gate silu(g)·u (silu_mul), with AVX2 / AVX-512 / NEON paths. They
+// exist because the model spends its non-matrix time in exp: nibble is compiled without
+// -m flags, so Eigen's vectorized exp is its SSE2 one, 4 lanes wide, and glibc's expf is
+// one element at a time; these paths are 8 and 16 wide and use FMA.
 //
 // This file is the specification; every ISA path gives its result bit for bit:
 //   max   the largest element (NaNs skipped; a NaN still poisons the row through exp);
@@ -61,6 +62,14 @@ inline void softmax(float* v, std::size_t n) {
     for (std::size_t j = 0; j < w; ++j) part[j] += part[j + w];
   const float inv = 1.0f / part[0];
   for (std::size_t i = 0; i < n; ++i) v[i] *= inv;
+}
+
+// SwiGLU's gate, out[i] = silu(gate[i]) · up[i] with silu(g) = g / (1 + exp(−g)), in that
+// order of operations and with exp_for_softmax as exp: above g = 87 exp(−g) is 0 and
+// silu(g) = g; below g = −88 the exp stays at e⁸⁸ and the result is g·up / (1 + e⁸⁸),
+// about 0. out may be gate (element i is read before it is written).
+inline void silu_mul(const float* gate, const float* up, float* out, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + exp_for_softmax(-gate[i])) * up[i];
 }
 }  // namespace softmax_scalar
 

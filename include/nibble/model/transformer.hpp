@@ -341,21 +341,50 @@ struct Transformer {
   void rms_norm(const RowMatrixXf& X, const Eigen::VectorXf& gain, RowMatrixXf& out) const {
     out.resize(X.rows(), X.cols());
     for (Eigen::Index t = 0; t < X.rows(); ++t) {
-      float ss = 0.0f;
-      for (Eigen::Index i = 0; i < X.cols(); ++i) ss += X(t, i) * X(t, i);
-      ss = 1.0f / std::sqrt(ss / static_cast<float>(X.cols()) + config.norm_eps);
-      for (Eigen::Index i = 0; i < X.cols(); ++i) out(t, i) = gain(i) * (ss * X(t, i));
+      const float ss = 1.0f / std::sqrt(X.row(t).squaredNorm() / static_cast<float>(X.cols()) + config.norm_eps);
+      out.row(t).array() = gain.transpose().array() * (ss * X.row(t).array());
     }
   }
 
-  // Rotates the pairs of every head of row t, at absolute position pos.
-  void rope(RowMatrixXf& M, Eigen::Index t, int pos) const {
+  // cos and sin of the rotation angles of positions start … start+rows−1: pair i of row
+  // t at t·half + i. One table per chunk serves the q and k rows of every layer (decode
+  // spent more time in these pow/cos/sin than in some of its matrix products); it is
+  // kept per thread and rebuilt when the chunk or the model's RoPE differs.
+  struct RopeAngles {
+    float base = 0, scale = 0;
+    int head_size = 0, start = -1;
+    Eigen::Index rows = 0;
+    std::vector<float> cos, sin;
+  };
+  const RopeAngles& rope_angles(int start, Eigen::Index rows) const {
+    thread_local RopeAngles a;
     const int hs = config.head_size(), half = hs / 2;
-    const float p = config.rope_scale == 1.0f ? static_cast<float>(pos) : static_cast<float>(pos) / config.rope_scale;
+    if (a.base == config.rope_base && a.scale == config.rope_scale && a.head_size == hs && a.start == start &&
+        a.rows == rows)
+      return a;
+    a.base = config.rope_base, a.scale = config.rope_scale, a.head_size = hs, a.start = start, a.rows = rows;
+    a.cos.resize(static_cast<std::size_t>(rows * half));
+    a.sin.resize(a.cos.size());
+    for (Eigen::Index t = 0; t < rows; ++t) {
+      const int pos = start + static_cast<int>(t);
+      const float p = config.rope_scale == 1.0f ? static_cast<float>(pos) : static_cast<float>(pos) / config.rope_scale;
+      for (int i = 0; i < half; ++i) {
+        const float freq = 1.0f / std::pow(config.rope_base, static_cast<float>(2 * i) / static_cast<float>(hs));
+        const float angle = p * freq;
+        a.cos[static_cast<std::size_t>(t * half + i)] = std::cos(angle);
+        a.sin[static_cast<std::size_t>(t * half + i)] = std::sin(angle);
+      }
+    }
+    return a;
+  }
+
+  // Rotates the pairs of every head of row t by row t's angles.
+  void rope(RowMatrixXf& M, Eigen::Index t, const RopeAngles& angles) const {
+    const int hs = config.head_size(), half = hs / 2;
+    const float* cos = angles.cos.data() + t * half;
+    const float* sin = angles.sin.data() + t * half;
     for (int i = 0; i < half; ++i) {
-      const float freq = 1.0f / std::pow(config.rope_base, static_cast<float>(2 * i) / static_cast<float>(hs));
-      const float angle = p * freq;
-      const float c = std::cos(angle), s = std::sin(angle);
+      const float c = cos[i], s = sin[i];
       // Offsets of the pair's two members inside a head.
       const int a = config.rope_style == RopeStyle::adjacent_pairs ? 2 * i : i;
       const int b = config.rope_style == RopeStyle::adjacent_pairs ? 2 * i + 1 : i + half;
@@ -423,9 +452,10 @@ struct Transformer {
       k.rowwise() += L.bk.transpose();
       v.rowwise() += L.bv.transpose();
     }
+    const RopeAngles& angles = rope_angles(start, T);
     for (Eigen::Index t = 0; t < T; ++t) {
-      rope(q, t, start + static_cast<int>(t));
-      rope(k, t, start + static_cast<int>(t));
+      rope(q, t, angles);
+      rope(k, t, angles);
       for (int g = 0; g < config.n_kv_heads; ++g) {
         K.row(Eigen::Index{g} * capacity + start + t) = k.row(t).segment(g * hs, hs);
         V.row(Eigen::Index{g} * capacity + start + t) = v.row(t).segment(g * hs, hs);
@@ -503,28 +533,31 @@ struct Transformer {
   void ffn_hidden(int l, const RowMatrixXf& xb, RowMatrixXf& h) const {
     const TransformerLayer& L = layers[static_cast<std::size_t>(l)];
     thread_local RowMatrixXf h3, h13;  // reused across calls, as run_layer's
+    const Eigen::Index rows = xb.rows(), cols = config.hidden_dim;
+    // Row t's gate and up halves: gate | up side by side in h13, or h and h3.
+    const float* gate = nullptr;
+    const float* up = nullptr;
+    Eigen::Index stride = 0;
     if (!L.w13.empty()) {
       L.w13.apply(xb, h13);
-      h = h13.leftCols(config.hidden_dim);
-      h3 = h13.rightCols(config.hidden_dim);
+      h.resize(rows, cols);
+      gate = h13.data(), up = h13.data() + cols, stride = h13.cols();
     } else {
       L.w1.apply(xb, h);
       L.w3.apply(xb, h3);
+      gate = h.data(), up = h3.data(), stride = cols;
     }
-    // silu(h) ⊙ h3, element by element; a long chunk deals its rows to the threads.
-    RowMatrixXf& gate = h;
-    const RowMatrixXf& up = h3;  // the caller's (a thread_local name in the lambda is the worker's)
-    const Eigen::Index rows = h.rows(), cols = h.cols();
+    // silu(gate) ⊙ up (kernels/softmax.hpp), row by row; a long chunk deals its rows to
+    // the threads.
+    const Isa isa = selected_isa();
+    float* out = h.data();
     constexpr Eigen::Index kMinElementsPerTask = Eigen::Index{1} << 14;
     const int tasks = static_cast<int>(
         std::min<Eigen::Index>({attention_threads, rows, std::max<Eigen::Index>(1, rows * cols / kMinElementsPerTask)}));
     const std::function<void(std::size_t)> silu_rows = [&](std::size_t task) {
       for (Eigen::Index t = rows * static_cast<Eigen::Index>(task) / tasks;
            t < rows * static_cast<Eigen::Index>(task + 1) / tasks; ++t)
-        for (Eigen::Index i = 0; i < cols; ++i) {
-          const float a = gate(t, i);
-          gate(t, i) = a / (1.0f + std::exp(-a)) * up(t, i);
-        }
+        detail::silu_mul(gate + t * stride, up + t * stride, out + t * cols, static_cast<std::size_t>(cols), isa);
     };
     if (tasks <= 1) silu_rows(0);
     else detail::ThreadPool::instance().run(static_cast<std::size_t>(tasks), silu_rows);
