@@ -391,7 +391,9 @@ NIBBLE_TARGET_AVX512 inline void panel_gemm_rows(const PackedMatrix& W, const Pr
   // Scales and zeros are read in place from the tile-ordered copies where there are
   // some (f16 / f32 scales; every zero format); the rest (bf16 / dq8 scales) is decoded
   // per panel, and the offsets that do not vary by row (all but uint4_asym) once per
-  // call (tile_scales' first_tile).
+  // call: by tile_scales' first_tile where scales are decoded anyway, else as one row's
+  // offsets given to all 16 lanes (a decode-sized call spent more on tile_scales than
+  // on its first panel's products).
   for (std::size_t r = r0; r < r1; r += kPanelRows) {
     const std::size_t nr = std::min(kPanelRows, r1 - r), pn = r / kPanelRows;
     const float* o32 = W.tile_offsets32(pn * 2);
@@ -399,7 +401,11 @@ NIBBLE_TARGET_AVX512 inline void panel_gemm_rows(const PackedMatrix& W, const Pr
     const std::uint8_t* z8 = W.tile_zeros8(pn * 2);
     const std::uint16_t* o16 = W.tile_offsets16(pn * 2);
     const bool scales_in_place = kF16Scales || s32 != nullptr;
-    if (!scales_in_place || r == r0) {
+    if (scales_in_place && r == r0 && o32 == nullptr && o16 == nullptr && z8 == nullptr) {
+      float* row_nov = tile_nov[0].data();  // scratch for one row's G offsets
+      W.decode_negated_offsets(0, G, row_nov, 1);
+      for (std::size_t g = G; g-- > 0;) _mm512_storeu_ps(nov.data() + kPanelRows * g, _mm512_set1_ps(row_nov[g]));
+    } else if (!scales_in_place) {
       for (std::size_t half = 0; half < (nr > kTileRows ? 2u : 1u); ++half) {
         const std::size_t hr = r + half * kTileRows;
         avx2::tile_scales(W, hr, std::min(kTileRows, r1 - hr), r == r0, tile_sv[half].data(), tile_nov[half].data());

@@ -114,8 +114,10 @@ inline const CpuFeatures& cpu_features() {
   return features;
 }
 
-// Empty if this build and CPU can run `isa`, else the reason it cannot.
-inline std::string isa_unavailable_reason(Isa isa) {
+namespace detail {
+// Empty if this build and CPU can run `isa`, else the reason it cannot (a literal: the
+// kernels ask on every call, and a std::string of the reason allocated each time).
+inline const char* isa_unavailable_why(Isa isa) {
   const CpuFeatures& f = cpu_features();
   switch (isa) {
     case Isa::scalar: return "";
@@ -142,15 +144,22 @@ inline std::string isa_unavailable_reason(Isa isa) {
   }
   return "unknown ISA";
 }
+}  // namespace detail
 
-inline bool isa_available(Isa isa) { return isa_unavailable_reason(isa).empty(); }
+// Empty if this build and CPU can run `isa`, else the reason it cannot.
+inline std::string isa_unavailable_reason(Isa isa) { return detail::isa_unavailable_why(isa); }
 
-// The best path this build can run on this CPU.
+inline bool isa_available(Isa isa) { return *detail::isa_unavailable_why(isa) == '\0'; }
+
+// The best path this build can run on this CPU (found once: the CPU does not change).
 inline Isa detected_isa() {
-  if (isa_available(Isa::neon)) return Isa::neon;
-  if (isa_available(Isa::avx512)) return Isa::avx512;
-  if (isa_available(Isa::avx2)) return Isa::avx2;
-  return Isa::scalar;
+  static const Isa best = [] {
+    if (isa_available(Isa::neon)) return Isa::neon;
+    if (isa_available(Isa::avx512)) return Isa::avx512;
+    if (isa_available(Isa::avx2)) return Isa::avx2;
+    return Isa::scalar;
+  }();
+  return best;
 }
 
 // Forces every later kernel call onto `isa`; throws if it is not available.
@@ -170,8 +179,8 @@ inline Isa selected_isa() {
   if (forced >= 0) return static_cast<Isa>(forced);
   if (const char* env = std::getenv("NIBBLE_ISA"); env != nullptr && *env != '\0') {
     const Isa isa = isa_from_string(env);
-    const std::string why = isa_unavailable_reason(isa);
-    detail::require(why.empty(), "NIBBLE_ISA=", env, " cannot be used: ", why);
+    const char* why = detail::isa_unavailable_why(isa);
+    detail::require(*why == '\0', "NIBBLE_ISA=", env, " cannot be used: ", why);
     return isa;
   }
   return detected_isa();
