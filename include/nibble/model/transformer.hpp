@@ -338,10 +338,23 @@ struct Transformer {
     return X;
   }
 
+  // The sum of squares is taken in double, as ggml does: SmolLM2's residual stream has
+  // outlier features thousands of times larger than the rest, and a float sum (serial or
+  // vectorized) moved its perplexity by 0.3–0.4% (6.6103 serial, 6.6364 vectorized,
+  // 6.6290 in double against llama-perplexity's 6.6302 on the same 8 chunks). Four
+  // partial sums keep the loop off one long dependency chain.
   void rms_norm(const RowMatrixXf& X, const Eigen::VectorXf& gain, RowMatrixXf& out) const {
     out.resize(X.rows(), X.cols());
+    const Eigen::Index n = X.cols();
     for (Eigen::Index t = 0; t < X.rows(); ++t) {
-      const float ss = 1.0f / std::sqrt(X.row(t).squaredNorm() / static_cast<float>(X.cols()) + config.norm_eps);
+      const float* x = X.row(t).data();
+      double part[4] = {0.0, 0.0, 0.0, 0.0};
+      Eigen::Index i = 0;
+      for (; i + 4 <= n; i += 4)
+        for (int j = 0; j < 4; ++j) part[j] += static_cast<double>(x[i + j]) * x[i + j];
+      for (; i < n; ++i) part[0] += static_cast<double>(x[i]) * x[i];
+      const double sum = (part[0] + part[1]) + (part[2] + part[3]);
+      const float ss = 1.0f / std::sqrt(static_cast<float>(sum / static_cast<double>(n)) + config.norm_eps);
       out.row(t).array() = gain.transpose().array() * (ss * X.row(t).array());
     }
   }
