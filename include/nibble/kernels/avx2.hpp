@@ -270,8 +270,10 @@ NIBBLE_TARGET_AVX2 inline const float* tile_scales(const PackedMatrix& W, std::s
                                                    bool first_tile, float* sv, float* nov) {
   const std::size_t G = W.groups_per_row(), t = r / kTileRows;
   const float k = W.int8_factor();
-  std::size_t first[8];
-  for (std::size_t i = 0; i < 8; ++i) first[i] = (r + std::min(i, nr - 1)) * G;
+  // Group 0 of row i's scales and offsets (padding rows reuse the last row's); only the
+  // formats decoded row by row below need them, and a decode-sized call runs this per
+  // 8-row tile, so they are worked out only then.
+  const auto first = [&](std::size_t i) { return (r + std::min(i, nr - 1)) * G; };
   // Scales: times k, read 8 at a time from the tile-ordered fp16 or f32 copy
   // (PackedMatrix::build_tile_order) where there is one, else (dq8) decoded 8 groups ×
   // 8 rows at a time and transposed into sv[8g + i]; bf16 and the groups left over one
@@ -289,7 +291,7 @@ NIBBLE_TARGET_AVX2 inline const float* tile_scales(const PackedMatrix& W, std::s
   } else if (W.scale_format() == ScaleFormat::dq8) {
     for (; g_done + 8 <= G; g_done += 8) {
       __m256 m[8];
-      for (std::size_t i = 0; i < 8; ++i) m[i] = _mm256_mul_ps(decode8_scales(W, first[i] + g_done), kv);
+      for (std::size_t i = 0; i < 8; ++i) m[i] = _mm256_mul_ps(decode8_scales(W, first(i) + g_done), kv);
       transpose8(m);
       for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(sv + 8 * (g_done + j), m[j]);
     }
@@ -315,12 +317,13 @@ NIBBLE_TARGET_AVX2 inline const float* tile_scales(const PackedMatrix& W, std::s
       _mm256_storeu_ps(nov + 8 * nov_done, _mm256_xor_ps(_mm256_cvtepi32_ps(z), _mm256_set1_ps(-0.0f)));
     }
   }
+  const bool offsets_left = (W.codebook() == Codebook::uint4_asym || first_tile) && nov_done < G;
+  if (g_done == G && !offsets_left) return offsets;
   for (std::size_t i = 0; i < 8; ++i) {
     // Groups left over (bf16, and dq8 past a multiple of 8) exist only without a
     // tile-ordered copy.
-    if (g_done < G) W.decode_scales(first[i] + g_done, G - g_done, k, sv + 8 * g_done + i, 8);
-    if ((W.codebook() == Codebook::uint4_asym || first_tile) && nov_done < G)
-      W.decode_negated_offsets(first[i] + nov_done, G - nov_done, nov + 8 * nov_done + i, 8);
+    if (g_done < G) W.decode_scales(first(i) + g_done, G - g_done, k, sv + 8 * g_done + i, 8);
+    if (offsets_left) W.decode_negated_offsets(first(i) + nov_done, G - nov_done, nov + 8 * nov_done + i, 8);
   }
   return offsets;
 }
