@@ -378,11 +378,11 @@ struct Transformer {
     a.base = config.rope_base, a.scale = config.rope_scale, a.head_size = hs, a.start = start, a.rows = rows;
     a.cos.resize(static_cast<std::size_t>(rows * half));
     a.sin.resize(a.cos.size());
-    for (Eigen::Index t = 0; t < rows; ++t) {
-      const int pos = start + static_cast<int>(t);
-      const float p = config.rope_scale == 1.0f ? static_cast<float>(pos) : static_cast<float>(pos) / config.rope_scale;
-      for (int i = 0; i < half; ++i) {
-        const float freq = 1.0f / std::pow(config.rope_base, static_cast<float>(2 * i) / static_cast<float>(hs));
+    for (int i = 0; i < half; ++i) {  // a pair's frequency once, not once per position
+      const float freq = 1.0f / std::pow(config.rope_base, static_cast<float>(2 * i) / static_cast<float>(hs));
+      for (Eigen::Index t = 0; t < rows; ++t) {
+        const int pos = start + static_cast<int>(t);
+        const float p = config.rope_scale == 1.0f ? static_cast<float>(pos) : static_cast<float>(pos) / config.rope_scale;
         const float angle = p * freq;
         a.cos[static_cast<std::size_t>(t * half + i)] = std::cos(angle);
         a.sin[static_cast<std::size_t>(t * half + i)] = std::sin(angle);
