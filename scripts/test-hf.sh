@@ -20,22 +20,17 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-venv=build/pyenv
 pypi_unreachable() {
   # pip's own index query, through whatever index pip is configured to use.
   ! python3 -m pip index versions pip >/dev/null 2>&1
 }
-if ! "$venv/bin/python" -c "import gguf, safetensors, numpy, tokenizers" 2>/dev/null; then
-  echo "=== hf: creating $venv with gguf, safetensors, numpy, tokenizers from PyPI ==="
-  python3 -m venv "$venv"
-  if ! "$venv/bin/pip" install -q gguf safetensors numpy tokenizers; then
-    if pypi_unreachable; then
-      echo "hf: SKIPPED — PyPI cannot be reached, so gguf/safetensors/numpy/tokenizers cannot be installed"
-      exit 0
-    fi
-    echo "hf: FAILED to install gguf/safetensors/numpy/tokenizers" >&2
-    exit 1
+if ! venv=$(scripts/python-env.sh pyenv); then
+  if pypi_unreachable; then
+    echo "hf: SKIPPED — PyPI cannot be reached, so gguf/safetensors/numpy/tokenizers cannot be installed"
+    exit 0
   fi
+  echo "hf: FAILED to install gguf/safetensors/numpy/tokenizers" >&2
+  exit 1
 fi
 # The dev preset's tree by default: scripts/test.sh has built these programs there already.
 build=${1:-build/dev}

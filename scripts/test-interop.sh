@@ -12,14 +12,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-venv=build/pyenv
-if ! "$venv/bin/python" -c "import gguf, safetensors, numpy, tokenizers" 2>/dev/null; then
-  echo "=== interop: creating $venv with gguf, safetensors, numpy, tokenizers from PyPI ==="
-  python3 -m venv "$venv"
-  if ! "$venv/bin/pip" install -q gguf safetensors numpy tokenizers; then
-    echo "interop: FAILED to install gguf/safetensors/numpy/tokenizers from PyPI (network?); the interop check cannot run" >&2
-    exit 1
-  fi
+if ! venv=$(scripts/python-env.sh pyenv); then
+  echo "interop: FAILED to install gguf/safetensors/numpy/tokenizers from PyPI (network?); the interop check cannot run" >&2
+  exit 1
 fi
 # The dev preset's tree by default: scripts/test.sh has built these programs there already.
 build=${1:-build/dev}

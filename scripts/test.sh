@@ -24,6 +24,27 @@ phase() {
 }
 phase "Debian packages (scripts/install-deps.sh)"
 scripts/install-deps.sh
+prepare_pid=""
+if [ $# -eq 0 ]; then
+  # The later phases' downloads (SmolLM2, the llama.cpp sdist, the two Python
+  # environments: network and disk) and the llama.cpp build run in the background from
+  # here at the lowest CPU priority, so they use what the compile and test phases leave
+  # idle (emulators, serial test tails, Python) instead of adding ~6 minutes after them.
+  # Best effort: the phases that need them run the same idempotent scripts again, which
+  # find the work done (each takes a lock, so they wait for a run still going) or fail
+  # or skip exactly as they would have.
+  mkdir -p build
+  prepare_log=build/test-prepare.log
+  # Its own session (process group), so a failing phase can stop all of it.
+  setsid bash -c '
+    nice -n 19 scripts/fetch-models.sh &
+    nice -n 19 scripts/python-env.sh pyenv >/dev/null &
+    nice -n 19 scripts/python-env.sh bnb >/dev/null &
+    nice -n 19 scripts/build-llama-cpp.sh >/dev/null &
+    wait' >"$prepare_log" 2>&1 &
+  prepare_pid=$!
+  trap '[ -z "$prepare_pid" ] || kill -- "-$prepare_pid" 2>/dev/null || true' EXIT
+fi
 jobs=$(nproc)
 presets=("$@")
 ((${#presets[@]})) || presets=(dev asan aarch64-qemu aarch64-qemu-nodot)
@@ -62,6 +83,10 @@ if [ $# -eq 0 ]; then
   scripts/check-consumers.sh
   phase "entry points in any order (demo, compare)"
   scripts/test-entry-points.sh
+  phase "what is left of the background downloads and llama.cpp build"
+  wait "$prepare_pid" || true
+  prepare_pid=""
+  sed 's/^/  background: /' "$prepare_log"
   phase "exporters read back by Python gguf / safetensors / numpy"
   scripts/test-interop.sh
   phase "a real model (SmolLM2-135M) against llama.cpp on the same file"
