@@ -17,9 +17,7 @@
 # Progress goes to stderr; stdout gets one line, the bin directory:
 #   bin=$(scripts/build-llama-cpp.sh) && "$bin/llama-perplexity" -m MODEL -f TEXT -c 512
 # With --source it is the llama.cpp source tree instead (for ggml's headers; the static
-# libraries are under the bin directory's parent, ggml/src/). With --download-only it
-# fetches and unpacks the sdist, prints the source tree and builds nothing
-# (scripts/test.sh downloads at normal priority and builds at the lowest).
+# libraries are under the bin directory's parent, ggml/src/).
 # JOBS (default 2) sets the parallel compile jobs. On 2 cores (AMD EPYC Zen 5,
 # AVX-512) a full build took 3 min 47 s with -j2, plus about 10 s for the download;
 # a reuse takes well under a second.
@@ -114,12 +112,6 @@ if [ ! -f "$src/CMakeLists.txt" ]; then
   chmod 755 "$ex"
   mv "$ex" "$srcdir"
   trap - EXIT
-fi
-
-if [ "${1:-}" = --download-only ]; then
-  say "the source is in $src (not built: --download-only)"
-  echo "$src"
-  exit 0
 fi
 
 # 3. Configure and build only the programs the checks run. A partial build made for the

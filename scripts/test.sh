@@ -35,21 +35,17 @@ if [ $# -eq 0 ]; then
   # or skip exactly as they would have.
   mkdir -p build
   prepare_log=build/test-prepare.log
-  # Its own session (process group), so a failing phase can stop all of it. The
-  # downloads start at normal priority (they wait on the network; at nice 19 the sdist's
-  # metadata step starved for 7 minutes behind the compile), then everything left runs
-  # at the lowest. A new session is also a new scheduler autogroup where the kernel has
-  # them, and between autogroups the nice of each task does not count, only the group's:
-  # that is set to 19 too (without it the background build took half the CPU and the
-  # dev preset's compile ran twice as long).
+  # Its own session (process group), so a failing phase can stop all of it. A new
+  # session is also a new scheduler autogroup where the kernel has them, and between
+  # autogroups the nice of each task does not count, only the group's: that is set to
+  # 19 too (without it the background build took half the CPU and the dev preset's
+  # compile ran twice as long).
   setsid bash -c '
-    scripts/fetch-models.sh &
-    scripts/python-env.sh pyenv >/dev/null &
-    scripts/python-env.sh bnb >/dev/null &
-    scripts/build-llama-cpp.sh --download-only >/dev/null
     echo 19 2>/dev/null >/proc/self/autogroup || true
-    renice -n 19 -g "$$" >/dev/null 2>&1 || true
-    nice -n 19 scripts/build-llama-cpp.sh >/dev/null
+    nice -n 19 scripts/fetch-models.sh &
+    nice -n 19 scripts/python-env.sh pyenv >/dev/null &
+    nice -n 19 scripts/python-env.sh bnb >/dev/null &
+    nice -n 19 scripts/build-llama-cpp.sh >/dev/null &
     wait' >"$prepare_log" 2>&1 &
   prepare_pid=$!
   trap '[ -z "$prepare_pid" ] || kill -- "-$prepare_pid" 2>/dev/null || true' EXIT
