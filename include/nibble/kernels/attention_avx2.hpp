@@ -11,6 +11,7 @@
 
 #include "avx2.hpp"
 #include "softmax_avx2.hpp"
+#include "unroll.hpp"
 
 namespace nibble::detail::attention_avx2 {
 
@@ -47,8 +48,10 @@ NIBBLE_TARGET_AVX2 inline void mix(const float* p, const float* V, std::size_t s
     for (std::size_t j = 0; j < n; ++j) {
       const __m256 pj = _mm256_set1_ps(p[j]);
       const float* v = V + j * stride + d;
+      NIBBLE_UNROLL
       for (int c = 0; c < 4; ++c) o[c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 8 * c), o[c]);
     }
+    NIBBLE_UNROLL
     for (int c = 0; c < 4; ++c) _mm256_storeu_ps(out + d + 8 * c, o[c]);
   }
   for (; d + 8 <= hs; d += 8) {

@@ -10,6 +10,7 @@
 
 #include "avx512.hpp"
 #include "softmax_avx512.hpp"
+#include "unroll.hpp"
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
@@ -60,8 +61,10 @@ NIBBLE_TARGET_AVX512 inline void mix(const float* p, const float* V, std::size_t
     for (std::size_t j = 0; j < n; ++j) {
       const __m512 pj = _mm512_set1_ps(p[j]);
       const float* v = V + j * stride + d;
+      NIBBLE_UNROLL
       for (int c = 0; c < 4; ++c) o[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(v + 16 * c), o[c]);
     }
+    NIBBLE_UNROLL
     for (int c = 0; c < 4; ++c) _mm512_storeu_ps(out + d + 16 * c, o[c]);
   }
   for (; d < hs; d += 16) {

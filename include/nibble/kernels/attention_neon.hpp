@@ -10,6 +10,8 @@
 #include <cstddef>
 #include <cstring>
 
+#include "unroll.hpp"
+
 namespace nibble::detail::attention_neon {
 
 inline void scores(const float* q, const float* K, std::size_t stride, std::size_t n, std::size_t hs, float* s) {
@@ -20,10 +22,13 @@ inline void scores(const float* q, const float* K, std::size_t stride, std::size
     const float* k = K + j * stride;
     float32x4_t a[4];
     for (auto& r : a) r = vdupq_n_f32(0.0f);
-    for (std::size_t i = 0; i < full; i += 16)
+    for (std::size_t i = 0; i < full; i += 16) {
+      NIBBLE_UNROLL
       for (int c = 0; c < 4; ++c) a[c] = vfmaq_f32(a[c], vld1q_f32(q + i + 4 * c), vld1q_f32(k + i + 4 * c));
+    }
     if (rest) {
       std::memcpy(kpad, k + full, rest * sizeof(float));
+      NIBBLE_UNROLL
       for (int c = 0; c < 4; ++c) a[c] = vfmaq_f32(a[c], vld1q_f32(qpad + 4 * c), vld1q_f32(kpad + 4 * c));
     }
     const float32x4_t w4 = vaddq_f32(vaddq_f32(a[0], a[2]), vaddq_f32(a[1], a[3]));  // w = 8, then 4
@@ -39,8 +44,10 @@ inline void mix(const float* p, const float* V, std::size_t stride, std::size_t 
     for (auto& r : o) r = vdupq_n_f32(0.0f);
     for (std::size_t j = 0; j < n; ++j) {
       const float* v = V + j * stride + d;
+      NIBBLE_UNROLL
       for (int c = 0; c < 4; ++c) o[c] = vfmaq_n_f32(o[c], vld1q_f32(v + 4 * c), p[j]);
     }
+    NIBBLE_UNROLL
     for (int c = 0; c < 4; ++c) vst1q_f32(out + d + 4 * c, o[c]);
   }
   for (; d + 4 <= hs; d += 4) {

@@ -32,6 +32,7 @@
 
 #include "activation.hpp"
 #include "packed_matrix.hpp"
+#include "unroll.hpp"
 
 #define NIBBLE_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -435,6 +436,7 @@ NIBBLE_TARGET_AVX2 __attribute__((always_inline)) inline void pair_step(const Pa
     return;
   }
   __m256i hi[8], lo[8];
+  NIBBLE_UNROLL
   for (std::size_t i = 0; i < 8; ++i) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile_chunk + i * kChunkBytes));
     lo[i] = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
@@ -451,6 +453,7 @@ NIBBLE_TARGET_AVX2 __attribute__((always_inline)) inline void pair_step(const Pa
     __m256i s0123, s4567;  // per lane (= per block): row sums 0..3 and 4..7
     if constexpr (kTable) {
       __m256i part[8];
+      NIBBLE_UNROLL
       for (std::size_t i = 0; i < 8; ++i)
         part[i] = _mm256_add_epi32(block_dot<true>(hi[i], qe), block_dot<true>(lo[i], qo));
       s0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(part[0], part[1]), _mm256_hadd_epi32(part[2], part[3]));
@@ -458,6 +461,7 @@ NIBBLE_TARGET_AVX2 __attribute__((always_inline)) inline void pair_step(const Pa
     } else {
       // |maddubs| <= 2·15·127; hi + lo and two hadd levels stay below 30480.
       __m256i part[8];
+      NIBBLE_UNROLL
       for (std::size_t i = 0; i < 8; ++i)
         part[i] = _mm256_add_epi16(_mm256_maddubs_epi16(hi[i], qe), _mm256_maddubs_epi16(lo[i], qo));
       const __m256i ones = _mm256_set1_epi16(1);
@@ -495,10 +499,12 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
       _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W.int8_base_values().data())));
   const BlockSpan* spans = W.blocks();
   __m256 y[NB];
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) y[j] = _mm256_setzero_ps();
   for (std::size_t g = 0; g < G; ++g) {
     const __m256 neg_off = _mm256_loadu_ps(nov + 8 * g);
     __m256 a[NB];
+    NIBBLE_UNROLL
     for (int j = 0; j < NB; ++j) a[j] = _mm256_setzero_ps();
     std::size_t blk = W.first_block(g);
     const std::size_t blk_end = W.first_block(g + 1);
@@ -508,8 +514,10 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const PackedMatrix& W, const PreparedAc
       pair_step<kTable, NB, false>(W, p, t, nb, blk, table, a, y, neg_off, sv, nov, g, b0);
     for (; blk < blk_end; ++blk) single_block<kTable, NB>(W, p, t, blk, table, neg_off, a, b0);
     const __m256 s = _mm256_loadu_ps(sv + 8 * g);
+    NIBBLE_UNROLL
     for (int j = 0; j < NB; ++j) y[j] = _mm256_fmadd_ps(s, a[j], y[j]);
   }
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) _mm256_storeu_ps(out + 8 * j, y[j]);
 }
 
@@ -523,10 +531,12 @@ NIBBLE_TARGET_AVX2 inline void fast_tile_g32(const PackedMatrix& W, const Prepar
   const __m256i table =
       _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W.int8_base_values().data())));
   __m256 y[NB];
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) y[j] = _mm256_setzero_ps();
   for (std::size_t g = 0; g < 2 * pairs; g += 2)
     pair_step<kTable, NB, true>(W, p, t, nb, W.first_block(g), table, y, y, _mm256_setzero_ps(), sv, nov, g, b0);
   for (std::size_t g = 2 * pairs; g < G; ++g) last_group<kTable, NB>(W, p, t, g, table, sv, nov, y, b0);
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) _mm256_storeu_ps(out + 8 * j, y[j]);
 }
 

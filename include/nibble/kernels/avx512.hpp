@@ -31,6 +31,7 @@
 #include "activation.hpp"
 #include "avx2.hpp"
 #include "packed_matrix.hpp"
+#include "unroll.hpp"
 
 // The VNNI instructions are only emitted where the code asks for them (kVnni = true);
 // the kVnni = false kernels are tested on a CPU model without VNNI (scripts/bochs).
@@ -113,17 +114,20 @@ NIBBLE_TARGET_AVX512 __attribute__((always_inline)) inline void pair_step(const 
                                                                           std::size_t b0) {
   const std::uint8_t* tile_chunk = avx2::pair_chunk(W, t, W.blocks()[blk]);  // row i at + 32·i
   Codes hi[4], lo[4];  // even / odd elements of rows 2k, 2k+1
+  NIBBLE_UNROLL
   for (int k = 0; k < 4; ++k) {
     const __m512i v = _mm512_loadu_si512(tile_chunk + 64 * k);
     hi[k] = make_codes<kTable, kVnni>(_mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0F)), table);
     lo[k] = make_codes<kTable, kVnni>(_mm512_and_si512(v, _mm512_set1_epi8(0x0F)), table);
   }
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) {
     const std::size_t slot = (b0 + static_cast<std::size_t>(j)) * nb + blk;
     const std::int8_t* qa = p.q.data() + slot * kActivationBlock;
     const __m512i qe = _mm512_broadcast_i64x4(avx2::pair_activations(qa, 0));
     const __m512i qo = _mm512_broadcast_i64x4(avx2::pair_activations(qa, 16));
     __m512i acc[4];
+    NIBBLE_UNROLL
     for (int k = 0; k < 4; ++k)
       acc[k] = dot<kTable, kVnni>(dot<kTable, kVnni>(_mm512_setzero_si512(), hi[k], qe), lo[k], qo);
     __m512i sums = pair_sums(acc);
@@ -148,10 +152,12 @@ NIBBLE_TARGET_AVX512 inline void fast_tile(const PackedMatrix& W, const Prepared
       _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W.int8_base_values().data())));
   const BlockSpan* spans = W.blocks();
   __m256 y[NB];
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) y[j] = _mm256_setzero_ps();
   for (std::size_t g = 0; g < G; ++g) {
     const __m256 neg_off = _mm256_loadu_ps(nov + 8 * g);
     __m256 a[NB];
+    NIBBLE_UNROLL
     for (int j = 0; j < NB; ++j) a[j] = _mm256_setzero_ps();
     std::size_t blk = W.first_block(g);
     const std::size_t blk_end = W.first_block(g + 1);
@@ -159,8 +165,10 @@ NIBBLE_TARGET_AVX512 inline void fast_tile(const PackedMatrix& W, const Prepared
       pair_step<kTable, kVnni, NB, false>(W, p, t, nb, blk, table, a, y, neg_off, sv, nov, g, b0);
     for (; blk < blk_end; ++blk) avx2::single_block<kTable, NB>(W, p, t, blk, table_avx2, neg_off, a, b0);
     const __m256 s = _mm256_loadu_ps(sv + 8 * g);
+    NIBBLE_UNROLL
     for (int j = 0; j < NB; ++j) y[j] = _mm256_fmadd_ps(s, a[j], y[j]);
   }
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) _mm256_storeu_ps(out + 8 * j, y[j]);
 }
 
@@ -171,12 +179,14 @@ NIBBLE_TARGET_AVX512 inline void fast_tile_g32(const PackedMatrix& W, const Prep
   const std::size_t G = W.groups_per_row(), pairs = avx2::group_pairs(W), nb = W.block_count();
   const __m512i table = codes_table<kVnni>(W);
   __m256 y[NB];
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) y[j] = _mm256_setzero_ps();
   for (std::size_t g = 0; g < 2 * pairs; g += 2)
     pair_step<kTable, kVnni, NB, true>(W, p, t, nb, W.first_block(g), table, y, y, _mm256_setzero_ps(), sv, nov, g, b0);
   const __m256i table_avx2 =
       _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W.int8_base_values().data())));
   for (std::size_t g = 2 * pairs; g < G; ++g) avx2::last_group<kTable, NB>(W, p, t, g, table_avx2, sv, nov, y, b0);
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) _mm256_storeu_ps(out + 8 * j, y[j]);
 }
 
@@ -238,6 +248,7 @@ NIBBLE_TARGET_AVX512 __attribute__((always_inline)) inline void panel_block_code
     const std::uint8_t* src = W.panel_dword(pn, k / 4);
     // The panel is one sequential stream; into L2 as avx2::pair_chunk explains.
     const std::uintptr_t ahead = reinterpret_cast<std::uintptr_t>(src) + avx2::kPrefetchBytes;
+    NIBBLE_UNROLL
     for (std::size_t m = 0; m < 4; ++m) {
       _mm_prefetch(reinterpret_cast<const char*>(ahead + 64 * m), _MM_HINT_T1);
       v[m] = _mm512_loadu_si512(src + 64 * m);
@@ -246,9 +257,11 @@ NIBBLE_TARGET_AVX512 __attribute__((always_inline)) inline void panel_block_code
     alignas(64) std::uint8_t tmp[4 * 64];
     for (std::size_t i = 0; i < kPanelRows; ++i)
       for (std::size_t j = 0; j < 16; ++j) tmp[(j / 4) * 64 + 4 * i + j % 4] = W.code_byte(pn * kPanelRows + i, k + j);
+    NIBBLE_UNROLL
     for (std::size_t m = 0; m < 4; ++m) v[m] = _mm512_load_si512(tmp + 64 * m);
   }
   const __m512i low4 = _mm512_set1_epi8(0x0F);
+  NIBBLE_UNROLL
   for (std::size_t m = 0; m < 4; ++m) {
     if constexpr (kTable) {
       even[m] = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v[m], 4), low4));
@@ -277,6 +290,7 @@ NIBBLE_TARGET_AVX512 inline void split_panel(const PackedMatrix& W, std::size_t 
   for (std::size_t blk = 0; blk < W.block_count(); ++blk) {
     __m512i v[8];
     panel_block_codes<kTable>(W, pn, W.blocks()[blk], table, v, v + 4);
+    NIBBLE_UNROLL
     for (std::size_t m = 0; m < 4; ++m) {
       if constexpr (!kTable) v[m] = _mm512_srli_epi16(v[m], 4);  // 16·code → code (the low nibbles are 0)
       _mm512_storeu_si512(out + blk * kSplitBlockBytes + 64 * m, v[m]);
@@ -297,6 +311,7 @@ NIBBLE_TARGET_AVX512 __attribute__((always_inline)) inline __m512 panel_block_su
   // Two chains (even and odd elements) so consecutive vpdpbusd do not wait on each other.
   __m512i e = _mm512_dpbusd_epi32(_mm512_setzero_si512(), even[0], _mm512_set1_epi32(qd[0]));
   __m512i o = _mm512_dpbusd_epi32(_mm512_setzero_si512(), odd[0], _mm512_set1_epi32(qd[4]));
+  NIBBLE_UNROLL
   for (int m = 1; m < 4; ++m) {
     e = _mm512_dpbusd_epi32(e, even[m], _mm512_set1_epi32(qd[m]));
     o = _mm512_dpbusd_epi32(o, odd[m], _mm512_set1_epi32(qd[m + 4]));
@@ -324,6 +339,7 @@ NIBBLE_TARGET_AVX512 inline void panel_rows(const PackedMatrix& W, const Prepare
   const std::size_t G = W.groups_per_row(), nb = W.block_count(), rows = W.rows();
   const BlockSpan* spans = W.blocks();
   __m512 y[NB];
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) y[j] = _mm512_setzero_ps();
   for (std::size_t g = 0; g < G; ++g) {
     // The scales are a second stream next to the codes (32 bytes per group and panel):
@@ -341,12 +357,14 @@ NIBBLE_TARGET_AVX512 inline void panel_rows(const PackedMatrix& W, const Prepare
     else
       neg_off = _mm512_loadu_ps(nov + kPanelRows * g);
     __m512 a[NB];
+    NIBBLE_UNROLL
     for (int j = 0; j < NB; ++j) a[j] = _mm512_setzero_ps();
     const std::size_t blk_begin = kOneBlockGroups ? g : W.first_block(g);
     const std::size_t blk_end = kOneBlockGroups ? g + 1 : W.first_block(g + 1);
     for (std::size_t blk = blk_begin; blk < blk_end; ++blk) {
       __m512i even[4], odd[4];
       if constexpr (kSplit) {
+        NIBBLE_UNROLL
         for (std::size_t m = 0; m < 4; ++m) {
           even[m] = _mm512_loadu_si512(split + blk * kSplitBlockBytes + 64 * m);
           odd[m] = _mm512_loadu_si512(split + blk * kSplitBlockBytes + 64 * (m + 4));
@@ -354,6 +372,7 @@ NIBBLE_TARGET_AVX512 inline void panel_rows(const PackedMatrix& W, const Prepare
       } else {
         panel_block_codes<kTable>(W, pn, spans[blk], table, even, odd);
       }
+      NIBBLE_UNROLL
       for (int j = 0; j < NB; ++j) {
         const std::size_t slot = (b0 + static_cast<std::size_t>(j)) * nb + blk;
         a[j] = _mm512_fmadd_ps(_mm512_set1_ps(p.d[slot]),
@@ -364,9 +383,11 @@ NIBBLE_TARGET_AVX512 inline void panel_rows(const PackedMatrix& W, const Prepare
         kF16Scales ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s16 + kPanelRows * g)))
                    : _mm512_loadu_ps(sv + kPanelRows * g),
         _mm512_set1_ps(k));
+    NIBBLE_UNROLL
     for (int j = 0; j < NB; ++j) y[j] = _mm512_fmadd_ps(s, a[j], y[j]);
   }
   const __mmask16 keep = static_cast<__mmask16>((1u << nr) - 1);
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) _mm512_mask_storeu_ps(Y + (b0 + static_cast<std::size_t>(j)) * rows + r, keep, y[j]);
 }
 
@@ -468,12 +489,14 @@ NIBBLE_TARGET_AVX512 inline void exact_row(const PackedMatrix& W, const Prepared
   const std::size_t t = r / kTileRows, ti = r % kTileRows;
   __m512 y[NB];
   float correction[NB];
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) {
     y[j] = _mm512_setzero_ps();
     correction[j] = 0.0f;
   }
   for (std::size_t g = 0; g < G; ++g) {
     __m512 a0[NB], a1[NB];  // even / odd elements
+    NIBBLE_UNROLL
     for (int j = 0; j < NB; ++j) a0[j] = a1[j] = _mm512_setzero_ps();
     for (std::size_t blk = W.first_block(g); blk < W.first_block(g + 1); ++blk) {
       const __m128i bytes = avx2::load_code_bytes(W, t, ti, W.blocks()[blk]);
@@ -481,6 +504,7 @@ NIBBLE_TARGET_AVX512 inline void exact_row(const PackedMatrix& W, const Prepared
       const __m128i odd = _mm_and_si128(bytes, _mm_set1_epi8(0x0F));
       const __m512 ve = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(even), values);
       const __m512 vo = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(odd), values);
+      NIBBLE_UNROLL
       for (int j = 0; j < NB; ++j) {
         const float* x = p.x.data() + ((b0 + static_cast<std::size_t>(j)) * nb + blk) * kActivationBlock;
         a0[j] = _mm512_fmadd_ps(ve, _mm512_loadu_ps(x), a0[j]);
@@ -488,11 +512,13 @@ NIBBLE_TARGET_AVX512 inline void exact_row(const PackedMatrix& W, const Prepared
       }
     }
     const float s = avx2::scale_at(W, r, g), off = W.offset(r * G + g);
+    NIBBLE_UNROLL
     for (int j = 0; j < NB; ++j) {
       y[j] = _mm512_fmadd_ps(_mm512_add_ps(a0[j], a1[j]), _mm512_set1_ps(s), y[j]);
       if (off != 0.0f) correction[j] += s * off * p.group_sum[(b0 + static_cast<std::size_t>(j)) * G + g];
     }
   }
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j)
     Y[(b0 + static_cast<std::size_t>(j)) * rows + r] = _mm512_reduce_add_ps(y[j]) - correction[j];
 }

@@ -31,6 +31,7 @@
 #include "../format/int8_matrix.hpp"
 #include "avx2.hpp"
 #include "int8_activation.hpp"
+#include "unroll.hpp"
 
 namespace nibble::detail::int8_avx2 {
 
@@ -43,6 +44,7 @@ struct Tile {
 inline Tile make_tile(const Int8Matrix& W, std::size_t r, std::size_t nr) {
   Tile t;
   const std::size_t nb = W.blocks_per_row();
+  NIBBLE_UNROLL
   for (std::size_t i = 0; i < 8; ++i) {
     const std::size_t row = r + std::min(i, nr - 1);
     t.row[i] = W.row_codes(row);
@@ -56,9 +58,11 @@ NIBBLE_TARGET_AVX2 inline void tile_scales(const Tile& t, std::size_t nb, float*
   std::size_t k = 0;
   for (; k + 8 <= nb; k += 8) {
     __m256 m[8];
+    NIBBLE_UNROLL
     for (std::size_t i = 0; i < 8; ++i)
       m[i] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(t.scales[i] + k)));
     avx2::transpose8(m);
+    NIBBLE_UNROLL
     for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(sv + 8 * (k + j), m[j]);
   }
   for (; k < nb; ++k)
@@ -98,6 +102,7 @@ template <int NB>
 NIBBLE_TARGET_AVX2 __attribute__((always_inline)) inline void exact_u(const std::int8_t* w, const float* x,
                                                                       std::size_t cols, __m256* u) {
   const __m256 e0 = widen8(w), e1 = widen8(w + 8), e2 = widen8(w + 16), e3 = widen8(w + 24);
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) {
     const float* xj = x + static_cast<std::size_t>(j) * cols;
     const __m256 lo = _mm256_fmadd_ps(e2, _mm256_loadu_ps(xj + 16), _mm256_mul_ps(e0, _mm256_loadu_ps(xj)));
@@ -116,25 +121,32 @@ NIBBLE_TARGET_AVX2 inline void exact_tile(const Int8Matrix& W, const Tile& t, co
                                           const Int8Activations&, std::size_t b0, float* out) {
   const std::size_t nb = W.blocks_per_row(), cols = W.cols();
   __m256 y[NB];
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) y[j] = _mm256_setzero_ps();
   for (std::size_t k = 0; k < nb; ++k) {
     prefetch_next_tile(t, cols, k);
     const float* x = X + b0 * cols + k * kQ8Block;
     // The tree built as rows arrive (pairs, then quads), so few vectors are live.
     __m256 quad[2][NB];
+    NIBBLE_UNROLL
     for (int h = 0; h < 2; ++h) {
       __m256 pair[2][NB];
+      NIBBLE_UNROLL
       for (int pr = 0; pr < 2; ++pr) {
         __m256 ua[NB], ub[NB];
         exact_u<NB>(t.row[4 * h + 2 * pr] + k * kQ8Block, x, cols, ua);
         exact_u<NB>(t.row[4 * h + 2 * pr + 1] + k * kQ8Block, x, cols, ub);
+        NIBBLE_UNROLL
         for (int j = 0; j < NB; ++j) pair[pr][j] = _mm256_hadd_ps(ua[j], ub[j]);
       }
+      NIBBLE_UNROLL
       for (int j = 0; j < NB; ++j) quad[h][j] = _mm256_hadd_ps(pair[0][j], pair[1][j]);
     }
     const __m256 d = _mm256_loadu_ps(sv + 8 * k);
+    NIBBLE_UNROLL
     for (int j = 0; j < NB; ++j) y[j] = _mm256_fmadd_ps(d, finish_tree(quad[0][j], quad[1][j]), y[j]);
   }
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) _mm256_storeu_ps(out + 8 * j, y[j]);
 }
 
@@ -153,20 +165,25 @@ NIBBLE_TARGET_AVX2 __attribute__((always_inline)) inline void fast_block_sums(co
                                                                               __m256i* isum) {
   const std::int8_t* q = p.q.data() + b0 * cols + k * kQ8Block;
   __m256i quad[2][NB];
+  NIBBLE_UNROLL
   for (int h = 0; h < 2; ++h) {
     __m256i pair[2][NB];
+    NIBBLE_UNROLL
     for (int pr = 0; pr < 2; ++pr) {
       const __m256i wa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.row[4 * h + 2 * pr] + k * kQ8Block));
       const __m256i wb =
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.row[4 * h + 2 * pr + 1] + k * kQ8Block));
       const __m256i aa = _mm256_sign_epi8(wa, wa), ab = _mm256_sign_epi8(wb, wb);  // −128 stays 0x80 = 128 unsigned
+      NIBBLE_UNROLL
       for (int j = 0; j < NB; ++j) {
         const std::int8_t* qj = q + static_cast<std::size_t>(j) * cols;
         pair[pr][j] = _mm256_hadd_epi32(dot32(wa, aa, qj), dot32(wb, ab, qj));
       }
     }
+    NIBBLE_UNROLL
     for (int j = 0; j < NB; ++j) quad[h][j] = _mm256_hadd_epi32(pair[0][j], pair[1][j]);
   }
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) isum[j] = finish_tree(quad[0][j], quad[1][j]);
 }
 
@@ -180,13 +197,16 @@ NIBBLE_TARGET_AVX2 inline void fast_tile(const Int8Matrix& W, const Tile& t, con
                                          const Int8Activations& p, std::size_t b0, float* out) {
   const std::size_t nb = W.blocks_per_row(), cols = W.cols();
   __m256 y[NB];
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) y[j] = _mm256_setzero_ps();
   for (std::size_t k = 0; k < nb; ++k) {
     prefetch_next_tile(t, cols, k);
     __m256i isum[NB];
     fast_block_sums<NB>(t, k, p, cols, b0, isum);
+    NIBBLE_UNROLL
     for (int j = 0; j < NB; ++j) y[j] = fast_step(y[j], sv + 8 * k, p.d[(b0 + static_cast<std::size_t>(j)) * nb + k], isum[j]);
   }
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) _mm256_storeu_ps(out + 8 * j, y[j]);
 }
 

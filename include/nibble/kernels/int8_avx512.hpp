@@ -27,6 +27,7 @@
 #include "avx512.hpp"
 #include "int8_activation.hpp"
 #include "int8_avx2.hpp"
+#include "unroll.hpp"
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
@@ -47,6 +48,7 @@ NIBBLE_TARGET_AVX512 __attribute__((always_inline)) inline void exact_u(const st
   const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w))));
   const __m512 hi =
       _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16))));
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) {
     const float* xj = x + static_cast<std::size_t>(j) * cols;
     const __m512 t = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xj + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(xj)));
@@ -59,24 +61,31 @@ NIBBLE_TARGET_AVX512 inline void exact_tile(const Int8Matrix& W, const int8_avx2
                                             const float* X, const Int8Activations&, std::size_t b0, float* out) {
   const std::size_t nb = W.blocks_per_row(), cols = W.cols();
   __m256 y[NB];
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) y[j] = _mm256_setzero_ps();
   for (std::size_t k = 0; k < nb; ++k) {
     int8_avx2::prefetch_next_tile(t, cols, k);
     const float* x = X + b0 * cols + k * kQ8Block;
     __m256 quad[2][NB];
+    NIBBLE_UNROLL
     for (int h = 0; h < 2; ++h) {
       __m256 pair[2][NB];
+      NIBBLE_UNROLL
       for (int pr = 0; pr < 2; ++pr) {
         __m256 ua[NB], ub[NB];
         exact_u<NB>(t.row[4 * h + 2 * pr] + k * kQ8Block, x, cols, ua);
         exact_u<NB>(t.row[4 * h + 2 * pr + 1] + k * kQ8Block, x, cols, ub);
+        NIBBLE_UNROLL
         for (int j = 0; j < NB; ++j) pair[pr][j] = _mm256_hadd_ps(ua[j], ub[j]);
       }
+      NIBBLE_UNROLL
       for (int j = 0; j < NB; ++j) quad[h][j] = _mm256_hadd_ps(pair[0][j], pair[1][j]);
     }
     const __m256 d = _mm256_loadu_ps(sv + 8 * k);
+    NIBBLE_UNROLL
     for (int j = 0; j < NB; ++j) y[j] = _mm256_fmadd_ps(d, int8_avx2::finish_tree(quad[0][j], quad[1][j]), y[j]);
   }
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) _mm256_storeu_ps(out + 8 * j, y[j]);
 }
 
@@ -117,17 +126,21 @@ NIBBLE_TARGET_AVX512 inline void fast_tile(const Int8Matrix& W, const int8_avx2:
                                            const float*, const Int8Activations& p, std::size_t b0, float* out) {
   const std::size_t nb = W.blocks_per_row(), cols = W.cols();
   __m256 y[NB];
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) y[j] = _mm256_setzero_ps();
   std::size_t k = 0;
   for (; k + 2 <= nb; k += 2) {
     int8_avx2::prefetch_next_tile(t, cols, k);
     int8_avx2::prefetch_next_tile(t, cols, k + 1);
     Weights w[8];
+    NIBBLE_UNROLL
     for (int i = 0; i < 8; ++i) w[i] = load_weights<kVnni>(t.row[i] + k * kQ8Block);
+    NIBBLE_UNROLL
     for (int j = 0; j < NB; ++j) {
       const std::size_t slot = (b0 + static_cast<std::size_t>(j)) * nb + k;
       const __m512i q = _mm512_loadu_si512(p.q.data() + slot * kQ8Block);
       __m512i acc[4];
+      NIBBLE_UNROLL
       for (int m = 0; m < 4; ++m) acc[m] = combine_rows(dot<kVnni>(w[2 * m], q), dot<kVnni>(w[2 * m + 1], q));
       __m512i sums = avx512::pair_sums(acc);
       if constexpr (kVnni) {  // remove the + 128 bias: 128·Σq of each block
@@ -142,9 +155,11 @@ NIBBLE_TARGET_AVX512 inline void fast_tile(const Int8Matrix& W, const int8_avx2:
     int8_avx2::prefetch_next_tile(t, cols, k);
     __m256i isum[NB];
     int8_avx2::fast_block_sums<NB>(t, k, p, cols, b0, isum);
+    NIBBLE_UNROLL
     for (int j = 0; j < NB; ++j)
       y[j] = int8_avx2::fast_step(y[j], sv + 8 * k, p.d[(b0 + static_cast<std::size_t>(j)) * nb + k], isum[j]);
   }
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) _mm256_storeu_ps(out + 8 * j, y[j]);
 }
 
@@ -179,15 +194,19 @@ NIBBLE_TARGET_AVX512 inline void panel_fast_rows(const Int8Matrix& W, const Int8
   const std::int8_t* codes = W.codes().data() + pn * kInt8PanelRows * cols;
   const std::uint16_t* scales = W.scale_bits().data() + pn * kInt8PanelRows * nb;
   const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+  NIBBLE_UNROLL
   for (int j = 0; j < NB; ++j) y[j] = _mm512_setzero_ps();
   for (std::size_t k = 0; k < nb; ++k) {
     const std::int8_t* block = codes + k * 8 * 64;
     const std::uintptr_t ahead = reinterpret_cast<std::uintptr_t>(block) + avx2::kPrefetchBytes;
     __m512i acc[NB];
+    NIBBLE_UNROLL
     for (int j = 0; j < NB; ++j) acc[j] = _mm512_setzero_si512();
+    NIBBLE_UNROLL
     for (std::size_t d = 0; d < 8; ++d) {
       _mm_prefetch(reinterpret_cast<const char*>(ahead + 64 * d), _MM_HINT_T1);
       const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(block + 64 * d), bias);
+      NIBBLE_UNROLL
       for (int j = 0; j < NB; ++j) {
         std::int32_t q4;
         std::memcpy(&q4, p.q.data() + ((b0 + static_cast<std::size_t>(j)) * nb + k) * kQ8Block + 4 * d, 4);
@@ -195,6 +214,7 @@ NIBBLE_TARGET_AVX512 inline void panel_fast_rows(const Int8Matrix& W, const Int8
       }
     }
     const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + k * kInt8PanelRows)));
+    NIBBLE_UNROLL
     for (int j = 0; j < NB; ++j) {
       const std::size_t slot = (b0 + static_cast<std::size_t>(j)) * nb + k;
       const __m512i isum = _mm512_sub_epi32(acc[j], _mm512_set1_epi32(p.qsum[slot] * 128));
@@ -215,6 +235,7 @@ NIBBLE_TARGET_AVX512 inline void panel_gemm_fast(const Int8Matrix& W, const Int8
     std::size_t b = 0;
     for (; b + 4 <= p.batch; b += 4) {
       panel_fast_rows<4>(W, p, pn, b, y);
+      NIBBLE_UNROLL
       for (std::size_t j = 0; j < 4; ++j) _mm512_mask_storeu_ps(Y + (b + j) * rows + r, keep, y[j]);
     }
     for (; b < p.batch; ++b) {

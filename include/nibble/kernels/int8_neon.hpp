@@ -18,6 +18,7 @@
 #include "../format/int8_matrix.hpp"
 #include "int8_activation.hpp"
 #include "neon.hpp"
+#include "unroll.hpp"
 
 namespace nibble::detail::int8_neon {
 
@@ -66,6 +67,7 @@ inline void gemm_exact(const Int8Matrix& W, const float* X, std::size_t batch, f
         widen16(vld1q_s8(w + k * kQ8Block + 16), e + 4);
         const float* xk = x + k * kQ8Block;
         float32x4_t t[4];
+        NIBBLE_UNROLL
         for (int m = 0; m < 4; ++m)  // t lanes 4m..4m+3 = fma(w[16+4m..], x[16+4m..], w[4m..]·x[4m..])
           t[m] = vfmaq_f32(vmulq_f32(e[m], vld1q_f32(xk + 4 * m)), e[m + 4], vld1q_f32(xk + 16 + 4 * m));
         const float32x4_t u_lo = vaddq_f32(t[0], t[2]), u_hi = vaddq_f32(t[1], t[3]);  // u0..3, u4..7

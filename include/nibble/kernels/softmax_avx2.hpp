@@ -12,6 +12,8 @@
 #include "avx2.hpp"
 #include "softmax_scalar.hpp"
 
+#include "unroll.hpp"
+
 namespace nibble::detail::softmax_avx2 {
 
 // exp_for_softmax on 8 lanes, in its order of operations.
@@ -52,6 +54,7 @@ NIBBLE_TARGET_AVX2 inline void softmax(float* v, std::size_t n) {
   const std::size_t full = n / 16 * 16, rest = n - full;
   alignas(32) float pad[16];
   if (rest) {
+    NIBBLE_UNROLL
     for (std::size_t i = 0; i < 16; ++i) pad[i] = -std::numeric_limits<float>::infinity();
     std::memcpy(pad, v + full, rest * sizeof(float));
   }

@@ -11,6 +11,8 @@
 
 #include "softmax_scalar.hpp"
 
+#include "unroll.hpp"
+
 namespace nibble::detail::softmax_neon {
 
 // exp_for_softmax on 4 lanes, in its order of operations (vfmaq_f32(a, b, c) = a + b·c).
@@ -40,6 +42,7 @@ inline void softmax(float* v, std::size_t n) {
   const std::size_t full = n / 16 * 16, rest = n - full;
   float pad[16];
   if (rest) {
+    NIBBLE_UNROLL
     for (std::size_t i = 0; i < 16; ++i) pad[i] = -std::numeric_limits<float>::infinity();
     std::memcpy(pad, v + full, rest * sizeof(float));
   }
@@ -47,14 +50,17 @@ inline void softmax(float* v, std::size_t n) {
   auto step = [&](std::size_t k) { return k * 16 < full ? v + k * 16 : pad; };
   float32x4_t m[4];
   for (auto& q : m) q = vdupq_n_f32(-std::numeric_limits<float>::infinity());
-  for (std::size_t k = 0; k < steps; ++k)
+  for (std::size_t k = 0; k < steps; ++k) {
+    NIBBLE_UNROLL
     for (int j = 0; j < 4; ++j) m[j] = max_keep(vld1q_f32(step(k) + 4 * j), m[j]);
+  }
   const float32x4_t mx = vdupq_n_f32(vmaxvq_f32(vmaxq_f32(vmaxq_f32(m[0], m[1]), vmaxq_f32(m[2], m[3]))));
 
   float32x4_t s[4];
   for (auto& q : s) q = vdupq_n_f32(0.0f);
   for (std::size_t k = 0; k < steps; ++k) {
     float* p = step(k);
+    NIBBLE_UNROLL
     for (int j = 0; j < 4; ++j) {
       const float32x4_t e = exp4(vsubq_f32(vld1q_f32(p + 4 * j), mx));
       vst1q_f32(p + 4 * j, e);
@@ -66,6 +72,7 @@ inline void softmax(float* v, std::size_t n) {
   const float32x4_t inv = vdupq_n_f32(1.0f / (vget_lane_f32(s2, 0) + vget_lane_f32(s2, 1)));
   for (std::size_t k = 0; k < steps; ++k) {
     float* p = step(k);
+    NIBBLE_UNROLL
     for (int j = 0; j < 4; ++j) vst1q_f32(p + 4 * j, vmulq_f32(vld1q_f32(p + 4 * j), inv));
   }
   if (rest) std::memcpy(v + full, pad, rest * sizeof(float));
