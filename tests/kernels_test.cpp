@@ -268,6 +268,44 @@ TEST(SimdPaths, PanelBatchesBitExact) {
         }
 }
 
+// The table codebooks' two lookups in the panel kernels: vpermb where the CPU has
+// AVX512_VBMI (which the dispatcher picks, so the tests above run it on such a CPU),
+// vpshufb where it has not (VNNI without VBMI, as on Cascade Lake). Both are called
+// directly here, so each is compared with the scalar reference on any VNNI machine.
+TEST(SimdPaths, PanelTableLookupsWithAndWithoutVbmiBitExact) {
+#if defined(NIBBLE_HAVE_AVX2_KERNELS)
+  if (!nibble::isa_available(Isa::avx512) || !nibble::cpu_features().avx512vnni)
+    GTEST_SKIP() << "no AVX-512 VNNI on this CPU/build: no panel kernels to test";
+  std::vector<bool> vbmi_modes = {false};
+  if (nibble::cpu_features().avx512vbmi) vbmi_modes.push_back(true);
+  std::vector<Shape> shapes(std::begin(kShapes), std::end(kShapes));
+  shapes.push_back({40, 1100, 32});
+  for (const Shape& s : shapes)
+    for (Codebook cb : {Codebook::nf4, Codebook::fp4, Codebook::iq4_nl})
+      for (ScaleFormat sf : {ScaleFormat::f16, ScaleFormat::dq8}) {
+        const QuantizedMatrix q = random_matrix(s.rows, s.cols, s.gs, cb, sf, 31, ZeroKind::uint4);
+        const PackedMatrix W(q, CodeLayout::row_panels);
+        ASSERT_TRUE(W.table_codebook());
+        for (std::size_t batch : {std::size_t{1}, std::size_t{5}, std::size_t{21}}) {
+          const auto X = random_activations(batch * s.cols, 13);
+          const auto ref = run(Isa::scalar, W, X, batch, ActivationMode::fast);
+          nibble::detail::PreparedActivations p;
+          nibble::detail::prepare_fast(W, X.data(), batch, p, nibble::detail::full_block_quantizer(Isa::avx512));
+          for (bool vbmi : vbmi_modes) {
+            std::vector<float> Y(ref.size(), -1.0f);
+            nibble::detail::avx512::panel_gemm(W, p, Y.data(), 0, W.rows(), vbmi);
+            for (std::size_t i = 0; i < ref.size(); ++i)
+              ASSERT_EQ(std::memcmp(&Y[i], &ref[i], sizeof(float)), 0)
+                  << label(s, cb, sf) << " batch " << batch << " vbmi " << vbmi << " i " << i << ": " << Y[i]
+                  << " vs " << ref[i];
+          }
+        }
+      }
+#else
+  GTEST_SKIP() << "x86-64 only";
+#endif
+}
+
 // A matrix packed for one path stays correct on every other: each path on each layout
 // (its own kernels, or the scalar ones where it has none for that layout) gives the
 // scalar reference's bits on row_tiles in fast mode, and its exact result within rounding.
@@ -477,6 +515,7 @@ TEST(Dispatch, DetectionAgreesWithProcCpuinfo) {
   EXPECT_EQ(f.avx512bw, has("avx512bw"));
   EXPECT_EQ(f.avx512vl, has("avx512vl"));
   EXPECT_EQ(f.avx512vnni, has("avx512_vnni"));
+  EXPECT_EQ(f.avx512vbmi, has("avx512vbmi"));
   EXPECT_EQ(nibble::isa_available(Isa::avx512), has("avx2") && has("fma") && has("f16c") && has("avx512f") &&
                                                     has("avx512bw") && has("avx512vl"));
 #else

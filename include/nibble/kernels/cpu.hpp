@@ -58,6 +58,7 @@ inline Isa isa_from_string(const std::string& s) {
 struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;   // with OS support for YMM state
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512vnni = false;  // with OS support for ZMM state
+  bool avx512vbmi = false;  // vpermb: the VNNI panel kernels' table lookups
   bool neon = false, neon_dotprod = false;         // neon_dotprod: compiled in (compile-time feature)
 };
 
@@ -91,6 +92,7 @@ inline CpuFeatures detect_cpu_features() {
   f.avx512bw = f.avx512f && ((b7 >> 30) & 1u);
   f.avx512vl = f.avx512f && ((b7 >> 31) & 1u);
   f.avx512vnni = f.avx512f && ((c7 >> 11) & 1u);
+  f.avx512vbmi = f.avx512f && ((c7 >> 1) & 1u);
 #endif
 #if defined(NIBBLE_HAVE_NEON_KERNELS)
   f.neon = true;

@@ -106,7 +106,7 @@ inline void run_rows(Isa isa, const PackedMatrix& W, ActivationMode mode, const 
       break;
     case Isa::avx512:
       if (mode == ActivationMode::exact) return avx512::gemm_exact(W, p, Y, r0, r1);
-      if (!tiles && cpu_features().avx512vnni) return avx512::panel_gemm(W, p, Y, r0, r1);
+      if (!tiles && cpu_features().avx512vnni) return avx512::panel_gemm(W, p, Y, r0, r1, cpu_features().avx512vbmi);
       if (tiles) return avx512::gemm_fast(W, p, Y, r0, r1, cpu_features().avx512vnni);
       break;
 #endif
