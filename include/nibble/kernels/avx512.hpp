@@ -356,8 +356,7 @@ NIBBLE_TARGET_AVX512 inline void panel_rows(const PackedMatrix& W, const Prepare
                                             const std::uint16_t* s16, const float* sv, float k,
                                             const std::uint8_t* z8, const std::uint16_t* o16, const float* nov,
                                             const std::uint8_t* split, const PanelTable& table, float* Y,
-                                            std::size_t r,
-                                            std::size_t nr, std::size_t b0) {
+                                            std::size_t r, std::size_t nr, std::size_t b0) {
   const std::size_t G = W.groups_per_row(), nb = W.block_count(), rows = W.rows();
   const BlockSpan* spans = W.blocks();
   __m512 y[NB];
@@ -468,18 +467,18 @@ NIBBLE_TARGET_AVX512 inline void panel_gemm_rows(const PackedMatrix& W, const Pr
       const std::uint8_t* codes = split.data();
       split_panel<kTable, kVbmi>(W, pn, table, split.data());
       for (; b + 4 <= p.batch; b += 4)
-        panel_rows<kTable, kVbmi, kOneBlockGroups, kF16Scales, true, 4>(W, p, pn, s16, svp, k, z8, o16, nv, codes, table, Y,
-                                                                 r, nr, b);
+        panel_rows<kTable, kVbmi, kOneBlockGroups, kF16Scales, true, 4>(W, p, pn, s16, svp, k, z8, o16, nv, codes,
+                                                                        table, Y, r, nr, b);
       for (; b < p.batch; ++b)
-        panel_rows<kTable, kVbmi, kOneBlockGroups, kF16Scales, true, 1>(W, p, pn, s16, svp, k, z8, o16, nv, codes, table, Y,
-                                                                 r, nr, b);
+        panel_rows<kTable, kVbmi, kOneBlockGroups, kF16Scales, true, 1>(W, p, pn, s16, svp, k, z8, o16, nv, codes,
+                                                                        table, Y, r, nr, b);
     } else {
       for (; b + 4 <= p.batch; b += 4)
-        panel_rows<kTable, kVbmi, kOneBlockGroups, kF16Scales, false, 4>(W, p, pn, s16, svp, k, z8, o16, nv, nullptr, table,
-                                                                  Y, r, nr, b);
+        panel_rows<kTable, kVbmi, kOneBlockGroups, kF16Scales, false, 4>(W, p, pn, s16, svp, k, z8, o16, nv, nullptr,
+                                                                         table, Y, r, nr, b);
       for (; b < p.batch; ++b)
-        panel_rows<kTable, kVbmi, kOneBlockGroups, kF16Scales, false, 1>(W, p, pn, s16, svp, k, z8, o16, nv, nullptr, table,
-                                                                  Y, r, nr, b);
+        panel_rows<kTable, kVbmi, kOneBlockGroups, kF16Scales, false, 1>(W, p, pn, s16, svp, k, z8, o16, nv, nullptr,
+                                                                         table, Y, r, nr, b);
     }
   }
 }

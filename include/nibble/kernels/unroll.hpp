@@ -10,9 +10,10 @@
 //   AVX-512 VNNI 4-bit, 2048×1024 g32, batch 1: 56 µs at -O2 against 23 µs at -O3;
 //   8-bit (Q8_0) AVX2, 2048×1024, batch 1: 90 µs against 59 µs;
 //   AVX2 4-bit, g128, batch 4: 187 µs against 158 µs.
-// With it, -O2 is within the noise of -O3 on each. It is used only where it was
-// measured to help: on the AVX2 4-bit batch-1 steps GCC already unrolls at -O2, and
-// marking those loops made them about 4% slower.
+// With it, -O2 is within the noise of -O3 on each. The AVX2 4-bit kernels carry it
+// only on their batched steps: on the batch-1 steps GCC already unrolls at -O2, and
+// marking those loops made them about 4% slower. The attention, softmax and NEON loops
+// are marked for the same reason but were not timed (NEON runs only under qemu here).
 // GCC and Clang both read "#pragma GCC unroll".
 #pragma once
 
